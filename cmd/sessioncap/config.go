@@ -1,0 +1,463 @@
+package main
+
+import (
+	"bytes"
+	"errors"
+	"fmt"
+	"io/fs"
+	"log/slog"
+	"os"
+	"reflect"
+	"sort"
+	"strconv"
+	"strings"
+	"time"
+
+	"github.com/BurntSushi/toml"
+
+	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// defaultConfigPath is read when -config is not given and the file exists.
+const defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+
+// Built-in defaults of the settings that are not policy.
+const (
+	defaultListen        = "inet:127.0.0.1:10029"
+	defaultMetricsListen = "127.0.0.1:9829"
+)
+
+// Config is a loaded, validated configuration.
+type Config struct {
+	Path          string // "" for built-in defaults
+	Listen        string
+	MetricsListen string
+	LogFormat     string
+	LogLevel      slog.Level
+	MaxTracked    int
+	Rules         *limits.Rules
+}
+
+// fileConfig mirrors the TOML file. Every leaf is a value[T], so a bad value
+// is recorded and decoding goes on; tags give the key names.
+type fileConfig struct {
+	Listen  value[string] `toml:"listen"`
+	Mode    value[string] `toml:"mode"`
+	Metrics struct {
+		Listen value[string] `toml:"listen"`
+	} `toml:"metrics"`
+	Log struct {
+		Format value[string] `toml:"format"`
+		Level  value[string] `toml:"level"`
+	} `toml:"log"`
+	policyTables
+	Addresses struct {
+		IPv4Prefix value[int64] `toml:"ipv4_prefix"`
+		IPv6Prefix value[int64] `toml:"ipv6_prefix"`
+		MaxTracked value[count] `toml:"max_tracked"`
+	} `toml:"addresses"`
+	Exempt struct {
+		Networks      value[prefixList] `toml:"networks"`
+		Authenticated value[bool]       `toml:"authenticated"`
+	} `toml:"exempt"`
+	Override []overrideTable `toml:"override"`
+	Replies  struct {
+		SessionMessages    value[string] `toml:"session_messages"`
+		SessionBytes       value[string] `toml:"session_bytes"`
+		SessionBytesSize   value[string] `toml:"session_bytes_size"`
+		Overrun            value[string] `toml:"overrun"`
+		SessionRecipients  value[string] `toml:"session_recipients"`
+		Frequency          value[string] `toml:"frequency"`
+		Banned             value[string] `toml:"banned"`
+		ConcurrencyAddress value[string] `toml:"concurrency_address"`
+		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
+	} `toml:"replies"`
+}
+
+// policyTables are the tables an override can replace.
+type policyTables struct {
+	Session struct {
+		MaxMessages   value[count]    `toml:"max_messages"`
+		MaxBytes      value[byteSize] `toml:"max_bytes"`
+		MaxRecipients value[count]    `toml:"max_recipients"`
+		Overrun       value[string]   `toml:"overrun"`
+	} `toml:"session"`
+	Frequency struct {
+		MaxConnections value[count]    `toml:"max_connections"`
+		Window         value[duration] `toml:"window"`
+		Ban            value[duration] `toml:"ban"`
+	} `toml:"frequency"`
+	Concurrency struct {
+		MaxPerAddress value[count] `toml:"max_per_address"`
+		MaxTotal      value[count] `toml:"max_total"`
+	} `toml:"concurrency"`
+}
+
+type overrideTable struct {
+	Networks      value[prefixList] `toml:"networks"`
+	Authenticated value[bool]       `toml:"authenticated"`
+	policyTables
+}
+
+// configError is one problem in a file, with where it is.
+type configError struct {
+	File string
+	Line int // 0 when unknown
+	Key  string
+	Msg  string
+}
+
+func (e configError) Error() string {
+	var b strings.Builder
+	b.WriteString(e.File)
+	if e.Line > 0 {
+		b.WriteString(":" + strconv.Itoa(e.Line))
+	}
+	b.WriteString(": ")
+	if e.Key != "" {
+		b.WriteString(e.Key + ": ")
+	}
+	b.WriteString(e.Msg)
+	return b.String()
+}
+
+// ConfigErrors is every problem found in one file, in file order.
+type ConfigErrors []configError
+
+func (es ConfigErrors) Error() string {
+	lines := make([]string, len(es))
+	for i, e := range es {
+		lines[i] = e.Error()
+	}
+	return strings.Join(lines, "\n")
+}
+
+// DefaultConfig returns the built-in configuration.
+func DefaultConfig() *Config {
+	return &Config{
+		Listen:        defaultListen,
+		MetricsListen: defaultMetricsListen,
+		LogFormat:     "text",
+		LogLevel:      slog.LevelInfo,
+		MaxTracked:    counters.DefaultMaxTracked,
+		Rules:         limits.DefaultRules(),
+	}
+}
+
+// LoadConfig reads path. With required false a missing file gives the
+// built-in defaults (the default path is optional, an explicit one is not).
+func LoadConfig(path string, required bool) (*Config, error) {
+	data, err := os.ReadFile(path)
+	if errors.Is(err, fs.ErrNotExist) && !required {
+		return DefaultConfig(), nil
+	}
+	if err != nil {
+		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+	}
+	return ParseConfig(path, data)
+}
+
+// ParseConfig parses and validates a TOML configuration. The error, if any,
+// is a ConfigErrors listing every problem as FILE:LINE: key: message.
+func ParseConfig(path string, data []byte) (*Config, error) {
+	var fc fileConfig
+	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&fc)
+	if err != nil {
+		var pe toml.ParseError
+		if errors.As(err, &pe) {
+			return nil, ConfigErrors{{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+		}
+		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+	}
+	v := validator{file: path, lines: keyLines(string(data))}
+	for _, k := range md.Undecoded() {
+		v.add(keyPath(k), "unknown key")
+	}
+	collectValueErrors(&v, reflect.ValueOf(&fc).Elem(), "")
+	cfg := v.build(&fc)
+	if len(v.errs) > 0 {
+		sort.SliceStable(v.errs, func(i, j int) bool {
+			a, b := v.errs[i].Line, v.errs[j].Line
+			return a != 0 && (b == 0 || a < b)
+		})
+		return nil, v.errs
+	}
+	cfg.Path = path
+	return cfg, nil
+}
+
+type validator struct {
+	file  string
+	lines map[string]int
+	errs  ConfigErrors
+}
+
+func (v *validator) add(key, format string, args ...any) {
+	v.errs = append(v.errs, configError{File: v.file, Line: v.line(key), Key: key, Msg: fmt.Sprintf(format, args...)})
+}
+
+// line finds where key was written; keys of arrays of tables fall back to
+// the first occurrence without the index.
+func (v *validator) line(key string) int {
+	if n, ok := v.lines[key]; ok {
+		return n
+	}
+	return v.lines[stripIndexes(key)]
+}
+
+// collectValueErrors walks fc and reports every value that failed to parse,
+// under its TOML key path.
+func collectValueErrors(v *validator, rv reflect.Value, path string) {
+	if p, ok := rv.Addr().Interface().(interface{ problem() error }); ok {
+		if err := p.problem(); err != nil {
+			v.add(path, "%s", err.Error())
+		}
+		return
+	}
+	switch rv.Kind() {
+	case reflect.Struct:
+		t := rv.Type()
+		for i := 0; i < t.NumField(); i++ {
+			f := t.Field(i)
+			name := f.Tag.Get("toml")
+			if name == "-" {
+				continue
+			}
+			sub := path
+			if !f.Anonymous {
+				sub = joinKey(path, name)
+			}
+			collectValueErrors(v, rv.Field(i), sub)
+		}
+	case reflect.Slice:
+		for i := 0; i < rv.Len(); i++ {
+			collectValueErrors(v, rv.Index(i), fmt.Sprintf("%s[%d]", path, i))
+		}
+	}
+}
+
+func joinKey(a, b string) string {
+	if a == "" {
+		return b
+	}
+	return a + "." + b
+}
+
+func keyPath(k toml.Key) string { return strings.Join(k, ".") }
+
+// build turns a decoded file into a Config, adding the errors that need more
+// than one value to see.
+func (v *validator) build(fc *fileConfig) *Config {
+	cfg := DefaultConfig()
+	cfg.Listen = fc.Listen.get(cfg.Listen)
+	if fc.Listen.set && fc.Listen.err == nil {
+		if _, _, err := parseListen(cfg.Listen); err != nil {
+			v.add("listen", "%s", err.Error())
+		}
+	}
+	cfg.MetricsListen = fc.Metrics.Listen.get(cfg.MetricsListen)
+	r := cfg.Rules
+	switch mode := fc.Mode.get(string(r.Mode)); mode {
+	case string(limits.ModeEnforce), string(limits.ModeMonitor):
+		r.Mode = limits.Mode(mode)
+	default:
+		v.add("mode", "must be \"enforce\" or \"monitor\", got %q", mode)
+	}
+	switch f := fc.Log.Format.get(cfg.LogFormat); f {
+	case "text", "json":
+		cfg.LogFormat = f
+	default:
+		v.add("log.format", "must be \"text\" or \"json\", got %q", f)
+	}
+	if fc.Log.Level.set && fc.Log.Level.err == nil {
+		if err := cfg.LogLevel.UnmarshalText([]byte(fc.Log.Level.v)); err != nil {
+			v.add("log.level", "must be \"debug\", \"info\", \"warn\" or \"error\", got %q", fc.Log.Level.v)
+		}
+	}
+	r.IPv4Prefix = int(fc.Addresses.IPv4Prefix.get(int64(r.IPv4Prefix)))
+	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
+		v.add("addresses.ipv4_prefix", "must be between 1 and 32, got %d", r.IPv4Prefix)
+	}
+	r.IPv6Prefix = int(fc.Addresses.IPv6Prefix.get(int64(r.IPv6Prefix)))
+	if r.IPv6Prefix < 1 || r.IPv6Prefix > 128 {
+		v.add("addresses.ipv6_prefix", "must be between 1 and 128, got %d", r.IPv6Prefix)
+	}
+	if n := fc.Addresses.MaxTracked.get(count(cfg.MaxTracked)); n == 0 {
+		v.add("addresses.max_tracked", "must be at least 1 (it bounds the memory the frequency ban uses)")
+	} else {
+		cfg.MaxTracked = int(n)
+	}
+	r.ExemptNetworks = fc.Exempt.Networks.get(nil)
+	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
+
+	v.applyPolicy(&r.Default, &fc.policyTables, "")
+	for i := range fc.Override {
+		o := &fc.Override[i]
+		prefix := fmt.Sprintf("override[%d]", i)
+		ov := limits.Override{Networks: o.Networks.get(nil), Policy: r.Default}
+		if o.Authenticated.set && o.Authenticated.err == nil {
+			b := o.Authenticated.v
+			ov.Authenticated = &b
+		}
+		if !o.Networks.set && !o.Authenticated.set {
+			v.add(prefix, "must set networks or authenticated (an override that matches everyone belongs in the top-level tables)")
+		}
+		if ov.Authenticated != nil && *ov.Authenticated && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
+			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values")
+		}
+		v.applyPolicy(&ov.Policy, &o.policyTables, prefix)
+		r.Overrides = append(r.Overrides, ov)
+	}
+	v.applyReplies(r.Replies, fc)
+	return cfg
+}
+
+// applyPolicy overwrites p with the values set in t.
+func (v *validator) applyPolicy(p *limits.Policy, t *policyTables, prefix string) {
+	s := &p.Session
+	s.MaxMessages = int64(t.Session.MaxMessages.get(count(s.MaxMessages)))
+	s.MaxBytes = int64(t.Session.MaxBytes.get(byteSize(s.MaxBytes)))
+	s.MaxRecipients = int64(t.Session.MaxRecipients.get(count(s.MaxRecipients)))
+	switch o := t.Session.Overrun.get(string(s.Overrun)); o {
+	case string(limits.OverrunAccept), string(limits.OverrunTempfail):
+		s.Overrun = limits.Overrun(o)
+	default:
+		v.add(joinKey(prefix, "session.overrun"), "must be \"accept\" or \"tempfail\", got %q", o)
+	}
+	f := &p.Frequency
+	f.MaxConnections = int64(t.Frequency.MaxConnections.get(count(f.MaxConnections)))
+	f.Window = durationOf(t.Frequency.Window.get(duration(f.Window)))
+	f.Ban = durationOf(t.Frequency.Ban.get(duration(f.Ban)))
+	if f.MaxConnections > 0 && f.Window <= 0 {
+		v.add(joinKey(prefix, "frequency.window"), "must be longer than 0s while max_connections is set")
+	}
+	if f.MaxConnections > 1<<31 {
+		v.add(joinKey(prefix, "frequency.max_connections"), "must be at most %d", int64(1)<<31)
+	}
+	c := &p.Concurrency
+	c.MaxPerAddress = int64(t.Concurrency.MaxPerAddress.get(count(c.MaxPerAddress)))
+	c.MaxTotal = int64(t.Concurrency.MaxTotal.get(count(c.MaxTotal)))
+}
+
+func (v *validator) applyReplies(rs limits.Replies, fc *fileConfig) {
+	rv := reflect.ValueOf(&fc.Replies).Elem()
+	for i := 0; i < rv.NumField(); i++ {
+		key := rv.Type().Field(i).Tag.Get("toml")
+		val := rv.Field(i).Addr().Interface().(*value[string])
+		if !val.set || val.err != nil {
+			continue
+		}
+		reply, err := limits.ParseReply(val.v)
+		if err != nil {
+			v.add("replies."+key, "%s", err.Error())
+			continue
+		}
+		rs[limits.ReplyKey(key)] = reply
+	}
+}
+
+func durationOf(d duration) time.Duration { return time.Duration(d) }
+
+// anySet reports whether any value in the struct pointed to by p was set.
+func anySet(p any) bool {
+	rv := reflect.ValueOf(p).Elem()
+	for i := 0; i < rv.NumField(); i++ {
+		if s, ok := rv.Field(i).Addr().Interface().(interface{ isSet() bool }); ok && s.isSet() {
+			return true
+		}
+	}
+	return false
+}
+
+func (o *value[T]) isSet() bool { return o.set }
+
+// keyLines maps every key path written in a TOML file to its line number.
+// Arrays of tables get indexes: override[1].session.max_bytes.
+func keyLines(src string) map[string]int {
+	lines := make(map[string]int)
+	arrays := make(map[string]int) // array-of-tables path → count so far
+	table := ""
+	for i, raw := range strings.Split(src, "\n") {
+		t := strings.TrimSpace(stripComment(raw))
+		switch {
+		case t == "":
+		case strings.HasPrefix(t, "[["):
+			name := normKey(strings.TrimSuffix(strings.TrimPrefix(t, "[["), "]]"))
+			name = resolveArrays(name, arrays)
+			n := arrays[name]
+			arrays[name] = n + 1
+			table = fmt.Sprintf("%s[%d]", name, n)
+			lines[table] = i + 1
+		case strings.HasPrefix(t, "["):
+			table = resolveArrays(normKey(strings.TrimSuffix(strings.TrimPrefix(t, "["), "]")), arrays)
+			if _, ok := lines[table]; !ok {
+				lines[table] = i + 1
+			}
+		default:
+			k, _, ok := strings.Cut(t, "=")
+			if !ok || strings.ContainsAny(k, "\"'[{,") && !strings.HasPrefix(strings.TrimSpace(k), "\"") {
+				continue
+			}
+			full := joinKey(table, normKey(k))
+			if _, seen := lines[full]; !seen {
+				lines[full] = i + 1
+			}
+		}
+	}
+	return lines
+}
+
+// resolveArrays adds the current index to every prefix of name that is an
+// array of tables: "override.session" → "override[0].session".
+func resolveArrays(name string, arrays map[string]int) string {
+	parts := strings.Split(name, ".")
+	out := ""
+	for _, p := range parts {
+		out = joinKey(out, p)
+		if n, ok := arrays[out]; ok && out != name {
+			out = fmt.Sprintf("%s[%d]", out, n-1)
+		}
+	}
+	return out
+}
+
+func normKey(k string) string {
+	parts := strings.Split(strings.TrimSpace(k), ".")
+	for i, p := range parts {
+		parts[i] = strings.Trim(strings.TrimSpace(p), `"'`)
+	}
+	return strings.Join(parts, ".")
+}
+
+func stripIndexes(key string) string {
+	var b strings.Builder
+	depth := 0
+	for _, r := range key {
+		switch {
+		case r == '[':
+			depth++
+		case r == ']':
+			depth--
+		case depth == 0:
+			b.WriteRune(r)
+		}
+	}
+	return b.String()
+}
+
+// stripComment removes a # comment that is not inside a string.
+func stripComment(line string) string {
+	var quote rune
+	for i, r := range line {
+		switch {
+		case quote != 0 && r == quote:
+			quote = 0
+		case quote == 0 && (r == '"' || r == '\''):
+			quote = r
+		case quote == 0 && r == '#':
+			return line[:i]
+		}
+	}
+	return line
+}

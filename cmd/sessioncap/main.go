@@ -1,0 +1,136 @@
+// Command sessioncap is a milter for Postfix and Sendmail that caps SMTP
+// sessions (bytes, messages and recipients per connection), bans addresses
+// that connect too often and bounds concurrent sessions, answering only at
+// transaction boundaries with 4xx replies so that no mail is lost or looped.
+package main
+
+import (
+	"context"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"os"
+	"os/signal"
+	"runtime"
+	"syscall"
+)
+
+// version is set at build time: -ldflags "-X main.version=1.2.3".
+var version = "dev"
+
+// Exit codes.
+const (
+	exitOK      = 0
+	exitRuntime = 1
+	exitConfig  = 2 // bad configuration or usage; systemd must not restart
+)
+
+func main() {
+	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
+}
+
+const usageText = `Usage:
+  sessioncap [-config FILE] [-listen SPEC] [-metrics-listen HOST:PORT]
+  sessioncap check-config [-config FILE]
+  sessioncap version
+
+sessioncap is a milter that caps SMTP sessions for Postfix and Sendmail:
+messages, bytes and recipients per connection, connections per address per
+time window (with a temporary ban) and concurrent sessions. It answers only
+at connect, MAIL FROM, RCPT TO and end of message, always with a 4xx reply,
+so the sender keeps every refused message and retries it on a new
+connection.
+
+Without -config it reads ` + defaultConfigPath + ` if that file exists, and
+otherwise runs with built-in defaults.
+
+Options:
+  -config FILE               TOML configuration file
+  -listen SPEC               milter socket in Postfix notation, overriding the file:
+                             inet:HOST:PORT, inet6:[ADDR]:PORT, unix:/PATH
+                             (default ` + defaultListen + `)
+  -metrics-listen HOST:PORT  Prometheus /metrics address; "" disables
+                             (default ` + defaultMetricsListen + `)
+
+Signals:
+  SIGHUP           reload the configuration; a bad file keeps the old one
+  SIGTERM, SIGINT  stop accepting, let sessions finish (bounded), exit 0;
+                   a second signal exits at once
+
+Exit status: 0 on success, 1 on a runtime error, 2 on a configuration or
+usage error.
+`
+
+func run(args []string, stdout, stderr io.Writer) int {
+	if len(args) > 0 {
+		switch args[0] {
+		case "check-config":
+			return checkConfig(args[1:], stdout, stderr)
+		case "version":
+			fmt.Fprintf(stdout, "sessioncap %s (%s)\n", version, runtime.Version())
+			return exitOK
+		case "help":
+			fmt.Fprint(stdout, usageText)
+			return exitOK
+		}
+	}
+	fs := flag.NewFlagSet("sessioncap", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, usageText) }
+	configPath := fs.String("config", "", "")
+	listen := fs.String("listen", "", "")
+	metricsListen := fs.String("metrics-listen", "", "")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitConfig
+	}
+	if fs.NArg() > 0 {
+		fmt.Fprintf(stderr, "sessioncap: unexpected argument %q\n\n%s", fs.Arg(0), usageText)
+		return exitConfig
+	}
+	set := map[string]bool{}
+	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
+
+	path, required := *configPath, true
+	if path == "" {
+		path, required = defaultConfigPath, false
+	}
+	cfg, err := LoadConfig(path, required)
+	if err != nil {
+		fmt.Fprintf(stderr, "sessioncap: bad configuration:\n%v\n", err)
+		return exitConfig
+	}
+	opts := daemonOptions{configPath: path, configRequired: required}
+	if set["listen"] {
+		opts.listen = listen
+	}
+	if set["metrics-listen"] {
+		opts.metricsListen = metricsListen
+	}
+	sigs := make(chan os.Signal, 4)
+	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
+	defer signal.Stop(sigs)
+	return runDaemon(context.Background(), cfg, opts, sigs, stderr)
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sessioncap check-config", flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	configPath := fs.String("config", defaultConfigPath, "TOML configuration file")
+	if err := fs.Parse(args); err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitConfig
+	}
+	cfg, err := LoadConfig(*configPath, true)
+	if err != nil {
+		fmt.Fprintln(stderr, err)
+		return exitConfig
+	}
+	fmt.Fprint(stdout, summary(cfg))
+	return exitOK
+}

@@ -1,0 +1,257 @@
+// Package limits decides whether an SMTP session, transaction or connection
+// stays within the configured caps. It is pure policy: no I/O, no goroutines,
+// no clock of its own (every time is an argument).
+package limits
+
+import (
+	"fmt"
+	"net/netip"
+	"time"
+)
+
+// Limit names a rule that can refuse. The values are used as metric labels
+// and log values, so the set is closed.
+type Limit string
+
+// The limits sessioncap enforces.
+const (
+	LimitSessionMessages    Limit = "session_messages"
+	LimitSessionBytes       Limit = "session_bytes"
+	LimitSessionRecipients  Limit = "session_recipients"
+	LimitFrequency          Limit = "frequency"
+	LimitBanned             Limit = "banned"
+	LimitConcurrencyAddress Limit = "concurrency_address"
+	LimitConcurrencyTotal   Limit = "concurrency_total"
+)
+
+// AllLimits lists every Limit, in documentation order.
+var AllLimits = []Limit{
+	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
+	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
+}
+
+// Stage is the SMTP transaction boundary at which a refusal is given.
+type Stage string
+
+// The stages at which sessioncap answers.
+const (
+	StageConnect Stage = "connect"
+	StageMail    Stage = "mail"
+	StageRcpt    Stage = "rcpt"
+	StageEOM     Stage = "eom"
+)
+
+// AllStages lists every Stage in SMTP order.
+var AllStages = []Stage{StageConnect, StageMail, StageRcpt, StageEOM}
+
+// Mode says whether refusals are given (enforce) or only logged and counted
+// (monitor).
+type Mode string
+
+// The modes.
+const (
+	ModeEnforce Mode = "enforce"
+	ModeMonitor Mode = "monitor"
+)
+
+// AllModes lists every Mode.
+var AllModes = []Mode{ModeEnforce, ModeMonitor}
+
+// Overrun says what happens to a message whose real size crosses the session
+// byte cap when MAIL FROM gave no SIZE warning.
+type Overrun string
+
+// The overrun policies.
+const (
+	// OverrunAccept takes the crossing message and refuses the next MAIL.
+	OverrunAccept Overrun = "accept"
+	// OverrunTempfail answers 452 4.3.1 at end of message; the sender keeps
+	// the message and retries it on a new connection.
+	OverrunTempfail Overrun = "tempfail"
+)
+
+// Session holds the caps of one SMTP session. Zero disables a cap.
+type Session struct {
+	MaxMessages   int64
+	MaxBytes      int64
+	MaxRecipients int64
+	Overrun       Overrun
+}
+
+// Frequency is the connection-frequency rule: more than MaxConnections
+// connections within Window bans the address prefix for Ban. A zero
+// MaxConnections disables the rule.
+type Frequency struct {
+	MaxConnections int64
+	Window         time.Duration
+	Ban            time.Duration
+}
+
+// Concurrency caps open sessions per address prefix and in total. Zero
+// disables a cap.
+type Concurrency struct {
+	MaxPerAddress int64
+	MaxTotal      int64
+}
+
+// Policy is the full set of caps that applies to one client.
+type Policy struct {
+	Session     Session
+	Frequency   Frequency
+	Concurrency Concurrency
+}
+
+// Defaults returns the built-in policy.
+func Defaults() Policy {
+	return Policy{
+		Session: Session{
+			MaxMessages:   100,
+			MaxBytes:      100 << 20,
+			MaxRecipients: 1000,
+			Overrun:       OverrunAccept,
+		},
+		Frequency: Frequency{
+			MaxConnections: 120,
+			Window:         time.Minute,
+			Ban:            5 * time.Minute,
+		},
+		Concurrency: Concurrency{
+			MaxPerAddress: 50,
+			MaxTotal:      0,
+		},
+	}
+}
+
+// Override replaces the policy for clients it matches. A nil Authenticated
+// matches either; empty Networks matches every address.
+type Override struct {
+	Networks      []netip.Prefix
+	Authenticated *bool
+	Policy        Policy // complete: the defaults with the override's values applied
+}
+
+func (o *Override) matches(addr netip.Addr, hasAddr, authenticated bool) bool {
+	if o.Authenticated != nil && *o.Authenticated != authenticated {
+		return false
+	}
+	if len(o.Networks) == 0 {
+		return true
+	}
+	return hasAddr && containsAddr(o.Networks, addr)
+}
+
+func containsAddr(nets []netip.Prefix, addr netip.Addr) bool {
+	for _, n := range nets {
+		if n.Contains(addr) {
+			return true
+		}
+	}
+	return false
+}
+
+// Rules is a complete, validated configuration of the policy.
+type Rules struct {
+	Mode                Mode
+	Default             Policy
+	ExemptNetworks      []netip.Prefix
+	ExemptAuthenticated bool
+	Overrides           []Override
+	IPv4Prefix          int // bits kept of an IPv4 address to form its key
+	IPv6Prefix          int // bits kept of an IPv6 address to form its key
+	Replies             Replies
+}
+
+// DefaultRules returns the built-in rules.
+func DefaultRules() *Rules {
+	return &Rules{
+		Mode:       ModeEnforce,
+		Default:    Defaults(),
+		IPv4Prefix: 32,
+		IPv6Prefix: 64,
+		Replies:    DefaultReplies(),
+	}
+}
+
+// Validate reports the first inconsistency in r, for rules built in code.
+func (r *Rules) Validate() error {
+	if r.Mode != ModeEnforce && r.Mode != ModeMonitor {
+		return fmt.Errorf("limits: unknown mode %q", r.Mode)
+	}
+	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
+		return fmt.Errorf("limits: ipv4 prefix %d out of range 1..32", r.IPv4Prefix)
+	}
+	if r.IPv6Prefix < 1 || r.IPv6Prefix > 128 {
+		return fmt.Errorf("limits: ipv6 prefix %d out of range 1..128", r.IPv6Prefix)
+	}
+	return r.Replies.Validate()
+}
+
+// ForConnect returns the policy for a new connection from addr and whether
+// addr is exempt from every limit. At connect nobody is authenticated yet, so
+// overrides that require authentication do not match.
+func (r *Rules) ForConnect(addr netip.Addr) (p Policy, exempt bool) {
+	if containsAddr(r.ExemptNetworks, addr) {
+		return Policy{}, true
+	}
+	return r.policyFor(addr, true, false), false
+}
+
+// ForTransaction returns the session caps for a transaction of a client at
+// addr (hasAddr false for a session without an IP address) and whether the
+// session is exempt from them.
+func (r *Rules) ForTransaction(addr netip.Addr, hasAddr, authenticated bool) (s Session, exempt bool) {
+	if hasAddr && containsAddr(r.ExemptNetworks, addr) {
+		return Session{}, true
+	}
+	if authenticated && r.ExemptAuthenticated {
+		return Session{}, true
+	}
+	return r.policyFor(addr, hasAddr, authenticated).Session, false
+}
+
+func (r *Rules) policyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
+	for i := range r.Overrides {
+		if r.Overrides[i].matches(addr, hasAddr, authenticated) {
+			return r.Overrides[i].Policy
+		}
+	}
+	return r.Default
+}
+
+// NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
+// must send headers and body chunks at all.
+func (r *Rules) NeedsBodies() bool {
+	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 })
+}
+
+// NeedsRecipients reports whether any policy has a recipient cap.
+func (r *Rules) NeedsRecipients() bool {
+	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 })
+}
+
+func (r *Rules) any(f func(*Policy) bool) bool {
+	if f(&r.Default) {
+		return true
+	}
+	for i := range r.Overrides {
+		if f(&r.Overrides[i].Policy) {
+			return true
+		}
+	}
+	return false
+}
+
+// Key returns the address prefix under which addr is counted: the address
+// with IPv4-mapped IPv6 unmapped, masked to the configured prefix length.
+func (r *Rules) Key(addr netip.Addr) netip.Prefix {
+	addr = addr.Unmap().WithZone("")
+	bits := r.IPv6Prefix
+	if addr.Is4() {
+		bits = r.IPv4Prefix
+	}
+	p, err := addr.Prefix(bits)
+	if err != nil { // only for an invalid addr; the caller checked validity
+		return netip.PrefixFrom(addr, addr.BitLen())
+	}
+	return p
+}

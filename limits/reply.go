@@ -1,0 +1,206 @@
+package limits
+
+import (
+	"errors"
+	"fmt"
+	"strconv"
+	"strings"
+	"time"
+)
+
+// ReplyKey names one configurable reply. Several replies can belong to one
+// Limit (the byte cap answers differently for a used budget, a SIZE
+// prediction and an overrun at end of message).
+type ReplyKey string
+
+// The configurable replies.
+const (
+	ReplySessionMessages    ReplyKey = "session_messages"
+	ReplySessionBytes       ReplyKey = "session_bytes"
+	ReplySessionBytesSize   ReplyKey = "session_bytes_size"
+	ReplyOverrun            ReplyKey = "overrun"
+	ReplySessionRecipients  ReplyKey = "session_recipients"
+	ReplyFrequency          ReplyKey = "frequency"
+	ReplyBanned             ReplyKey = "banned"
+	ReplyConcurrencyAddress ReplyKey = "concurrency_address"
+	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
+)
+
+// AllReplyKeys lists every ReplyKey.
+var AllReplyKeys = []ReplyKey{
+	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
+	ReplySessionRecipients, ReplyFrequency, ReplyBanned, ReplyConcurrencyAddress,
+	ReplyConcurrencyTotal,
+}
+
+// Reply is an SMTP reply template: a 4xx code, an enhanced status code and a
+// single line of text in which {cap}, {value}, {window} and {ban} are
+// replaced when the reply is given.
+type Reply struct {
+	Code     int
+	Enhanced string
+	Text     string
+}
+
+// Replies maps each ReplyKey to its template.
+type Replies map[ReplyKey]Reply
+
+// DefaultReplies returns the built-in reply for every key.
+func DefaultReplies() Replies {
+	return Replies{
+		ReplySessionMessages:    {421, "4.7.0", "Too many messages in this session (limit {cap}); reconnect to send more"},
+		ReplySessionBytes:       {421, "4.7.0", "Too much data in this session (limit {cap} bytes); reconnect to send more"},
+		ReplySessionBytesSize:   {421, "4.7.0", "Message would exceed this session's data limit (limit {cap} bytes); reconnect to send it"},
+		ReplyOverrun:            {452, "4.3.1", "Message exceeded this session's data limit (limit {cap} bytes); reconnect and send it again"},
+		ReplySessionRecipients:  {452, "4.5.3", "Too many recipients in this session (limit {cap}); send the rest in a new session"},
+		ReplyFrequency:          {421, "4.7.0", "Too many connections from your network (limit {cap} per {window}); banned for {ban}, try again later"},
+		ReplyBanned:             {421, "4.7.0", "Your network is temporarily banned for too many connections; try again in {ban}"},
+		ReplyConcurrencyAddress: {421, "4.7.0", "Too many concurrent connections from your network (limit {cap}); try again later"},
+		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
+	}
+}
+
+var placeholders = []string{"{cap}", "{value}", "{window}", "{ban}"}
+
+// ParseReply parses "CODE X.Y.Z text" (the enhanced code is optional). The
+// code must be 4xx: every limit here is temporary.
+func ParseReply(s string) (Reply, error) {
+	if strings.ContainsAny(s, "\r\n") {
+		return Reply{}, errors.New("must be a single line")
+	}
+	code, rest, _ := strings.Cut(strings.TrimSpace(s), " ")
+	n, err := strconv.Atoi(code)
+	if err != nil || len(code) != 3 {
+		return Reply{}, fmt.Errorf("must start with a 3-digit SMTP code, got %q", code)
+	}
+	r := Reply{Code: n, Text: strings.TrimSpace(rest)}
+	if first, text, ok := strings.Cut(r.Text, " "); ok || first != "" {
+		if isEnhanced(first) {
+			r.Enhanced, r.Text = first, strings.TrimSpace(text)
+		}
+	}
+	return r, r.validate()
+}
+
+func isEnhanced(s string) bool {
+	parts := strings.Split(s, ".")
+	if len(parts) != 3 {
+		return false
+	}
+	for _, p := range parts {
+		if p == "" || len(p) > 3 || strings.Trim(p, "0123456789") != "" {
+			return false
+		}
+	}
+	return true
+}
+
+func (r Reply) validate() error {
+	if r.Code < 400 || r.Code > 499 {
+		return fmt.Errorf("code %d is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail", r.Code)
+	}
+	if r.Enhanced != "" && (r.Enhanced[0] != '4' || !isEnhanced(r.Enhanced)) {
+		return fmt.Errorf("enhanced status code %q must be 4.X.Y", r.Enhanced)
+	}
+	if r.Text == "" {
+		return errors.New("text is empty: say which limit was hit and what to do")
+	}
+	if strings.ContainsAny(r.Text, "\r\n\x00") {
+		return errors.New("must be a single line")
+	}
+	rest := r.Text
+	for _, p := range placeholders {
+		rest = strings.ReplaceAll(rest, p, "")
+	}
+	if i := strings.IndexByte(rest, '{'); i >= 0 {
+		end := strings.IndexByte(rest[i:], '}')
+		if end < 0 {
+			end = len(rest) - i - 1
+		}
+		return fmt.Errorf("unknown placeholder %s (known: %s)", rest[i:i+end+1], strings.Join(placeholders, " "))
+	}
+	return nil
+}
+
+// String renders the template in configuration syntax.
+func (r Reply) String() string {
+	if r.Enhanced == "" {
+		return fmt.Sprintf("%d %s", r.Code, r.Text)
+	}
+	return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
+}
+
+// Validate checks that every key has a valid 4xx reply.
+func (rs Replies) Validate() error {
+	for _, k := range AllReplyKeys {
+		r, ok := rs[k]
+		if !ok {
+			return fmt.Errorf("limits: no reply for %s", k)
+		}
+		if err := r.validate(); err != nil {
+			return fmt.Errorf("limits: reply %s: %w", k, err)
+		}
+	}
+	return nil
+}
+
+// Refusal is a decision to refuse, carrying what the SMTP client is told and
+// what the log and metrics record.
+type Refusal struct {
+	Limit    Limit
+	Stage    Stage
+	Reply    ReplyKey
+	Code     int
+	Enhanced string
+	Text     string // rendered, without code and enhanced code
+	Value    int64  // what was seen (messages, bytes, connections, …)
+	Cap      int64  // the configured cap
+}
+
+// Error makes a Refusal usable as an error value; it reads like the reply.
+func (r *Refusal) Error() string {
+	return fmt.Sprintf("%d %s %s", r.Code, r.Enhanced, r.Text)
+}
+
+// Reason is the reply text after the code: enhanced code and text.
+func (r *Refusal) Reason() string {
+	if r.Enhanced == "" {
+		return r.Text
+	}
+	return r.Enhanced + " " + r.Text
+}
+
+// refusal renders the reply for key.
+func (rs Replies) refusal(key ReplyKey, limit Limit, stage Stage, value, cap int64, window, ban time.Duration) *Refusal {
+	t, ok := rs[key]
+	if !ok {
+		t = DefaultReplies()[key]
+	}
+	text := t.Text
+	if strings.IndexByte(text, '{') >= 0 {
+		text = strings.NewReplacer(
+			"{cap}", strconv.FormatInt(cap, 10),
+			"{value}", strconv.FormatInt(value, 10),
+			"{window}", formatDuration(window),
+			"{ban}", formatDuration(ban),
+		).Replace(text)
+	}
+	return &Refusal{Limit: limit, Stage: stage, Reply: key, Code: t.Code, Enhanced: t.Enhanced, Text: text, Value: value, Cap: cap}
+}
+
+// formatDuration prints whole seconds the way an admin writes them ("5m0s"
+// becomes "5m", "90s" stays "1m30s").
+func formatDuration(d time.Duration) string {
+	d = d.Round(time.Second)
+	if d <= 0 {
+		return "0s"
+	}
+	s := d.String()
+	if strings.HasSuffix(s, "m0s") {
+		s = strings.TrimSuffix(s, "0s")
+	}
+	if strings.HasSuffix(s, "h0m") {
+		s = strings.TrimSuffix(s, "0m")
+	}
+	return s
+}

@@ -1,0 +1,182 @@
+// Package milter adapts go-milter's per-session callbacks to the decisions of
+// package limits: it keeps one SMTP session's counts, asks the store at
+// connect, and turns refusals into SMTP replies at transaction boundaries.
+package milter
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net"
+	"net/netip"
+	"sync/atomic"
+	"time"
+
+	gomilter "github.com/d--j/go-milter"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// Store keeps the state that outlives a session: frequency windows, bans and
+// open-session counts. counters.Memory implements it.
+type Store interface {
+	// Admit decides a new connection of key with limits.Admit and counts it
+	// as open when the admission says so.
+	Admit(ctx context.Context, key netip.Prefix, now time.Time, p limits.Policy, mode limits.Mode) (limits.Admission, error)
+	// Release gives back a session that Admit counted as open.
+	Release(ctx context.Context, key netip.Prefix) error
+}
+
+// Config is what a Server needs.
+type Config struct {
+	Rules   *limits.Rules
+	Store   Store
+	Metrics *Metrics
+	Logger  *slog.Logger
+	Now     func() time.Time // time.Now when nil
+	// StoreTimeout bounds one store call (default 1s); on error or timeout
+	// the connection is let through and the error is logged and counted.
+	StoreTimeout time.Duration
+}
+
+// Server is a milter server enforcing sessioncap's limits.
+type Server struct {
+	rules        atomic.Pointer[limits.Rules]
+	store        Store
+	metrics      *Metrics
+	log          *slog.Logger
+	now          func() time.Time
+	storeTimeout time.Duration
+	srv          *gomilter.Server
+}
+
+// macros are requested from the MTA. Postfix sends exactly the requested
+// list, and does not send {client_addr} unless asked.
+var macros = map[gomilter.MacroStage][]gomilter.MacroName{
+	gomilter.StageConnect: {gomilter.MacroClientAddr},
+	gomilter.StageMail:    {gomilter.MacroQueueId, gomilter.MacroAuthAuthen},
+	gomilter.StageRcpt:    {gomilter.MacroQueueId},
+	gomilter.StageEOM:     {gomilter.MacroQueueId},
+}
+
+// NewServer returns a server; call Serve to accept MTA connections.
+func NewServer(cfg Config) (*Server, error) {
+	if cfg.Rules == nil || cfg.Store == nil || cfg.Metrics == nil {
+		return nil, errors.New("milter: Rules, Store and Metrics are required")
+	}
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, err
+	}
+	s := &Server{
+		store:        cfg.Store,
+		metrics:      cfg.Metrics,
+		log:          cfg.Logger,
+		now:          cfg.Now,
+		storeTimeout: cfg.StoreTimeout,
+	}
+	if s.log == nil {
+		s.log = slog.Default()
+	}
+	if s.now == nil {
+		s.now = time.Now
+	}
+	if s.storeTimeout <= 0 {
+		s.storeTimeout = time.Second
+	}
+	s.rules.Store(cfg.Rules)
+	opts := []gomilter.Option{
+		gomilter.WithDynamicMilter(s.newSession),
+		gomilter.WithNegotiationCallback(s.negotiate),
+		gomilter.WithActions(0),
+	}
+	for stage, names := range macros {
+		opts = append(opts, gomilter.WithMacroRequest(stage, names))
+	}
+	s.srv = gomilter.NewServer(opts...)
+	return s, nil
+}
+
+// SetRules atomically replaces the rules. Sessions already connected keep the
+// rules they started with; new sessions get r.
+func (s *Server) SetRules(r *limits.Rules) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	s.rules.Store(r)
+	return nil
+}
+
+// Rules returns the rules new sessions get.
+func (s *Server) Rules() *limits.Rules { return s.rules.Load() }
+
+// Serve accepts MTA connections on ln until Shutdown or Close.
+func (s *Server) Serve(ln net.Listener) error {
+	err := s.srv.Serve(ln)
+	if errors.Is(err, gomilter.ErrServerClosed) {
+		return nil
+	}
+	return err
+}
+
+// Shutdown stops accepting connections and waits for open milter sessions to
+// end until ctx is done, then closes them.
+func (s *Server) Shutdown(ctx context.Context) error { return s.srv.Shutdown(ctx) }
+
+// Close closes listeners and every session at once.
+func (s *Server) Close() error { return s.srv.Close() }
+
+// protocolFor chooses which events the MTA sends and which it expects no
+// reply to. Every synchronous round trip costs MTA throughput, so only the
+// events the rules need are asked for: connect, MAIL and end of message
+// always, RCPT only with a recipient cap, headers and body only with a byte
+// cap, and those without replies.
+func protocolFor(r *limits.Rules) gomilter.OptProtocol {
+	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoUnknown | gomilter.OptNoEOH
+	if !r.NeedsRecipients() {
+		p |= gomilter.OptNoRcptTo
+	}
+	if r.NeedsBodies() {
+		p |= gomilter.OptNoHeaderReply | gomilter.OptNoBodyReply
+	} else {
+		p |= gomilter.OptNoHeaders | gomilter.OptNoBody
+	}
+	return p
+}
+
+// negotiate takes what the MTA offers of what protocolFor wants. An MTA that
+// cannot skip an event simply sends it (the session answers continue); one
+// that cannot do without a reply gets one.
+func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomilter.OptAction, mtaProtocol, _ gomilter.OptProtocol, offered gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
+	if mtaVersion < 2 {
+		return 0, 0, 0, 0, fmt.Errorf("milter: MTA speaks milter protocol version %d, need at least 2", mtaVersion)
+	}
+	version := min(mtaVersion, milterVersion)
+	actions := mtaActions & gomilter.OptSetMacros
+	return version, actions, protocolFor(s.rules.Load()) & mtaProtocol, offered, nil
+}
+
+func (s *Server) newSession(uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize) gomilter.Milter {
+	return &session{srv: s}
+}
+
+// logRefusal writes the one structured line per refusal and counts it.
+func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
+	s.metrics.refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
+	s.log.Warn("refused",
+		"client_ip", client,
+		"queue_id", queueID,
+		"limit", string(r.Limit),
+		"stage", string(r.Stage),
+		"value", r.Value,
+		"cap", r.Cap,
+		"mode", string(mode),
+		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
+	)
+}
+
+// observe records how long a callback took; use it as
+// defer s.observe(stage, time.Now()).
+func (s *Server) observe(stage limits.Stage, start time.Time) {
+	s.metrics.duration[stage].Observe(time.Since(start).Seconds())
+}
