@@ -51,7 +51,7 @@ type fileConfig struct {
 		Format value[string] `toml:"format"`
 		Level  value[string] `toml:"level"`
 	} `toml:"log"`
-	policyTables
+	PolicyTables
 	Addresses struct {
 		IPv4Prefix value[int64] `toml:"ipv4_prefix"`
 		IPv6Prefix value[int64] `toml:"ipv6_prefix"`
@@ -75,8 +75,8 @@ type fileConfig struct {
 	} `toml:"replies"`
 }
 
-// policyTables are the tables an override can replace.
-type policyTables struct {
+// PolicyTables are the tables an override can replace.
+type PolicyTables struct {
 	Session struct {
 		MaxMessages   value[count]    `toml:"max_messages"`
 		MaxBytes      value[byteSize] `toml:"max_bytes"`
@@ -97,7 +97,7 @@ type policyTables struct {
 type overrideTable struct {
 	Networks      value[prefixList] `toml:"networks"`
 	Authenticated value[bool]       `toml:"authenticated"`
-	policyTables
+	PolicyTables
 }
 
 // configError is one problem in a file, with where it is.
@@ -171,7 +171,12 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
 	}
 	v := validator{file: path, lines: keyLines(string(data))}
+	reported := map[string]bool{}
 	for _, k := range md.Undecoded() {
+		if reported[keyPath(k[:len(k)-1])] {
+			continue // the unknown table was reported already
+		}
+		reported[keyPath(k)] = true
 		v.add(keyPath(k), "unknown key")
 	}
 	collectValueErrors(&v, reflect.ValueOf(&fc).Elem(), "")
@@ -221,7 +226,7 @@ func collectValueErrors(v *validator, rv reflect.Value, path string) {
 		for i := 0; i < t.NumField(); i++ {
 			f := t.Field(i)
 			name := f.Tag.Get("toml")
-			if name == "-" {
+			if name == "-" || !f.IsExported() {
 				continue
 			}
 			sub := path
@@ -291,7 +296,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	r.ExemptNetworks = fc.Exempt.Networks.get(nil)
 	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
 
-	v.applyPolicy(&r.Default, &fc.policyTables, "")
+	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
 	for i := range fc.Override {
 		o := &fc.Override[i]
 		prefix := fmt.Sprintf("override[%d]", i)
@@ -306,7 +311,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 		if ov.Authenticated != nil && *ov.Authenticated && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
 			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values")
 		}
-		v.applyPolicy(&ov.Policy, &o.policyTables, prefix)
+		v.applyPolicy(&ov.Policy, &o.PolicyTables, prefix)
 		r.Overrides = append(r.Overrides, ov)
 	}
 	v.applyReplies(r.Replies, fc)
@@ -314,7 +319,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 }
 
 // applyPolicy overwrites p with the values set in t.
-func (v *validator) applyPolicy(p *limits.Policy, t *policyTables, prefix string) {
+func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string) {
 	s := &p.Session
 	s.MaxMessages = int64(t.Session.MaxMessages.get(count(s.MaxMessages)))
 	s.MaxBytes = int64(t.Session.MaxBytes.get(byteSize(s.MaxBytes)))

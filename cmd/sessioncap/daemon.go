@@ -91,6 +91,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		return exitRuntime
 	}
 	var metricsSrv *http.Server
+	metricsAddr := ""
 	if metricsListen != "" {
 		mln, err := net.Listen("tcp", metricsListen)
 		if err != nil {
@@ -98,6 +99,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 			log.Error("cannot listen for metrics", "metrics_listen", metricsListen, "err", err)
 			return exitRuntime
 		}
+		metricsAddr = mln.Addr().String()
 		metricsSrv = &http.Server{Handler: d.httpHandler(reg), ReadHeaderTimeout: 10 * time.Second}
 		go func() {
 			if err := metricsSrv.Serve(mln); err != nil && !errors.Is(err, http.ErrServerClosed) {
@@ -107,7 +109,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	}
 	served := make(chan error, 1)
 	go func() { served <- d.srv.Serve(ln) }()
-	log.Info("listening", "milter", listen, "metrics", metricsListen, "config", cfg.Path, "mode", string(cfg.Rules.Mode), "version", version)
+	log.Info("listening", "milter", listenSpec(network, ln.Addr().String()), "metrics", metricsAddr, "config", cfg.Path, "mode", string(cfg.Rules.Mode), "version", version)
 	sdNotify("READY=1")
 
 	code := exitOK
@@ -295,6 +297,17 @@ func parseListen(spec string) (network, address string, err error) {
 		return network, net.JoinHostPort(host, port), nil
 	}
 	return "", "", fmt.Errorf("listen %q: unknown socket type %q (want inet, inet6 or unix)", spec, kind)
+}
+
+// listenSpec writes an opened socket back in Postfix notation.
+func listenSpec(network, address string) string {
+	switch network {
+	case "tcp4":
+		return "inet:" + address
+	case "tcp6":
+		return "inet6:" + address
+	}
+	return network + ":" + address
 }
 
 // listenMilter opens the milter socket. A stale unix socket left by a crash

@@ -1,0 +1,235 @@
+package main
+
+import (
+	"bytes"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// TestBadConfigs pins the exact message for every file in testdata/config:
+// an admin must see every error with its file, line and key.
+func TestBadConfigs(t *testing.T) {
+	want := map[string]string{
+		"bad-listen.toml": `bad-listen.toml:1: listen: listen "tcp:127.0.0.1:25": unknown socket type "tcp" (want inet, inet6 or unix)`,
+		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values
+bad-override.toml:11: override[2]: must set networks or authenticated (an override that matches everyone belongs in the top-level tables)`,
+		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
+bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
+		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
+		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
+bad-unknown-keys.toml:6: frequncy: unknown key`,
+		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce" or "monitor", got "block"
+bad-values.toml:5: session.max_messages: must not be negative (0 disables the limit), got -1
+bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
+bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
+bad-values.toml:10: frequency.window: a duration must be a string with a unit such as "90s" or "5m", got the bare number 60
+bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
+bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
+bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
+	}
+	files, err := filepath.Glob("../../testdata/config/bad-*.toml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bad configs: %v", err)
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			exp, ok := want[name]
+			if !ok {
+				t.Fatalf("no expected message for %s: add it to this table", name)
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = ParseConfig(name, data)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := err.Error(); got != exp {
+				t.Fatalf("got:\n%s\nwant:\n%s", got, exp)
+			}
+		})
+	}
+}
+
+func TestGoodConfig(t *testing.T) {
+	cfg, err := LoadConfig("../../testdata/config/good-full.toml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	r := cfg.Rules
+	wantDefault := limits.Policy{
+		Session:     limits.Session{MaxMessages: 50, MaxBytes: 5_000_000, MaxRecipients: 200, Overrun: limits.OverrunTempfail},
+		Frequency:   limits.Frequency{MaxConnections: 30, Window: 90 * time.Second, Ban: 10 * time.Minute},
+		Concurrency: limits.Concurrency{MaxPerAddress: 5, MaxTotal: 500},
+	}
+	if r.Default != wantDefault {
+		t.Errorf("default policy %+v\nwant %+v", r.Default, wantDefault)
+	}
+	if len(r.Overrides) != 2 {
+		t.Fatalf("%d overrides", len(r.Overrides))
+	}
+	o0 := wantDefault
+	o0.Session.MaxMessages, o0.Session.MaxBytes, o0.Concurrency.MaxPerAddress = 1000, 1<<30, 100
+	if r.Overrides[0].Policy != o0 || r.Overrides[0].Authenticated != nil ||
+		!reflect.DeepEqual(r.Overrides[0].Networks, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}) {
+		t.Errorf("override 0: %+v", r.Overrides[0])
+	}
+	o1 := wantDefault
+	o1.Session.MaxMessages = 500
+	if r.Overrides[1].Policy != o1 || r.Overrides[1].Authenticated == nil || *r.Overrides[1].Authenticated != yes {
+		t.Errorf("override 1: %+v", r.Overrides[1])
+	}
+	if cfg.Listen != "inet:127.0.0.1:10030" || cfg.MetricsListen != "127.0.0.1:9830" || cfg.LogFormat != "json" ||
+		cfg.LogLevel.String() != "DEBUG" || cfg.MaxTracked != 5000 || r.Mode != limits.ModeMonitor ||
+		r.IPv4Prefix != 24 || r.IPv6Prefix != 56 || !r.ExemptAuthenticated || len(r.ExemptNetworks) != 3 {
+		t.Errorf("settings: %+v rules %+v", cfg, r)
+	}
+	if got := r.Replies[limits.ReplySessionMessages]; got.Text != "Enough for now ({value} of {cap}); reconnect" || got.Code != 421 {
+		t.Errorf("reply override: %+v", got)
+	}
+}
+
+// TestShippedConfigIsDefaults uncomments every top-level setting of
+// packaging/sessioncap.toml and checks it equals the built-in defaults: the
+// shipped file documents every key with its real default.
+func TestShippedConfigIsDefaults(t *testing.T) {
+	data, err := os.ReadFile("../../packaging/sessioncap.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := regexp.MustCompile(`^#([a-z_0-9]+ = .*)$`)
+	var out []string
+	inOverride, uncommented := false, 0
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "#[[override]]"):
+			inOverride = true
+		case strings.HasPrefix(line, "["):
+			inOverride = false
+		}
+		if m := setting.FindStringSubmatch(line); m != nil && !inOverride {
+			line = m[1]
+			uncommented++
+		}
+		out = append(out, line)
+	}
+	cfg, err := ParseConfig("sessioncap.toml", []byte(strings.Join(out, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := DefaultConfig()
+	cfg.Path = ""
+	if !reflect.DeepEqual(cfg.Rules.Default, def.Rules.Default) {
+		t.Errorf("policy %+v\nwant %+v", cfg.Rules.Default, def.Rules.Default)
+	}
+	if !reflect.DeepEqual(cfg.Rules.Replies, def.Rules.Replies) {
+		t.Errorf("replies differ from the defaults:\n%v\n%v", cfg.Rules.Replies, def.Rules.Replies)
+	}
+	cfg.Rules.ExemptNetworks = nil // [] in the file, nil built in
+	if !reflect.DeepEqual(cfg, def) {
+		t.Errorf("config %+v\nwant %+v", cfg, def)
+	}
+	// every key of the schema appears in the file
+	for _, k := range []string{"listen", "mode", "format", "level", "max_messages", "max_bytes", "max_recipients", "overrun",
+		"max_connections", "window", "ban", "max_per_address", "max_total", "ipv4_prefix", "ipv6_prefix", "max_tracked",
+		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
+		"frequency", "banned", "concurrency_address", "concurrency_total"} {
+		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
+			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
+		}
+	}
+	if uncommented != 28 {
+		t.Errorf("%d settings found, want 28", uncommented)
+	}
+}
+
+func TestMissingDefaultFileGivesDefaults(t *testing.T) {
+	cfg, err := LoadConfig(filepath.Join(t.TempDir(), "absent.toml"), false)
+	if err != nil || !reflect.DeepEqual(cfg, DefaultConfig()) {
+		t.Fatalf("got %+v, %v", cfg, err)
+	}
+	if _, err := LoadConfig(filepath.Join(t.TempDir(), "absent.toml"), true); err == nil {
+		t.Fatal("a missing explicit -config file must be an error")
+	}
+}
+
+func TestParseListen(t *testing.T) {
+	tests := []struct{ spec, network, addr, err string }{
+		{"inet:127.0.0.1:10029", "tcp4", "127.0.0.1:10029", ""},
+		{"inet:10029@127.0.0.1", "tcp4", "127.0.0.1:10029", ""},
+		{"inet6:[::1]:10029", "tcp6", "[::1]:10029", ""},
+		{"inet6:10029@::1", "tcp6", "[::1]:10029", ""},
+		{"unix:/run/sessioncap/milter.sock", "unix", "/run/sessioncap/milter.sock", ""},
+		{"local:/run/x.sock", "unix", "/run/x.sock", ""},
+		{"unix:relative.sock", "", "", "must be absolute"},
+		{"inet:127.0.0.1", "", "", "missing port"},
+		{"127.0.0.1:10029", "", "", "unknown socket type"},
+		{"inet:", "", "", "want inet:HOST:PORT"},
+	}
+	for _, tt := range tests {
+		n, a, err := parseListen(tt.spec)
+		if tt.err != "" {
+			if err == nil || !strings.Contains(err.Error(), tt.err) {
+				t.Errorf("%q: err %v, want %q", tt.spec, err, tt.err)
+			}
+			continue
+		}
+		if err != nil || n != tt.network || a != tt.addr {
+			t.Errorf("%q: %s %s %v", tt.spec, n, a, err)
+		}
+	}
+}
+
+func TestByteSizes(t *testing.T) {
+	tests := []struct {
+		in   any
+		want int64
+		err  bool
+	}{
+		{int64(1000), 1000, false}, {"50MB", 50_000_000, false}, {"10MiB", 10 << 20, false},
+		{"1.5 GB", 1_500_000_000, false}, {"512k", 512_000, false}, {"100", 100, false}, {"7b", 7, false},
+		{"-1MB", 0, true}, {"MB", 0, true}, {int64(-5), 0, true}, {1.5, 0, true}, {"1e30TB", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseByteSize(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("parseByteSize(%v) = %d, %v", tt.in, got, err)
+		}
+	}
+}
+
+func TestCheckConfigCommand(t *testing.T) {
+	var out, errOut bytes.Buffer
+	if code := run([]string{"check-config", "-config", "../../testdata/config/good-full.toml"}, &out, &errOut); code != 0 {
+		t.Fatalf("exit %d: %s", code, errOut.String())
+	}
+	if !strings.Contains(out.String(), "good-full.toml: OK") || !strings.Contains(out.String(), "max_messages 1000") {
+		t.Errorf("summary:\n%s", out.String())
+	}
+	out.Reset()
+	errOut.Reset()
+	if code := run([]string{"check-config", "-config", "../../testdata/config/bad-values.toml"}, &out, &errOut); code != exitConfig {
+		t.Fatalf("exit %d, want %d", code, exitConfig)
+	}
+	if n := strings.Count(errOut.String(), "bad-values.toml:"); n != 8 {
+		t.Errorf("%d errors reported, want 8:\n%s", n, errOut.String())
+	}
+	out.Reset()
+	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "sessioncap dev (go") {
+		t.Errorf("version: %d %q", code, out.String())
+	}
+	if code := run([]string{"-no-such-flag"}, &out, &errOut); code != exitConfig {
+		t.Errorf("bad flag: exit %d", code)
+	}
+}

@@ -1,0 +1,346 @@
+package main
+
+import (
+	"bufio"
+	"errors"
+	"fmt"
+	"io"
+	"net/http"
+	"os"
+	"os/exec"
+	"path/filepath"
+	"regexp"
+	"strings"
+	"sync"
+	"syscall"
+	"testing"
+	"time"
+
+	gomilter "github.com/d--j/go-milter"
+)
+
+var binary string // built once by TestMain
+
+func TestMain(m *testing.M) {
+	dir, err := os.MkdirTemp("", "sessioncap-bin")
+	if err != nil {
+		fmt.Fprintln(os.Stderr, err)
+		os.Exit(1)
+	}
+	binary = filepath.Join(dir, "sessioncap")
+	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	build.Stderr = os.Stderr
+	if err := build.Run(); err != nil {
+		fmt.Fprintln(os.Stderr, "building the binary:", err)
+		os.Exit(1)
+	}
+	code := m.Run()
+	os.RemoveAll(dir)
+	os.Exit(code)
+}
+
+// daemonProc is the real binary running under test.
+type daemonProc struct {
+	t       *testing.T
+	cmd     *exec.Cmd
+	mu      sync.Mutex
+	log     strings.Builder
+	milter  string // host:port
+	metrics string // host:port
+	exited  chan struct{}
+	code    int
+}
+
+func startDaemon(t *testing.T, config string) *daemonProc {
+	t.Helper()
+	path := filepath.Join(t.TempDir(), "sessioncap.toml")
+	writeFile(t, path, config)
+	d := &daemonProc{t: t, exited: make(chan struct{})}
+	d.cmd = exec.Command(binary, "-config", path, "-listen", "inet:127.0.0.1:0", "-metrics-listen", "127.0.0.1:0")
+	stderr, err := d.cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := d.cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	ready := make(chan struct{})
+	go func() {
+		sc := bufio.NewScanner(stderr)
+		listening := regexp.MustCompile(`msg=listening milter=inet:(\S+) metrics=(\S+)`)
+		for sc.Scan() {
+			d.mu.Lock()
+			d.log.WriteString(sc.Text() + "\n")
+			if m := listening.FindStringSubmatch(sc.Text()); m != nil {
+				d.milter, d.metrics = m[1], m[2]
+				close(ready)
+			}
+			d.mu.Unlock()
+		}
+		_ = d.cmd.Wait() // the exit code is what the tests check
+		d.code = d.cmd.ProcessState.ExitCode()
+		close(d.exited)
+	}()
+	t.Cleanup(func() {
+		_ = d.cmd.Process.Kill()
+		<-d.exited
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", d.logs())
+		}
+	})
+	select {
+	case <-ready:
+	case <-d.exited:
+		t.Fatalf("daemon exited with %d before listening:\n%s", d.code, d.logs())
+	case <-time.After(20 * time.Second):
+		t.Fatalf("daemon did not start:\n%s", d.logs())
+	}
+	return d
+}
+
+func writeFile(t *testing.T, path, content string) {
+	t.Helper()
+	if err := os.WriteFile(path, []byte(content), 0o644); err != nil {
+		t.Fatal(err)
+	}
+}
+
+func (d *daemonProc) logs() string {
+	d.mu.Lock()
+	defer d.mu.Unlock()
+	return d.log.String()
+}
+
+func (d *daemonProc) signal(sig syscall.Signal) {
+	d.t.Helper()
+	if err := d.cmd.Process.Signal(sig); err != nil {
+		d.t.Fatal(err)
+	}
+}
+
+func (d *daemonProc) waitLog(substr string) {
+	d.t.Helper()
+	deadline := time.Now().Add(10 * time.Second)
+	for !strings.Contains(d.logs(), substr) {
+		if time.Now().After(deadline) {
+			d.t.Fatalf("log never said %q:\n%s", substr, d.logs())
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+}
+
+func (d *daemonProc) waitExit() int {
+	d.t.Helper()
+	select {
+	case <-d.exited:
+		return d.code
+	case <-time.After(15 * time.Second):
+		d.t.Fatalf("daemon did not exit:\n%s", d.logs())
+		return -1
+	}
+}
+
+func (d *daemonProc) scrape() string {
+	d.t.Helper()
+	resp, err := http.Get("http://" + d.metrics + "/metrics")
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer resp.Body.Close()
+	b, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != 200 {
+		d.t.Fatalf("scrape: %d %v", resp.StatusCode, err)
+	}
+	return string(b)
+}
+
+func (d *daemonProc) metric(series string) string {
+	d.t.Helper()
+	for _, line := range strings.Split(d.scrape(), "\n") {
+		if strings.HasPrefix(line, series+" ") {
+			return strings.TrimPrefix(line, series+" ")
+		}
+	}
+	d.t.Fatalf("no series %s", series)
+	return ""
+}
+
+// messagesUntilRefused sends messages in one milter session until MAIL is
+// refused and returns how many were accepted and the refusal text.
+func (d *daemonProc) messagesUntilRefused(limit int) (int, string) {
+	d.t.Helper()
+	macros := gomilter.NewMacroBag()
+	s, err := gomilter.NewClient("tcp", d.milter).Session(macros)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	defer s.Close()
+	if act, err := s.Conn("c.example", gomilter.FamilyInet, 1234, "192.0.2.1"); err != nil || act.StopProcessing() {
+		d.t.Fatalf("conn: %v %v", act, err)
+	}
+	if _, err := s.Helo("c.example"); err != nil {
+		d.t.Fatal(err)
+	}
+	for i := 0; i < limit; i++ {
+		act, err := s.Mail("a@example.org", "")
+		if err != nil {
+			d.t.Fatal(err)
+		}
+		if act.StopProcessing() {
+			return i, act.SMTPReply
+		}
+		s.Rcpt("b@example.net", "")
+		s.DataStart()
+		s.HeaderField("Subject", "x", nil)
+		s.HeaderEnd()
+		s.BodyChunk([]byte("hello\r\n"))
+		if _, act, err := s.End(); err != nil || act.Type != gomilter.ActionAccept {
+			d.t.Fatalf("eom: %v %v", act, err)
+		}
+	}
+	return limit, ""
+}
+
+func TestDaemonReloadAndMetrics(t *testing.T) {
+	d := startDaemon(t, "[session]\nmax_messages = 2\n")
+	n, reply := d.messagesUntilRefused(10)
+	if n != 2 || reply != "421 4.7.0 Too many messages in this session (limit 2); reconnect to send more" {
+		t.Fatalf("accepted %d, reply %q", n, reply)
+	}
+	if got := d.metric(`sessioncap_refusals_total{limit="session_messages",mode="enforce",stage="mail"}`); got != "1" {
+		t.Fatalf("refusals %s", got)
+	}
+	cfgPath := d.cmd.Args[2]
+
+	// a bad file keeps the running configuration and says why
+	writeFile(t, cfgPath, "[session]\nmax_messages = \"many\"\n")
+	d.signal(syscall.SIGHUP)
+	d.waitLog("reload failed; keeping the running configuration")
+	if !strings.Contains(d.logs(), "session.max_messages: must be a whole number") {
+		t.Fatalf("reload error does not name the key:\n%s", d.logs())
+	}
+	if got := d.metric("sessioncap_config_last_reload_successful"); got != "0" {
+		t.Fatalf("reload gauge %s after a bad reload", got)
+	}
+	if n, _ := d.messagesUntilRefused(10); n != 2 {
+		t.Fatalf("after a failed reload the cap is %d, want the old 2", n)
+	}
+
+	// a good file takes effect for new sessions
+	writeFile(t, cfgPath, "[session]\nmax_messages = 4\n")
+	d.signal(syscall.SIGHUP)
+	d.waitLog("configuration reloaded")
+	if got := d.metric("sessioncap_config_last_reload_successful"); got != "1" {
+		t.Fatalf("reload gauge %s after a good reload", got)
+	}
+	if n, _ := d.messagesUntilRefused(10); n != 4 {
+		t.Fatalf("after reload the cap is %d, want 4", n)
+	}
+	scrape := d.scrape()
+	for _, want := range []string{
+		"sessioncap_sessions_total 3", "sessioncap_messages_total 8", `sessioncap_build_info{goversion="go`,
+		"sessioncap_bans_active 0", "sessioncap_tracked_addresses 1", "go_goroutines", "process_open_fds",
+		`sessioncap_callback_duration_seconds_count{stage="mail"} 11`,
+	} {
+		if !strings.Contains(scrape, want) {
+			t.Errorf("scrape lacks %q", want)
+		}
+	}
+	d.signal(syscall.SIGTERM)
+	if code := d.waitExit(); code != 0 {
+		t.Fatalf("exit %d after SIGTERM", code)
+	}
+}
+
+func TestDaemonSecondSignalExitsAtOnce(t *testing.T) {
+	d := startDaemon(t, "")
+	s, err := gomilter.NewClient("tcp", d.milter).Session(gomilter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	if _, err := s.Conn("c.example", gomilter.FamilyInet, 1234, "192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	// an open session holds the graceful shutdown
+	d.signal(syscall.SIGTERM)
+	d.waitLog("shutting down; waiting for open sessions")
+	select {
+	case <-d.exited:
+		t.Fatal("exited while a session was open")
+	case <-time.After(300 * time.Millisecond):
+	}
+	d.signal(syscall.SIGINT)
+	if code := d.waitExit(); code != exitRuntime {
+		t.Fatalf("exit %d after the second signal, want %d", code, exitRuntime)
+	}
+}
+
+func TestDaemonGracefulStopWaitsForSession(t *testing.T) {
+	d := startDaemon(t, "")
+	s, err := gomilter.NewClient("tcp", d.milter).Session(gomilter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if _, err := s.Conn("c.example", gomilter.FamilyInet, 1234, "192.0.2.1"); err != nil {
+		t.Fatal(err)
+	}
+	d.signal(syscall.SIGTERM)
+	d.waitLog("shutting down")
+	s.Close() // the MTA ends the session
+	if code := d.waitExit(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+}
+
+func TestDaemonBadConfigExits2(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "bad.toml")
+	writeFile(t, path, "mode = \"block\"\n")
+	out, err := exec.Command(binary, "-config", path).CombinedOutput()
+	var ee *exec.ExitError
+	if err == nil || !errors.As(err, &ee) || ee.ExitCode() != exitConfig {
+		t.Fatalf("err %v, want exit %d", err, exitConfig)
+	}
+	if !strings.Contains(string(out), path+":1: mode: must be \"enforce\" or \"monitor\"") {
+		t.Fatalf("output:\n%s", out)
+	}
+}
+
+func TestDaemonUnixSocket(t *testing.T) {
+	dir := t.TempDir()
+	sock := filepath.Join(dir, "milter.sock")
+	cmd := exec.Command(binary, "-listen", "unix:"+sock, "-metrics-listen", "")
+	cmd.Env = append(os.Environ(), "HOME="+dir)
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer cmd.Process.Kill()
+	deadline := time.Now().Add(10 * time.Second)
+	for {
+		if fi, err := os.Stat(sock); err == nil {
+			if fi.Mode().Perm() != 0o660 {
+				t.Fatalf("socket mode %v, want 0660", fi.Mode().Perm())
+			}
+			break
+		}
+		if time.Now().After(deadline) {
+			t.Fatal("no socket")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	s, err := gomilter.NewClient("unix", sock).Session(gomilter.NewMacroBag())
+	if err != nil {
+		t.Fatal(err)
+	}
+	if act, err := s.Conn("local", gomilter.FamilyUnix, 0, "/var/run/x"); err != nil || act.StopProcessing() {
+		t.Fatalf("%v %v", act, err)
+	}
+	s.Close()
+	cmd.Process.Signal(syscall.SIGTERM)
+	if err := cmd.Wait(); err != nil {
+		t.Fatalf("exit: %v", err)
+	}
+	if _, err := os.Stat(sock); !os.IsNotExist(err) {
+		t.Fatalf("socket left behind: %v", err)
+	}
+}
