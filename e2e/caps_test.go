@@ -1,0 +1,294 @@
+package e2e
+
+import (
+	"fmt"
+	"strings"
+	"testing"
+	"time"
+)
+
+// connectGreeting checks a 421 greeting. Both MTAs replace a milter's text
+// at connect with their own ("421 <host> Service unavailable - try again
+// later", "421 4.7.0 <host> closing connection"); sessioncap's text shows
+// only in the MTA's log, where it is checked.
+func connectGreeting(t *testing.T, e *env, what string, c *smtpClient, sessioncapText string) {
+	t.Helper()
+	mtaText := map[string]string{
+		"postfix":  "Service unavailable - try again later",
+		"sendmail": "closing connection",
+	}[e.kind]
+	expectReply(t, what, c.greeting, 421, mtaText)
+	expectClosedAfterReply(t, c, what)
+	err := waitFor(5*time.Second, func() error {
+		if !strings.Contains(e.m.log(), sessioncapText) {
+			return fmt.Errorf("%w: %q not in the %s log", errNotYet, sessioncapText, e.kind)
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("%s: %v", what, err)
+	}
+}
+
+// TestMessageCap: messages 1..N are accepted, MAIL for N+1 gets 421 with
+// sessioncap's text and the server hangs up after that reply; a new
+// connection can send again.
+func TestMessageCap(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		const capN = 3
+		e := newEnv(t, kind, fmt.Sprintf("[session]\nmax_messages = %d\n", capN))
+		c := e.dial(t, "first")
+		for i := 1; i <= capN; i++ {
+			e.mustAccept(t, c, fmt.Sprintf("msgcap-%d", i), 3000, i%2 == 0)
+		}
+		res := e.send(t, c, "msgcap-over", 3000, false)
+		if res.stage != "MAIL" {
+			t.Fatalf("message %d got past MAIL (stage %s, MAIL %v)", capN+1, res.stage, res.mail)
+		}
+		expectReply(t, "MAIL over the cap", res.mail, 421,
+			fmt.Sprintf("4.7.0 Too many messages in this session (limit %d)", capN))
+		expectClosedAfterReply(t, c, "MAIL over the cap")
+
+		c2 := e.dial(t, "second")
+		e.mustAccept(t, c2, "msgcap-reconnected", 3000, true)
+		c2.quit()
+		e.delivered(t)
+		e.expectRefusals(t, "session_messages", "mail", "enforce", 1)
+	})
+}
+
+// TestByteCapWithSize: with SIZE= the message that would cross the cap is
+// refused at MAIL, before any data is sent.
+func TestByteCapWithSize(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "[session]\nmax_bytes = 100000\n")
+		c := e.dial(t, "sized")
+		e.mustAccept(t, c, "bytes-size-1", 40000, true)
+		e.mustAccept(t, c, "bytes-size-2", 40000, true)
+		res := e.send(t, c, "bytes-size-3", 40000, true)
+		if res.stage != "MAIL" {
+			t.Fatalf("the crossing message got past MAIL: stage %s, MAIL %v, end of data %v", res.stage, res.mail, res.eom)
+		}
+		expectReply(t, "MAIL SIZE= crossing the cap", res.mail, 421,
+			"4.7.0 Message would exceed this session's data limit (limit 100000 bytes)")
+		expectClosedAfterReply(t, c, "MAIL SIZE= crossing the cap")
+		e.delivered(t)
+		e.expectRefusals(t, "session_bytes", "mail", "enforce", 1)
+	})
+}
+
+// TestByteCapWithoutSize: without SIZE= the crossing message is only known
+// at end of data: overrun="accept" takes it, overrun="tempfail" answers 452
+// 4.3.1 after the final dot (and keeps the session); either way the next
+// MAIL gets 421.
+func TestByteCapWithoutSize(t *testing.T) {
+	for _, overrun := range []string{"accept", "tempfail"} {
+		t.Run(overrun, func(t *testing.T) {
+			forEachMTA(t, func(t *testing.T, kind string) {
+				e := newEnv(t, kind, fmt.Sprintf("[session]\nmax_bytes = 100000\noverrun = %q\n", overrun))
+				c := e.dial(t, "unsized")
+				e.mustAccept(t, c, "bytes-nosize-1", 40000, false)
+				e.mustAccept(t, c, "bytes-nosize-2", 40000, false)
+				res := e.send(t, c, "bytes-nosize-3-crossing", 40000, false)
+				if res.stage != "EOM" {
+					t.Fatalf("the crossing message stopped at %s (MAIL %v, DATA %v), want it to reach the final dot", res.stage, res.mail, res.data)
+				}
+				switch overrun {
+				case "accept":
+					if !res.accepted {
+						t.Errorf("overrun=accept: crossing message got %v after the final dot, want 250", res.eom)
+					}
+				case "tempfail":
+					expectReply(t, "overrun=tempfail final dot", res.eom, 452,
+						"4.3.1 Message exceeded this session's data limit (limit 100000 bytes)")
+					if c.closed {
+						t.Errorf("overrun=tempfail: the server hung up after the 452")
+					}
+				}
+				if !c.closed {
+					next := e.send(t, c, "bytes-nosize-4", 3000, false)
+					expectReply(t, "MAIL after the cap was crossed", next.mail, 421,
+						"4.7.0 Too much data in this session (limit 100000 bytes)")
+					expectClosedAfterReply(t, c, "MAIL after the cap was crossed")
+				}
+				e.delivered(t)
+				e.expectRefusals(t, "session_bytes", "mail", "enforce", 1)
+				if overrun == "tempfail" {
+					// The 452 is the overrun reply, counted as session_bytes at eom.
+					e.expectRefusals(t, "session_bytes", "eom", "enforce", 1)
+				}
+			})
+		})
+	}
+}
+
+// TestFirstMessageRule: a single message larger than the session's byte cap
+// is still delivered, with and without SIZE=; the cap applies to the next.
+func TestFirstMessageRule(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "[session]\nmax_bytes = 50000\n")
+		for _, withSize := range []bool{true, false} {
+			c := e.dial(t, fmt.Sprintf("first-size=%v", withSize))
+			e.mustAccept(t, c, fmt.Sprintf("first-big-size-%v", withSize), 120000, withSize)
+			next := e.send(t, c, "first-next", 3000, withSize)
+			if next.mail.code != 421 {
+				t.Errorf("SIZE=%v: MAIL after a first message over the cap: %v, want 421", withSize, next.mail)
+			}
+			expectClosedAfterReply(t, c, "MAIL after the big first message")
+		}
+		e.delivered(t)
+	})
+}
+
+// TestRecipientsCap: RCPT beyond the session's recipient cap gets 452 4.5.3,
+// the message goes to the recipients accepted before, the session goes on.
+func TestRecipientsCap(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "[session]\nmax_recipients = 3\n")
+		c := e.dial(t, "rcpts")
+		var rcpts []string
+		for i := 1; i <= 5; i++ {
+			rcpts = append(rcpts, fmt.Sprintf("r%d@%s", i, sinkDomain))
+		}
+		res := e.send(t, c, "rcptcap", 3000, false, rcpts...)
+		if len(res.rcpts) != 5 {
+			t.Fatalf("sent %d RCPTs, want 5 (stage %s, MAIL %v)", len(res.rcpts), res.stage, res.mail)
+		}
+		for i, r := range res.rcpts {
+			if i < 3 {
+				expectReply(t, fmt.Sprintf("RCPT %d", i+1), r, 250, "")
+			} else {
+				expectReply(t, fmt.Sprintf("RCPT %d", i+1), r, 452, "4.5.3 Too many recipients in this session (limit 3)")
+			}
+		}
+		if !res.accepted {
+			t.Fatalf("message to the 3 accepted recipients: %v after the final dot", res.eom)
+		}
+		if c.closed {
+			t.Fatalf("the server hung up after a 452 at RCPT")
+		}
+		// The cap is per session: the next message's recipient is refused too.
+		more := e.send(t, c, "rcptcap-more", 3000, false)
+		if len(more.rcpts) != 1 || more.rcpts[0].code != 452 {
+			t.Errorf("RCPT in the next transaction: %v, want 452", more.rcpts)
+		}
+		c.cmd("RSET", "RSET")
+		c.quit()
+		c2 := e.dial(t, "rcpts-again")
+		e.mustAccept(t, c2, "rcptcap-new-session", 3000, false)
+		c2.quit()
+		e.delivered(t)
+		e.expectRefusals(t, "session_recipients", "rcpt", "enforce", 3)
+	})
+}
+
+// TestMonitorMode: mode="monitor" refuses nothing and counts what it would
+// have refused.
+func TestMonitorMode(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "mode = \"monitor\"\n[session]\nmax_messages = 2\n")
+		c := e.dial(t, "monitor")
+		for i := 1; i <= 5; i++ {
+			e.mustAccept(t, c, fmt.Sprintf("monitor-%d", i), 3000, i%2 == 1)
+		}
+		c.quit()
+		e.delivered(t)
+		e.expectRefusals(t, "session_messages", "mail", "monitor", 3)
+		e.expectRefusals(t, "session_messages", "mail", "enforce", 0)
+	})
+}
+
+// TestFrequencyBan: the connection over max_connections per window gets 421
+// at connect and bans the network; once the ban expires it can send again.
+func TestFrequencyBan(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "[frequency]\nmax_connections = 3\nwindow = \"2s\"\nban = \"2s\"\n")
+		for i := 1; i <= 3; i++ {
+			c := e.dial(t, fmt.Sprintf("freq-%d", i))
+			c.quit()
+		}
+		over := dialSMTP(t, kind+" freq-over", e.m.smtpAddr())
+		bannedAt := time.Now()
+		connectGreeting(t, e, "connection over the frequency cap", over,
+			"421 4.7.0 Too many connections from your network (limit 3 per 2s); banned for 2s")
+
+		banned := dialSMTP(t, kind+" freq-banned", e.m.smtpAddr())
+		connectGreeting(t, e, "connection during the ban", banned,
+			"421 4.7.0 Your network is temporarily banned for too many connections")
+
+		// Poll until the ban is over, at most 15s.
+		var c *smtpClient
+		for i := 0; i < 60; i++ {
+			time.Sleep(250 * time.Millisecond)
+			try := dialSMTP(t, fmt.Sprintf("%s freq-poll-%d", kind, i), e.m.smtpAddr())
+			if try.greeting.code == 220 {
+				c = try
+				break
+			}
+			try.quit()
+		}
+		if c == nil {
+			t.Fatalf("still refused 15s after a 2s ban")
+		}
+		if waited := time.Since(bannedAt); waited < 1500*time.Millisecond {
+			t.Errorf("accepted again %v after the ban, want about 2s", waited)
+		}
+		if r := c.ehlo("client.test"); r.code != 250 {
+			t.Fatalf("EHLO after the ban: %v", r)
+		}
+		e.mustAccept(t, c, "after-ban", 3000, true)
+		c.quit()
+		e.delivered(t)
+		m := e.d.metrics(t)
+		if v := refusals(t, m, "frequency", "connect", "enforce"); v != 1 {
+			t.Errorf("frequency refusals at connect = %v, want 1", v)
+		}
+		if v := refusals(t, m, "banned", "connect", "enforce"); v < 1 {
+			t.Errorf("banned refusals at connect = %v, want at least 1", v)
+		}
+		if v := m["sessioncap_bans_total"]; v != 1 {
+			t.Errorf("sessioncap_bans_total = %v, want 1", v)
+		}
+	})
+}
+
+// TestConcurrency: the connection over max_per_address gets 421 at connect;
+// once one session ends a new one is accepted.
+func TestConcurrency(t *testing.T) {
+	forEachMTA(t, func(t *testing.T, kind string) {
+		e := newEnv(t, kind, "[concurrency]\nmax_per_address = 2\n")
+		c1 := e.dial(t, "conc-1")
+		c2 := e.dial(t, "conc-2")
+		over := dialSMTP(t, kind+" conc-over", e.m.smtpAddr())
+		connectGreeting(t, e, "third concurrent connection", over,
+			"421 4.7.0 Too many concurrent connections from your network (limit 2)")
+		e.mustAccept(t, c2, "conc-during", 3000, false)
+		c1.quit()
+
+		// sessioncap learns of the end of c1 when the MTA closes the
+		// milter session: poll, at most 10s.
+		var c *smtpClient
+		for i := 0; i < 40; i++ {
+			try := dialSMTP(t, fmt.Sprintf("%s conc-poll-%d", kind, i), e.m.smtpAddr())
+			if try.greeting.code == 220 {
+				c = try
+				break
+			}
+			try.quit()
+			time.Sleep(250 * time.Millisecond)
+		}
+		if c == nil {
+			t.Fatalf("a new connection is still refused 10s after one of two sessions ended")
+		}
+		if r := c.ehlo("client.test"); r.code != 250 {
+			t.Fatalf("EHLO: %v", r)
+		}
+		e.mustAccept(t, c, "conc-after", 3000, true)
+		c.quit()
+		c2.quit()
+		e.delivered(t)
+		if v := refusals(t, e.d.metrics(t), "concurrency_address", "connect", "enforce"); v < 1 {
+			t.Errorf("concurrency_address refusals = %v, want at least 1", v)
+		}
+	})
+}

@@ -1,0 +1,152 @@
+package e2e
+
+import (
+	"bufio"
+	"fmt"
+	"io"
+	"net/http"
+	"path/filepath"
+	"sort"
+	"strconv"
+	"strings"
+	"testing"
+	"time"
+)
+
+func inetSpec(port int) string { return fmt.Sprintf("inet:127.0.0.1:%d", port) }
+
+// daemon is a running sessioncap binary.
+type daemon struct {
+	p           *proc
+	milterPort  int
+	metricsAddr string
+	configPath  string
+}
+
+// baseConfig is the start of every test's sessioncap.toml: loopback is not
+// exempt (the default exempts it, and all test traffic comes from there),
+// and every limit is off unless the test sets it.
+const baseConfig = `[log]
+level = "debug"
+
+[exempt]
+networks = []
+authenticated = false
+`
+
+// startSessioncap writes config, followed by baseConfig, and runs the daemon
+// with its milter on milterPort and metrics on a free loopback port, until
+// both accept connections.
+func startSessioncap(t testing.TB, milterPort int, config string) *daemon {
+	t.Helper()
+	requireSessioncap(t)
+	dir := instanceDir(t, "sessioncap")
+	d := &daemon{
+		milterPort:  milterPort,
+		metricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
+		configPath:  filepath.Join(dir, "sessioncap.toml"),
+	}
+	writeFile(t, d.configPath, config+"\n"+baseConfig, 0o644)
+	d.p = startProc(t, "sessioncap", filepath.Join(dir, "output"), nil, sessioncapBin,
+		"-config", d.configPath,
+		"-listen", inetSpec(d.milterPort),
+		"-metrics-listen", d.metricsAddr)
+	t.Cleanup(func() {
+		d.p.stop(t, 5*time.Second)
+		if t.Failed() {
+			logTail(t, "sessioncap output", d.p.output(), 64<<10)
+			logTail(t, "sessioncap.toml", config+"\n"+baseConfig, 8<<10)
+		}
+	})
+	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", d.milterPort), d.p, 15*time.Second); err != nil {
+		t.Fatalf("sessioncap: %v\n%s", err, d.p.output())
+	}
+	if err := waitListening(d.metricsAddr, d.p, 5*time.Second); err != nil {
+		t.Fatalf("sessioncap metrics: %v\n%s", err, d.p.output())
+	}
+	return d
+}
+
+// metrics scrapes /metrics into "name{k="v",…}" → value, labels sorted.
+func (d *daemon) metrics(t testing.TB) map[string]float64 {
+	t.Helper()
+	client := http.Client{Timeout: 10 * time.Second}
+	resp, err := client.Get("http://" + d.metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	defer resp.Body.Close()
+	if resp.StatusCode != http.StatusOK {
+		b, _ := io.ReadAll(resp.Body)
+		t.Fatalf("scrape: %s\n%s", resp.Status, b)
+	}
+	m, err := parseMetrics(resp.Body)
+	if err != nil {
+		t.Fatalf("scrape: %v", err)
+	}
+	return m
+}
+
+// parseMetrics reads the Prometheus text format, enough for counters and
+// gauges with simple label values.
+func parseMetrics(r io.Reader) (map[string]float64, error) {
+	out := map[string]float64{}
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 64<<10), 1<<20)
+	for sc.Scan() {
+		line := strings.TrimSpace(sc.Text())
+		if line == "" || strings.HasPrefix(line, "#") {
+			continue
+		}
+		i := strings.LastIndexByte(line, ' ')
+		if i < 0 {
+			return nil, fmt.Errorf("bad metrics line %q", line)
+		}
+		v, err := strconv.ParseFloat(line[i+1:], 64)
+		if err != nil {
+			return nil, fmt.Errorf("bad value in %q", line)
+		}
+		out[canonicalSeries(line[:i])] = v
+	}
+	return out, sc.Err()
+}
+
+// canonicalSeries sorts the labels of `name{b="2",a="1"}`.
+func canonicalSeries(s string) string {
+	name, rest, ok := strings.Cut(s, "{")
+	if !ok {
+		return s
+	}
+	rest = strings.TrimSuffix(rest, "}")
+	var labels []string
+	for _, l := range strings.Split(rest, ",") {
+		if l = strings.TrimSpace(l); l != "" {
+			labels = append(labels, l)
+		}
+	}
+	sort.Strings(labels)
+	return name + "{" + strings.Join(labels, ",") + "}"
+}
+
+// refusals is sessioncap_refusals_total for one limit, stage and mode; the
+// series must exist (the contract pre-initialises them to 0).
+func refusals(t testing.TB, m map[string]float64, limit, stage, mode string) float64 {
+	t.Helper()
+	key := canonicalSeries(fmt.Sprintf(`sessioncap_refusals_total{limit=%q,stage=%q,mode=%q}`, limit, stage, mode))
+	v, ok := m[key]
+	if !ok {
+		t.Errorf("metrics have no series %s", key)
+	}
+	return v
+}
+
+// sumMetric adds up every series of a metric name.
+func sumMetric(m map[string]float64, name string) float64 {
+	var s float64
+	for k, v := range m {
+		if k == name || strings.HasPrefix(k, name+"{") {
+			s += v
+		}
+	}
+	return s
+}
