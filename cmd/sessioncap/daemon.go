@@ -12,6 +12,7 @@ import (
 	"os"
 	"runtime"
 	"strings"
+	"sync"
 	"syscall"
 	"time"
 
@@ -39,6 +40,7 @@ type daemonOptions struct {
 
 // daemon is the running process: the milter, its store, metrics and config.
 type daemon struct {
+	reloadMu sync.Mutex // one reload at a time (signal and HTTP)
 	opts     daemonOptions
 	cfg      *Config
 	log      *slog.Logger
@@ -166,6 +168,8 @@ func newLogger(format string, level *slog.LevelVar, w io.Writer) *slog.Logger {
 // reload re-reads the configuration file. A bad file keeps the running
 // configuration; settings that need a restart are reported.
 func (d *daemon) reload() {
+	d.reloadMu.Lock()
+	defer d.reloadMu.Unlock()
 	cfg, err := LoadConfig(d.opts.configPath, d.opts.configRequired)
 	if err != nil {
 		d.reloadOK.Set(0)

@@ -344,3 +344,43 @@ func TestDaemonUnixSocket(t *testing.T) {
 		t.Fatalf("socket left behind: %v", err)
 	}
 }
+
+func TestDaemonUnbanEndpoint(t *testing.T) {
+	d := startDaemon(t, "[frequency]\nmax_connections = 1\nwindow = \"1h\"\nban = \"1h\"\n")
+	connect := func() *gomilter.Action {
+		s, err := gomilter.NewClient("tcp", d.milter).Session(gomilter.NewMacroBag())
+		if err != nil {
+			t.Fatal(err)
+		}
+		defer s.Close()
+		act, err := s.Conn("c.example", gomilter.FamilyInet, 1234, "192.0.2.44")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return act
+	}
+	if act := connect(); act.StopProcessing() {
+		t.Fatalf("first connection refused: %v", act)
+	}
+	if act := connect(); act.SMTPCode != 421 {
+		t.Fatalf("second connection: %v, want the ban", act)
+	}
+	if got := d.metric("sessioncap_bans_active"); got != "1" {
+		t.Fatalf("bans_active %s", got)
+	}
+	resp, err := http.Post("http://"+d.metrics+"/-/unban?address=192.0.2.44", "", nil)
+	if err != nil {
+		t.Fatal(err)
+	}
+	body, _ := io.ReadAll(resp.Body)
+	resp.Body.Close()
+	if resp.StatusCode != 200 || !strings.Contains(string(body), "was banned: true") {
+		t.Fatalf("unban: %d %s", resp.StatusCode, body)
+	}
+	if act := connect(); act.StopProcessing() {
+		t.Fatalf("after unban: %v", act)
+	}
+	if resp, err := http.Post("http://"+d.metrics+"/-/unban?address=nonsense", "", nil); err != nil || resp.StatusCode != 400 {
+		t.Fatalf("bad address: %v %v", resp, err)
+	}
+}
