@@ -249,8 +249,7 @@ type txResult struct {
 // send runs one mail transaction: MAIL, RCPT for each recipient, DATA,
 // message, final dot. It stops at the first refusal it cannot go on from:
 // a non-2xx MAIL, no accepted recipient, a non-354 DATA.
-func (c *smtpClient) send(m message) txResult {
-	var res txResult
+func (c *smtpClient) send(m message) (res txResult) {
 	defer func() {
 		if c.closed && res.closedIn == "" && c.closedIn != "close" {
 			res.closedIn = c.closedIn
