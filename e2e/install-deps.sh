@@ -14,8 +14,12 @@ if [ "$(id -u)" -ne 0 ]; then
 fi
 
 need=""
-command -v postfix >/dev/null 2>&1 || need="$need postfix"
+[ -x /usr/sbin/postfix ] || need="$need postfix"
 command -v m4 >/dev/null 2>&1 || need="$need m4"
+# Sendmail runs in its own mount and UTS namespace.
+command -v unshare >/dev/null 2>&1 || need="$need util-linux"
+command -v mount >/dev/null 2>&1 || need="$need mount"
+command -v hostname >/dev/null 2>&1 || need="$need hostname"
 for pkg in libwrap0 liblockfile1; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
@@ -34,9 +38,11 @@ fi
 
 if [ ! -x "$SENDMAIL_ROOT/usr/libexec/sendmail/sendmail" ]; then
 	tmp=$(mktemp -d)
-	chmod 755 "$tmp" # apt-get download runs as _apt
+	# apt-get download writes as _apt when it can.
+	chown _apt "$tmp" 2>/dev/null || true
 	trap 'rm -rf "$tmp"' EXIT
 	(cd "$tmp" && apt-get download sendmail-bin sendmail-cf sendmail-base)
+	rm -rf "$SENDMAIL_ROOT.new"
 	mkdir -p "$SENDMAIL_ROOT.new"
 	for deb in "$tmp"/*.deb; do
 		dpkg -x "$deb" "$SENDMAIL_ROOT.new"
