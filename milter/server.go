@@ -112,11 +112,22 @@ func (s *Server) Rules() *limits.Rules { return s.rules.Load() }
 
 // Serve accepts MTA connections on ln until Shutdown or Close.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.srv.Serve(ln)
+	err := s.srv.Serve(quickAckListener{ln})
 	if errors.Is(err, gomilter.ErrServerClosed) {
 		return nil
 	}
 	return err
+}
+
+// quickAckListener wraps accepted TCP connections with quickAck.
+type quickAckListener struct{ net.Listener }
+
+func (l quickAckListener) Accept() (net.Conn, error) {
+	c, err := l.Listener.Accept()
+	if err != nil {
+		return nil, err
+	}
+	return quickAck(c), nil
 }
 
 // Shutdown stops accepting connections and waits for open milter sessions to
