@@ -19,12 +19,6 @@ func (w *Window) Banned(now time.Time) bool {
 	return w.BannedUntil != 0 && now.UnixNano() < w.BannedUntil
 }
 
-// Idle reports whether w carries no information any more at now: no ban and
-// no connection within the last two windows. A store may drop idle entries.
-func (w *Window) Idle(now time.Time, f Frequency) bool {
-	return !w.Banned(now) && (w.Start == 0 || now.UnixNano()-w.Start >= 2*int64(f.Window))
-}
-
 // estimate rolls the fixed windows forward to now and returns how many
 // connections the sliding window ending at now holds.
 func (w *Window) estimate(now int64, window int64) float64 {
