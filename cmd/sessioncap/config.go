@@ -332,8 +332,8 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	}
 	f := &p.Frequency
 	f.MaxConnections = int64(t.Frequency.MaxConnections.get(count(f.MaxConnections)))
-	f.Window = durationOf(t.Frequency.Window.get(duration(f.Window)))
-	f.Ban = durationOf(t.Frequency.Ban.get(duration(f.Ban)))
+	f.Window = time.Duration(t.Frequency.Window.get(duration(f.Window)))
+	f.Ban = time.Duration(t.Frequency.Ban.get(duration(f.Ban)))
 	if f.MaxConnections > 0 && f.Window <= 0 {
 		v.add(joinKey(prefix, "frequency.window"), "must be longer than 0s while max_connections is set")
 	}
@@ -362,8 +362,6 @@ func (v *validator) applyReplies(rs limits.Replies, fc *fileConfig) {
 	}
 }
 
-func durationOf(d duration) time.Duration { return time.Duration(d) }
-
 // anySet reports whether any value in the struct pointed to by p was set.
 func anySet(p any) bool {
 	rv := reflect.ValueOf(p).Elem()
@@ -374,8 +372,6 @@ func anySet(p any) bool {
 	}
 	return false
 }
-
-func (o *value[T]) isSet() bool { return o.set }
 
 // keyLines maps every key path written in a TOML file to its line number.
 // Arrays of tables get indexes: override[1].session.max_bytes.

@@ -38,6 +38,8 @@ func (o *value[T]) UnmarshalTOML(data any) error {
 
 func (o *value[T]) problem() error { return o.err }
 
+func (o *value[T]) isSet() bool { return o.set }
+
 // get returns the value if set and valid, else def.
 func (o *value[T]) get(def T) T {
 	if o.set && o.err == nil {
