@@ -1,74 +1,107 @@
-// Package counters stores the per-address state that outlives one SMTP
-// session: connection-frequency windows, bans and open-session counts. The
-// in-memory store here serves one daemon; it is bounded and evicts the
-// least recently seen address first.
 package counters
 
 import (
 	"context"
-	"net/netip"
+	"slices"
 	"sync"
 	"time"
 
 	"github.com/sessioncap/sessioncap/limits"
 )
 
-// DefaultMaxTracked is the default bound on tracked address prefixes.
+// DefaultMaxTracked is the default bound on keys with a sliding window.
 const DefaultMaxTracked = 1_000_000
 
-// Memory is an in-memory store, safe for concurrent use. Frequency windows
-// live in a map bounded by maxTracked with least-recently-seen eviction;
-// open-session counts live apart, so eviction never loses a count that a
-// running session will give back (they are bounded by open connections).
+// DefaultMaxBans is the default bound on bans in force.
+const DefaultMaxBans = 100_000
+
+// Memory is the in-memory store of one daemon, safe for concurrent use.
+// Windows live in a map bounded by maxTracked with least-recently-seen
+// eviction; bans live apart, bounded by maxBans, so a flood of new keys never
+// evicts a ban (when the ban table is full, the ban that ends soonest goes).
 type Memory struct {
 	mu        sync.Mutex
+	now       func() time.Time
+	host      string
 	max       int
-	windows   map[netip.Prefix]*entry
+	maxBans   int
+	windows   map[string]*entry
 	head      *entry // most recently seen
 	tail      *entry // least recently seen
-	active    map[netip.Prefix]int64
-	total     int64
-	banned    map[netip.Prefix]int64 // unix nanoseconds the ban ends; pruned lazily
+	bans      map[string]*Ban
 	evictions uint64
 }
 
 type entry struct {
-	key        netip.Prefix
+	key        string
 	w          limits.Window
 	prev, next *entry
 }
 
-// NewMemory returns a store that tracks at most maxTracked prefixes
-// (DefaultMaxTracked when maxTracked <= 0).
-func NewMemory(maxTracked int) *Memory {
+// MemoryOptions configure NewMemory; zero values take the defaults.
+type MemoryOptions struct {
+	MaxTracked int              // DefaultMaxTracked when <= 0
+	MaxBans    int              // DefaultMaxBans when <= 0
+	Now        func() time.Time // time.Now when nil
+	Host       string           // recorded with the bans this store makes
+}
+
+// NewMemory returns an empty in-memory store.
+func NewMemory(o MemoryOptions) *Memory {
+	m := &Memory{now: o.Now, host: o.Host, windows: make(map[string]*entry), bans: make(map[string]*Ban)}
+	if m.now == nil {
+		m.now = time.Now
+	}
+	m.SetBounds(o.MaxTracked, o.MaxBans)
+	return m
+}
+
+var _ Store = (*Memory)(nil)
+
+// SetBounds changes the bounds; lower ones take effect at the next insert.
+func (m *Memory) SetBounds(maxTracked, maxBans int) {
 	if maxTracked <= 0 {
 		maxTracked = DefaultMaxTracked
 	}
-	return &Memory{
-		max:     maxTracked,
-		windows: make(map[netip.Prefix]*entry),
-		active:  make(map[netip.Prefix]int64),
-		banned:  make(map[netip.Prefix]int64),
-	}
-}
-
-// SetMaxTracked changes the bound; a lower bound evicts at the next Admit.
-func (m *Memory) SetMaxTracked(n int) {
-	if n <= 0 {
-		n = DefaultMaxTracked
+	if maxBans <= 0 {
+		maxBans = DefaultMaxBans
 	}
 	m.mu.Lock()
-	m.max = n
+	m.max, m.maxBans = maxTracked, maxBans
 	m.mu.Unlock()
 }
 
-// Admit applies limits.Admit to key's state and counts the session as open
-// when the decision says so.
-func (m *Memory) Admit(_ context.Context, key netip.Prefix, now time.Time, p limits.Policy, mode limits.Mode) (limits.Admission, error) {
+// Hit implements Store with limits.Apply.
+func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (limits.Hit, error) {
+	now := m.now().UnixMilli()
 	m.mu.Lock()
 	defer m.mu.Unlock()
+	var until int64
+	if b := m.bans[key]; b != nil {
+		if until = b.Until.UnixMilli(); until <= now {
+			delete(m.bans, key)
+			until = 0
+		}
+	}
+	if until == 0 && r.Max <= 0 {
+		return limits.Hit{Now: time.UnixMilli(now)}, nil
+	}
+	var w limits.Window
 	e := m.windows[key]
+	if e != nil {
+		w = e.w
+	}
+	h, newUntil := limits.Apply(&w, until, now, n, r)
+	if newUntil != until && newUntil != 0 {
+		m.addBan(Ban{Key: key, Reason: r.Reason, Since: h.Now, Until: h.BannedUntil, Host: m.host})
+	}
+	if until != 0 {
+		return h, nil // banned: the window is not touched
+	}
 	if e == nil {
+		if w == (limits.Window{}) {
+			return h, nil
+		}
 		e = &entry{key: key}
 		m.windows[key] = e
 		m.pushFront(e)
@@ -79,75 +112,108 @@ func (m *Memory) Admit(_ context.Context, key netip.Prefix, now time.Time, p lim
 		m.unlink(e)
 		m.pushFront(e)
 	}
-	a := limits.Admit(&e.w, m.active[key], m.total, now, p, mode)
-	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
-		m.banned[key] = a.BanUntil.UnixNano()
-	}
-	if a.Open {
-		m.active[key]++
-		m.total++
-	}
-	return a, nil
+	e.w = w
+	return h, nil
 }
 
-// Release gives back an open session of key. Releasing more than was opened
-// is ignored.
-func (m *Memory) Release(_ context.Context, key netip.Prefix) error {
+// Ban implements Store.
+func (m *Memory) Ban(_ context.Context, key string, d time.Duration, reason string) (Ban, error) {
+	now := m.now()
+	b := Ban{Key: key, Reason: reason, Since: now, Until: now.Add(d), Host: m.host}
 	m.mu.Lock()
 	defer m.mu.Unlock()
-	n, ok := m.active[key]
-	if !ok {
-		return nil
+	if old := m.bans[key]; old != nil && old.Until.After(b.Until) {
+		return *old, nil
 	}
-	if n <= 1 {
-		delete(m.active, key)
-	} else {
-		m.active[key] = n - 1
-	}
-	m.total--
-	return nil
+	m.addBan(b)
+	return b, nil
 }
 
-// Unban lifts the ban of key and clears its frequency window. It reports
-// whether key was banned at now.
-func (m *Memory) Unban(key netip.Prefix, now time.Time) bool {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	e := m.windows[key]
-	delete(m.banned, key)
-	if e == nil {
-		return false
-	}
-	was := e.w.Banned(now)
-	e.w = limits.Window{}
-	return was
-}
-
-// Stats is a snapshot of the store for metrics.
-type Stats struct {
-	Tracked   int    // prefixes with a frequency window
-	Banned    int    // prefixes banned at the time asked
-	Active    int64  // open sessions counted
-	Evictions uint64 // windows dropped to stay within the bound
-}
-
-// Stats returns the store's counts at now, dropping expired bans.
-func (m *Memory) Stats(now time.Time) Stats {
-	m.mu.Lock()
-	defer m.mu.Unlock()
-	t := now.UnixNano()
-	for k, until := range m.banned {
-		if t >= until {
-			delete(m.banned, k)
+// addBan records b, evicting the ban that ends soonest when the table is
+// full (expired ones first). The caller holds mu.
+func (m *Memory) addBan(b Ban) {
+	if _, ok := m.bans[b.Key]; !ok && len(m.bans) >= m.maxBans {
+		m.pruneBans(b.Since)
+		for len(m.bans) >= m.maxBans {
+			var soonest *Ban
+			for _, c := range m.bans {
+				if soonest == nil || c.Until.Before(soonest.Until) {
+					soonest = c
+				}
+			}
+			delete(m.bans, soonest.Key)
+			m.evictions++
 		}
 	}
-	return Stats{Tracked: len(m.windows), Banned: len(m.banned), Active: m.total, Evictions: m.evictions}
+	m.bans[b.Key] = &b
 }
+
+func (m *Memory) pruneBans(now time.Time) {
+	for k, b := range m.bans {
+		if !b.Until.After(now) {
+			delete(m.bans, k)
+		}
+	}
+}
+
+// Unban implements Store.
+func (m *Memory) Unban(_ context.Context, key string) (bool, error) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	b := m.bans[key]
+	delete(m.bans, key)
+	if e := m.windows[key]; e != nil {
+		e.w = limits.Window{}
+	}
+	return b != nil && b.Until.After(now), nil
+}
+
+// Bans implements Store.
+func (m *Memory) Bans(context.Context) ([]Ban, error) {
+	now := m.now()
+	m.mu.Lock()
+	m.pruneBans(now)
+	out := make([]Ban, 0, len(m.bans))
+	for _, b := range m.bans {
+		out = append(out, *b)
+	}
+	m.mu.Unlock()
+	sortBans(out)
+	return out, nil
+}
+
+// sortBans orders bans soonest ending first, then by key.
+func sortBans(bs []Ban) {
+	slices.SortFunc(bs, func(a, b Ban) int {
+		if c := a.Until.Compare(b.Until); c != 0 {
+			return c
+		}
+		if a.Key < b.Key {
+			return -1
+		}
+		if a.Key > b.Key {
+			return 1
+		}
+		return 0
+	})
+}
+
+// Stats implements Store, dropping expired bans.
+func (m *Memory) Stats(context.Context) (Stats, error) {
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	m.pruneBans(now)
+	return Stats{Tracked: int64(len(m.windows)), Banned: int64(len(m.bans)), Evictions: m.evictions}, nil
+}
+
+// Close implements Store; the memory store has nothing to release.
+func (m *Memory) Close() error { return nil }
 
 func (m *Memory) evict(e *entry) {
 	m.unlink(e)
 	delete(m.windows, e.key)
-	delete(m.banned, e.key)
 	m.evictions++
 }
 

@@ -1,176 +1,177 @@
-package counters
+package counters_test
 
 import (
 	"context"
 	"fmt"
-	"net/netip"
 	"sync"
 	"testing"
 	"time"
 
+	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/counters/storetest"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
-var (
-	ctx = context.Background()
-	t0  = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
-)
+var ctx = context.Background()
 
-func key(i int) netip.Prefix {
-	return netip.PrefixFrom(netip.AddrFrom4([4]byte{10, byte(i >> 16), byte(i >> 8), byte(i)}), 32)
+func TestMemoryConformance(t *testing.T) {
+	storetest.Run(t, func(t *testing.T, clock *storetest.Clock, host string) counters.Store {
+		return counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000, Now: clock.Now, Host: host})
+	})
 }
+
+func key(i int) string { return fmt.Sprintf("freq:10.%d.%d.%d/32", byte(i>>16), byte(i>>8), byte(i)) }
+
+var rate = limits.Rate{Max: 1, Window: time.Minute, Ban: time.Hour, Reason: "frequency"}
 
 func TestEvictsLeastRecentlySeen(t *testing.T) {
-	m := NewMemory(3)
-	p := limits.Policy{Frequency: limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Hour}}
-	// ban key 0, then touch 1 and 2, then 0 again (refused, but seen: most recent)
-	for _, k := range []int{0, 0, 1, 2, 0} {
-		if _, err := m.Admit(ctx, key(k), t0, p, limits.ModeEnforce); err != nil {
-			t.Fatal(err)
-		}
-	}
-	if st := m.Stats(t0); st.Tracked != 3 || st.Banned != 1 {
-		t.Fatalf("stats %+v, want 3 tracked, 1 banned", st)
-	}
-	// a fourth key evicts the least recently seen: key 1, not the banned key 0
-	if _, err := m.Admit(ctx, key(3), t0, p, limits.ModeEnforce); err != nil {
-		t.Fatal(err)
-	}
-	st := m.Stats(t0)
-	if st.Tracked != 3 || st.Evictions != 1 {
-		t.Fatalf("stats %+v, want 3 tracked and 1 eviction", st)
-	}
-	a, _ := m.Admit(ctx, key(0), t0, p, limits.ModeEnforce)
-	if a.Verdict != limits.RefusedBanned {
-		t.Fatalf("key 0 lost its ban: verdict %d", a.Verdict)
-	}
-	// key 1 was evicted: its window starts over (and evicts key 2)
-	a, _ = m.Admit(ctx, key(1), t0, p, limits.ModeEnforce)
-	if a.Verdict != limits.Admitted || a.Connections != 1 {
-		t.Fatalf("key 1 should start over: %+v", a)
-	}
-	if st := m.Stats(t0); st.Tracked != 3 || st.Evictions != 2 {
-		t.Fatalf("stats %+v", st)
-	}
-}
-
-func TestBoundHoldsUnderManyAddresses(t *testing.T) {
-	m := NewMemory(1000)
-	p := limits.Defaults()
-	for i := 0; i < 50_000; i++ {
-		a, _ := m.Admit(ctx, key(i), t0, p, limits.ModeEnforce)
-		if a.Open {
-			_ = m.Release(ctx, key(i))
-		}
-	}
-	st := m.Stats(t0)
-	if st.Tracked != 1000 || st.Evictions != 49_000 || st.Active != 0 {
-		t.Fatalf("stats %+v", st)
-	}
-	if len(m.active) != 0 {
-		t.Fatalf("active map holds %d keys after every release", len(m.active))
-	}
-}
-
-func TestConcurrencyCountsComeBack(t *testing.T) {
-	m := NewMemory(10)
-	p := limits.Policy{Concurrency: limits.Concurrency{MaxPerAddress: 2, MaxTotal: 3}}
-	admit := func(k int) limits.Verdict {
-		a, err := m.Admit(ctx, key(k), t0, p, limits.ModeEnforce)
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{MaxTracked: 3, Now: clock.Now})
+	hit := func(k int) limits.Hit {
+		t.Helper()
+		h, err := m.Hit(ctx, key(k), 1, limits.Rate{Max: 10, Window: time.Minute})
 		if err != nil {
 			t.Fatal(err)
 		}
-		return a.Verdict
+		return h
 	}
-	for i, tc := range []struct {
-		k    int
-		want limits.Verdict
-	}{{1, limits.Admitted}, {1, limits.Admitted}, {1, limits.RefusedConcurrencyAddress}, {2, limits.Admitted}, {3, limits.RefusedConcurrencyTotal}} {
-		if got := admit(tc.k); got != tc.want {
-			t.Fatalf("admission %d of key %d: %d, want %d", i, tc.k, got, tc.want)
+	for _, k := range []int{0, 0, 1, 2, 0} {
+		hit(k)
+	}
+	hit(3) // evicts key 1, the least recently seen, not key 0
+	st, _ := m.Stats(ctx)
+	if st.Tracked != 3 || st.Evictions != 1 {
+		t.Fatalf("stats %+v, want 3 tracked and 1 eviction", st)
+	}
+	if h := hit(0); h.Count != 4 {
+		t.Fatalf("key 0 lost its window: count %d", h.Count)
+	}
+	if h := hit(1); h.Count != 1 {
+		t.Fatalf("key 1 should start over: count %d", h.Count)
+	}
+}
+
+// A flood of new keys must not evict a ban: bans are bounded apart.
+func TestBansSurviveAFloodOfKeys(t *testing.T) {
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{MaxTracked: 100, MaxBans: 10, Now: clock.Now})
+	for _, n := range []int64{1, 1} {
+		m.Hit(ctx, "freq:192.0.2.0/24", n, rate)
+	}
+	for i := 0; i < 10_000; i++ {
+		if _, err := m.Hit(ctx, key(i), 1, rate); err != nil {
+			t.Fatal(err)
 		}
 	}
-	_ = m.Release(ctx, key(1))
-	if got := admit(3); got != limits.Admitted {
-		t.Fatalf("after a release: %d", got)
+	if h, _ := m.Hit(ctx, "freq:192.0.2.0/24", 1, rate); h.BannedUntil.IsZero() {
+		t.Fatal("a banned network was admitted again after a flood of new prefixes")
 	}
-	for _, k := range []int{1, 2, 3, 3, 9} { // extra releases are ignored
-		_ = m.Release(ctx, key(k))
-	}
-	if st := m.Stats(t0); st.Active != 0 {
-		t.Fatalf("active %d after releasing everything", st.Active)
+	st, _ := m.Stats(ctx)
+	if st.Tracked != 100 || st.Banned != 1 {
+		t.Fatalf("stats %+v, want 100 tracked, 1 banned", st)
 	}
 }
 
-func TestBanExpiryAndUnban(t *testing.T) {
-	m := NewMemory(10)
-	p := limits.Policy{Frequency: limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Minute}}
-	m.Admit(ctx, key(1), t0, p, limits.ModeEnforce)
-	m.Admit(ctx, key(1), t0, p, limits.ModeEnforce)
-	m.Admit(ctx, key(2), t0, p, limits.ModeEnforce)
-	m.Admit(ctx, key(2), t0, p, limits.ModeEnforce)
-	if st := m.Stats(t0); st.Banned != 2 {
-		t.Fatalf("banned %d, want 2", st.Banned)
+// When the ban table is full, the ban that ends soonest makes room.
+func TestBanTableBound(t *testing.T) {
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{MaxBans: 3, Now: clock.Now})
+	for i, d := range []time.Duration{time.Hour, time.Minute, 2 * time.Hour, 3 * time.Hour} {
+		if _, err := m.Ban(ctx, key(i), d, "manual"); err != nil {
+			t.Fatal(err)
+		}
 	}
-	if !m.Unban(key(1), t0) {
-		t.Fatal("Unban of a banned key reported false")
+	bans, _ := m.Bans(ctx)
+	var got []string
+	for _, b := range bans {
+		got = append(got, b.Key)
 	}
-	if m.Unban(key(5), t0) {
-		t.Fatal("Unban of an unknown key reported true")
+	if want := []string{key(0), key(2), key(3)}; fmt.Sprint(got) != fmt.Sprint(want) {
+		t.Fatalf("bans %v, want %v (the one-minute ban evicted)", got, want)
 	}
-	if a, _ := m.Admit(ctx, key(1), t0, p, limits.ModeEnforce); a.Verdict != limits.Admitted {
-		t.Fatalf("after unban: %d", a.Verdict)
-	}
-	if st := m.Stats(t0.Add(time.Minute)); st.Banned != 0 {
-		t.Fatalf("expired bans still counted: %d", st.Banned)
+	if st, _ := m.Stats(ctx); st.Evictions != 1 {
+		t.Fatalf("evictions %d, want 1", st.Evictions)
 	}
 }
 
-func TestConcurrentUse(t *testing.T) {
-	m := NewMemory(100)
-	p := limits.Policy{Concurrency: limits.Concurrency{MaxPerAddress: 1000}}
+func TestBoundHoldsUnderManyKeys(t *testing.T) {
+	m := counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000})
+	for i := 0; i < 50_000; i++ {
+		m.Hit(ctx, key(i), 1, limits.Rate{Max: 10, Window: time.Minute})
+	}
+	if st, _ := m.Stats(ctx); st.Tracked != 1000 || st.Evictions != 49_000 {
+		t.Fatalf("stats %+v", st)
+	}
+}
+
+func TestLeases(t *testing.T) {
+	l := counters.NewLeases()
+	c := limits.Concurrency{MaxPerAddress: 2, MaxTotal: 3}
+	var held []*counters.Lease
+	for i, tc := range []struct {
+		key  string
+		want limits.Verdict
+	}{{"a", limits.Admitted}, {"a", limits.Admitted}, {"a", limits.RefusedConcurrencyAddress}, {"b", limits.Admitted}, {"c", limits.RefusedConcurrencyTotal}} {
+		lease, v, _, _ := l.Acquire(tc.key, c, false)
+		if v != tc.want || (lease != nil) != (v == limits.Admitted) {
+			t.Fatalf("acquire %d of %s: verdict %d, lease %v; want %d", i, tc.key, v, lease != nil, tc.want)
+		}
+		if lease != nil {
+			held = append(held, lease)
+		}
+	}
+	held[0].Release()
+	held[0].Release() // idempotent: must not free a second slot
+	if _, v, active, total := l.Acquire("a", c, false); v != limits.Admitted || active != 1 || total != 2 {
+		t.Fatalf("after one release: verdict %d, active %d, total %d", v, active, total)
+	}
+	if lease, v, _, _ := l.Acquire("z", limits.Concurrency{MaxTotal: 1}, true); lease == nil || v != limits.RefusedConcurrencyTotal {
+		t.Fatalf("forced acquire: lease %v verdict %d", lease, v)
+	}
+}
+
+func TestLeasesConcurrentUse(t *testing.T) {
+	l := counters.NewLeases()
 	var wg sync.WaitGroup
 	for g := 0; g < 8; g++ {
 		wg.Add(1)
 		go func(g int) {
 			defer wg.Done()
 			for i := 0; i < 2000; i++ {
-				k := key(i % 150)
-				if a, _ := m.Admit(ctx, k, t0, p, limits.ModeEnforce); a.Open {
-					_ = m.Release(ctx, k)
-				}
+				lease, _, _, _ := l.Acquire(key(i%150), limits.Concurrency{MaxPerAddress: 1000}, false)
+				lease.Release()
+				lease.Release()
 			}
 		}(g)
 	}
 	wg.Wait()
-	if st := m.Stats(t0); st.Active != 0 || st.Tracked > 100 {
-		t.Fatalf("stats %+v", st)
+	if l.Total() != 0 || l.Keys() != 0 {
+		t.Fatalf("total %d, keys %d after releasing everything", l.Total(), l.Keys())
 	}
 }
 
-func BenchmarkAdmitRelease(b *testing.B) {
-	m := NewMemory(DefaultMaxTracked)
-	p := limits.Defaults()
-	keys := make([]netip.Prefix, 4096)
+func BenchmarkHit(b *testing.B) {
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	keys := make([]string, 4096)
 	for i := range keys {
 		keys[i] = key(i)
 	}
+	r := limits.Frequency{MaxConnections: 120, Window: time.Minute, Ban: 5 * time.Minute}.Rate()
 	b.ReportAllocs()
 	for i := 0; b.Loop(); i++ {
-		k := keys[i%len(keys)]
-		if a, _ := m.Admit(ctx, k, t0.Add(time.Duration(i)*time.Millisecond), p, limits.ModeEnforce); a.Open {
-			_ = m.Release(ctx, k)
-		}
+		m.Hit(ctx, keys[i%len(keys)], 1, r)
 	}
 }
 
 func ExampleMemory() {
-	m := NewMemory(1000)
-	p := limits.Policy{Frequency: limits.Frequency{MaxConnections: 2, Window: time.Minute, Ban: 10 * time.Minute}}
-	k := netip.MustParsePrefix("192.0.2.7/32")
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	r := limits.Rate{Max: 2, Window: time.Minute, Ban: 10 * time.Minute}
 	for i := 0; i < 4; i++ {
-		a, _ := m.Admit(context.Background(), k, t0.Add(time.Duration(i)*time.Second), p, limits.ModeEnforce)
-		fmt.Println(i+1, a.Verdict == limits.Admitted)
+		h, _ := m.Hit(context.Background(), "freq:192.0.2.7/32", 1, r)
+		fmt.Println(i+1, h.BannedUntil.IsZero())
+		clock.Add(time.Second)
 	}
 	// Output:
 	// 1 true

@@ -6,6 +6,7 @@ package limits
 import (
 	"fmt"
 	"net/netip"
+	"strconv"
 	"time"
 )
 
@@ -186,14 +187,20 @@ func (r *Rules) Validate() error {
 	return r.Replies.Validate()
 }
 
-// ForConnect returns the policy for a new connection from addr and whether
-// addr is exempt from every limit. At connect nobody is authenticated yet, so
-// overrides that require authentication do not match.
-func (r *Rules) ForConnect(addr netip.Addr) (p Policy, exempt bool) {
+// ForConnect returns the policy for a new connection from addr, the scope of
+// the store keys it counts under ("" for the default policy, "override<N>"
+// for an override) and whether addr is exempt from every limit. At connect
+// nobody is authenticated yet, so overrides that require authentication do
+// not match.
+func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool) {
 	if containsAddr(r.ExemptNetworks, addr) {
-		return Policy{}, true
+		return Policy{}, "", true
 	}
-	return r.policyFor(addr, true, false), false
+	i := r.overrideFor(addr, true, false)
+	if i < 0 {
+		return r.Default, "", false
+	}
+	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
 }
 
 // ForTransaction returns the session caps for a transaction of a client at
@@ -210,12 +217,20 @@ func (r *Rules) ForTransaction(addr netip.Addr, hasAddr, authenticated bool) (s 
 }
 
 func (r *Rules) policyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
-	for i := range r.Overrides {
-		if r.Overrides[i].matches(addr, hasAddr, authenticated) {
-			return r.Overrides[i].Policy
-		}
+	if i := r.overrideFor(addr, hasAddr, authenticated); i >= 0 {
+		return r.Overrides[i].Policy
 	}
 	return r.Default
+}
+
+// overrideFor returns the index of the first matching override, -1 for none.
+func (r *Rules) overrideFor(addr netip.Addr, hasAddr, authenticated bool) int {
+	for i := range r.Overrides {
+		if r.Overrides[i].matches(addr, hasAddr, authenticated) {
+			return i
+		}
+	}
+	return -1
 }
 
 // NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
@@ -254,4 +269,12 @@ func (r *Rules) Key(addr netip.Addr) netip.Prefix {
 		return netip.PrefixFrom(addr, addr.BitLen())
 	}
 	return p
+}
+
+// LongestBan returns the longest frequency ban of any policy: how long bans
+// keyed under these rules can outlive them.
+func (r *Rules) LongestBan() time.Duration {
+	var d time.Duration
+	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban); return false })
+	return d
 }

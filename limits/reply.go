@@ -21,6 +21,7 @@ const (
 	ReplyOverrun            ReplyKey = "overrun"
 	ReplySessionRecipients  ReplyKey = "session_recipients"
 	ReplyFrequency          ReplyKey = "frequency"
+	ReplyFrequencyNoBan     ReplyKey = "frequency_no_ban"
 	ReplyBanned             ReplyKey = "banned"
 	ReplyConcurrencyAddress ReplyKey = "concurrency_address"
 	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
@@ -29,7 +30,7 @@ const (
 // AllReplyKeys lists every ReplyKey.
 var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
-	ReplySessionRecipients, ReplyFrequency, ReplyBanned, ReplyConcurrencyAddress,
+	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
 	ReplyConcurrencyTotal,
 }
 
@@ -54,6 +55,7 @@ func DefaultReplies() Replies {
 		ReplyOverrun:            {452, "4.3.1", "Message exceeded this session's data limit (limit {cap} bytes); reconnect and send it again"},
 		ReplySessionRecipients:  {452, "4.5.3", "Too many recipients in this session (limit {cap}); send the rest in a new session"},
 		ReplyFrequency:          {421, "4.7.0", "Too many connections from your network (limit {cap} per {window}); banned for {ban}, try again later"},
+		ReplyFrequencyNoBan:     {421, "4.7.0", "Too many connections from your network (limit {cap} per {window}); try again later"},
 		ReplyBanned:             {421, "4.7.0", "Your network is temporarily banned for too many connections; try again in {ban}"},
 		ReplyConcurrencyAddress: {421, "4.7.0", "Too many concurrent connections from your network (limit {cap}); try again later"},
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
