@@ -1,0 +1,256 @@
+package admin
+
+import (
+	"fmt"
+	"io"
+	"net"
+	"os"
+	"os/user"
+	"path/filepath"
+	"strconv"
+	"strings"
+	"sync"
+	"unicode"
+)
+
+// maxConns bounds the connections the admin server holds at once; more
+// wait in the kernel's backlog.
+const maxConns = 32
+
+// ParseSpec reads an admin socket address: unix:/PATH, inet:HOST:PORT or
+// inet6:[ADDR]:PORT. It returns the network and address to dial or listen on.
+func ParseSpec(spec string) (network, address string, err error) {
+	kind, rest, ok := strings.Cut(spec, ":")
+	if !ok || rest == "" {
+		return "", "", fmt.Errorf("admin socket %q: want unix:/PATH, inet:HOST:PORT or inet6:[ADDR]:PORT", spec)
+	}
+	switch kind {
+	case "unix":
+		if !filepath.IsAbs(rest) {
+			return "", "", fmt.Errorf("admin socket %q: the unix socket path must be absolute", spec)
+		}
+		return "unix", filepath.Clean(rest), nil
+	case "inet", "inet6":
+		host, port, err := net.SplitHostPort(rest)
+		if err != nil {
+			return "", "", fmt.Errorf("admin socket %q: %v", spec, err)
+		}
+		if port == "" {
+			return "", "", fmt.Errorf("admin socket %q: missing port", spec)
+		}
+		network := "tcp4"
+		if kind == "inet6" {
+			network = "tcp6"
+		}
+		return network, net.JoinHostPort(host, port), nil
+	}
+	return "", "", fmt.Errorf("admin socket %q: unknown socket type %q (want unix or inet)", spec, kind)
+}
+
+// ReadToken reads a bearer token from file: the file must not be readable
+// or writable by others, and the token, trimmed, must be non-empty printable
+// ASCII.
+func ReadToken(file string) (string, error) {
+	f, err := os.Open(file)
+	if err != nil {
+		return "", fmt.Errorf("admin token file: %w", err)
+	}
+	defer f.Close()
+	fi, err := f.Stat()
+	if err != nil {
+		return "", fmt.Errorf("admin token file: %w", err)
+	}
+	if !fi.Mode().IsRegular() {
+		return "", fmt.Errorf("admin token file %s: not a regular file", file)
+	}
+	if perm := fi.Mode().Perm(); perm&0o007 != 0 {
+		return "", fmt.Errorf("admin token file %s is accessible by others (mode %04o); chmod o= %s (0600 or 0640)", file, perm, file)
+	}
+	data, err := io.ReadAll(io.LimitReader(f, 4097))
+	if err != nil {
+		return "", fmt.Errorf("admin token file: %w", err)
+	}
+	if len(data) > 4096 {
+		return "", fmt.Errorf("admin token file %s: longer than 4096 bytes", file)
+	}
+	token := strings.TrimSpace(string(data))
+	if token == "" {
+		return "", fmt.Errorf("admin token file %s is empty", file)
+	}
+	for _, r := range token {
+		if r > unicode.MaxASCII || !unicode.IsPrint(r) || r == ' ' {
+			return "", fmt.Errorf("admin token file %s: the token must be one line of printable ASCII without spaces", file)
+		}
+	}
+	return token, nil
+}
+
+// Listener is the admin socket Listen opens. It carries the token read from
+// the token file (NewServer passes it to the handler), bounds the
+// connections it hands out, and names a unix peer by its credentials.
+type Listener struct {
+	net.Listener
+	token string
+	path  string      // unix socket path; "" over TCP
+	inode os.FileInfo // of the socket we created, so Close removes only ours
+	sem   chan struct{}
+	once  sync.Once
+}
+
+// Listen opens the admin socket spec (see ParseSpec). Over TCP it needs a
+// token file (ReadToken), whose token every request must then carry. A
+// unix socket gets mode 0660 and, when group names an existing group, that
+// group; a stale socket left by a crash is replaced, a live one is refused.
+func Listen(spec, tokenFile, group string) (net.Listener, error) {
+	network, address, err := ParseSpec(spec)
+	if err != nil {
+		return nil, err
+	}
+	var token string
+	if tokenFile != "" {
+		if token, err = ReadToken(tokenFile); err != nil {
+			return nil, err
+		}
+	}
+	l := &Listener{token: token, sem: make(chan struct{}, maxConns)}
+	if network != "unix" {
+		if tokenFile == "" {
+			return nil, fmt.Errorf("admin socket %s: listening on TCP needs admin.token_file (a bearer token every request must carry); or use a unix socket", spec)
+		}
+		if l.Listener, err = net.Listen(network, address); err != nil {
+			return nil, err
+		}
+		return l, nil
+	}
+	if l.Listener, err = listenUnix(address, group); err != nil {
+		return nil, err
+	}
+	l.path = address
+	l.inode, _ = os.Lstat(address)
+	return l, nil
+}
+
+// listenUnix binds the socket in a private directory beside path, sets its
+// mode and group there, then renames it into place: nobody can connect
+// before its permissions are right.
+func listenUnix(path, group string) (net.Listener, error) {
+	if fi, err := os.Lstat(path); err == nil {
+		if fi.Mode()&os.ModeSocket == 0 {
+			return nil, fmt.Errorf("admin socket %s: exists and is not a socket", path)
+		}
+		if c, err := net.Dial("unix", path); err == nil {
+			c.Close()
+			return nil, fmt.Errorf("admin socket %s is in use by another process (is sessioncap already running?)", path)
+		}
+	}
+	gid := -1
+	if group != "" {
+		if g, err := user.LookupGroup(group); err == nil {
+			if gid, err = strconv.Atoi(g.Gid); err != nil {
+				gid = -1
+			}
+		}
+	}
+	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-sock-")
+	if err != nil {
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	defer os.RemoveAll(dir)
+	tmp := filepath.Join(dir, "s")
+	ln, err := net.Listen("unix", tmp)
+	if err != nil {
+		return nil, err
+	}
+	ln.(*net.UnixListener).SetUnlinkOnClose(false)
+	fail := func(err error) (net.Listener, error) {
+		ln.Close()
+		return nil, fmt.Errorf("admin socket %s: %w", path, err)
+	}
+	if err := os.Chmod(tmp, 0o660); err != nil {
+		return fail(err)
+	}
+	if gid >= 0 {
+		if err := os.Lchown(tmp, -1, gid); err != nil {
+			return fail(fmt.Errorf("giving it to group %s: %w", group, err))
+		}
+	}
+	// Rename replaces a stale socket atomically.
+	if err := os.Rename(tmp, path); err != nil {
+		return fail(err)
+	}
+	return ln, nil
+}
+
+// Accept waits for a free connection slot, then for a connection.
+func (l *Listener) Accept() (net.Conn, error) {
+	l.sem <- struct{}{}
+	c, err := l.Listener.Accept()
+	if err != nil {
+		<-l.sem
+		return nil, err
+	}
+	pc := &conn{Conn: c, release: func() { <-l.sem }}
+	if uc, ok := c.(*net.UnixConn); ok {
+		pc.peer = peerAddr(uc)
+	}
+	return pc, nil
+}
+
+// Addr is the socket's address; for a unix socket, its final path.
+func (l *Listener) Addr() net.Addr {
+	if l.path != "" {
+		return &net.UnixAddr{Name: l.path, Net: "unix"}
+	}
+	return l.Listener.Addr()
+}
+
+// Spec is the socket in the notation Listen and Dial take.
+func (l *Listener) Spec() string {
+	if l.path != "" {
+		return "unix:" + l.path
+	}
+	return "inet:" + l.Listener.Addr().String()
+}
+
+// Close stops listening and removes the unix socket if it is still ours.
+func (l *Listener) Close() error {
+	err := l.Listener.Close()
+	l.once.Do(func() {
+		if l.path == "" || l.inode == nil {
+			return
+		}
+		if fi, e := os.Lstat(l.path); e == nil && os.SameFile(fi, l.inode) {
+			_ = os.Remove(l.path)
+		}
+	})
+	return err
+}
+
+// conn frees its slot once closed and names a unix peer by its credentials
+// (the remote address of a unix socket says nothing).
+type conn struct {
+	net.Conn
+	peer    net.Addr
+	release func()
+	once    sync.Once
+}
+
+func (c *conn) Close() error {
+	err := c.Conn.Close()
+	c.once.Do(c.release)
+	return err
+}
+
+func (c *conn) RemoteAddr() net.Addr {
+	if c.peer != nil {
+		return c.peer
+	}
+	return c.Conn.RemoteAddr()
+}
+
+// unixPeer is a unix socket peer as its credentials: "unix:pid=42,uid=0".
+type unixPeer string
+
+func (unixPeer) Network() string  { return "unix" }
+func (p unixPeer) String() string { return string(p) }
+
