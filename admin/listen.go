@@ -253,4 +253,3 @@ type unixPeer string
 
 func (unixPeer) Network() string  { return "unix" }
 func (p unixPeer) String() string { return string(p) }
-
