@@ -81,11 +81,25 @@ func NewHandler(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST /v1/reload", h.reload)
 	mux.HandleFunc("GET /v1/status", h.status)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
+		if m, ok := endpoints[r.URL.Path]; ok {
+			w.Header().Set("Allow", m)
+			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: want %s", r.Method, r.URL.Path, m))
+			return
+		}
 		writeError(w, http.StatusNotFound, "no such endpoint; the API is GET /v1/bans, POST /v1/unban, POST /v1/ban, POST /v1/reload, GET /v1/status")
 	})
 	// A browser must not be able to act on the API from another site, even
 	// if it could reach it; the bearer token already stops it over TCP.
 	return h.authenticate(http.NewCrossOriginProtection().Handler(mux))
+}
+
+// endpoints are the API's paths and their methods.
+var endpoints = map[string]string{
+	"/v1/bans":   http.MethodGet,
+	"/v1/unban":  http.MethodPost,
+	"/v1/ban":    http.MethodPost,
+	"/v1/reload": http.MethodPost,
+	"/v1/status": http.MethodGet,
 }
 
 type handler struct {
