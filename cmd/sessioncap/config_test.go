@@ -170,6 +170,8 @@ func TestParseListen(t *testing.T) {
 		{"inet:10029@127.0.0.1", "tcp4", "127.0.0.1:10029", ""},
 		{"inet6:[::1]:10029", "tcp6", "[::1]:10029", ""},
 		{"inet6:10029@::1", "tcp6", "[::1]:10029", ""},
+		{"inet:[::1]:10029", "tcp6", "[::1]:10029", ""},
+		{"inet6:127.0.0.1:10029", "", "", "needs an IPv6 address"},
 		{"unix:/run/sessioncap/milter.sock", "unix", "/run/sessioncap/milter.sock", ""},
 		{"local:/run/x.sock", "unix", "/run/x.sock", ""},
 		{"unix:relative.sock", "", "", "must be absolute"},
@@ -188,6 +190,21 @@ func TestParseListen(t *testing.T) {
 		if err != nil || n != tt.network || a != tt.addr {
 			t.Errorf("%q: %s %s %v", tt.spec, n, a, err)
 		}
+	}
+}
+
+// Every spec that check-config accepts must be one the daemon can listen on.
+func TestAcceptedListenSpecsListen(t *testing.T) {
+	for _, spec := range []string{"inet:127.0.0.1:0", "inet:0@127.0.0.1", "inet:[::1]:0", "inet6:[::1]:0"} {
+		network, addr, err := parseListen(spec)
+		if err != nil {
+			t.Fatalf("%s: %v", spec, err)
+		}
+		ln, err := listenMilter(network, addr)
+		if err != nil {
+			t.Fatalf("%s accepted but cannot listen: %v", spec, err)
+		}
+		ln.Close()
 	}
 }
 
