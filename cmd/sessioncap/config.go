@@ -28,6 +28,10 @@ const (
 	defaultListen        = "inet:127.0.0.1:10029"
 	defaultMetricsListen = "127.0.0.1:9829"
 	defaultAdminListen   = "unix:/run/sessioncap/admin.sock"
+	// stateFileAuto puts the state file in systemd's StateDirectory
+	// ($STATE_DIRECTORY/state) and writes none when that is not set, so
+	// "go run ./cmd/sessioncap" writes nothing the admin did not choose.
+	stateFileAuto = "auto"
 )
 
 // Config is a loaded, validated configuration.
@@ -50,7 +54,7 @@ type StoreConfig struct {
 	Backend   string        // "memory" or "redis"
 	Timeout   time.Duration // one store call; then OnError applies
 	OnError   string        // "local" or "tempfail"
-	StateFile string        // memory state saved across restarts; "" for none
+	StateFile string        // memory state saved across restarts: a path, "auto" or "" (none)
 	Redis     RedisConfig
 }
 
@@ -196,7 +200,8 @@ func DefaultConfig() *Config {
 		Store: StoreConfig{
 			Backend: "memory",
 			Timeout: 100 * time.Millisecond,
-			OnError: "local",
+			OnError:   "local",
+			StateFile: stateFileAuto,
 			Redis:   RedisConfig{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "sessioncap:"},
 		},
 		AdminListen: defaultAdminListen,
@@ -555,9 +560,9 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	default:
 		v.add("store.on_error", "must be \"local\" or \"tempfail\", got %q", o)
 	}
-	sc.StateFile = st.StateFile.get("")
-	if sc.StateFile != "" && !strings.HasPrefix(sc.StateFile, "/") {
-		v.add("store.state_file", "must be an absolute path, got %q", sc.StateFile)
+	sc.StateFile = st.StateFile.get(sc.StateFile)
+	if sc.StateFile != "" && sc.StateFile != stateFileAuto && !strings.HasPrefix(sc.StateFile, "/") {
+		v.add("store.state_file", "must be \"auto\", \"\" (off) or an absolute path, got %q", sc.StateFile)
 	}
 	rc, rf := &sc.Redis, &st.Redis
 	rc.Addresses = rf.Addresses.get(rc.Addresses)

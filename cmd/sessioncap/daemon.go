@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -84,7 +85,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	d := &daemon{opts: opts, cfg: cfg, log: log, level: level, loadedAt: time.Now(),
 		local: counters.NewMemory(counters.MemoryOptions{MaxTracked: cfg.MaxTracked, MaxBans: cfg.MaxBans, Host: host})}
 	d.store = d.local
-	if p := cfg.Store.StateFile; p != "" {
+	if p := d.stateFile(); p != "" {
 		windows, bans, err := d.local.ReadStateFile(p)
 		if err != nil {
 			log.Error("state file unusable; starting without it", "state_file", p, "err", err)
@@ -234,10 +235,23 @@ func (d *daemon) reload() error {
 	return nil
 }
 
+// stateFile resolves store.state_file: "auto" is $STATE_DIRECTORY/state
+// under systemd and none otherwise.
+func (d *daemon) stateFile() string {
+	p := d.cfg.Store.StateFile
+	if p != stateFileAuto {
+		return p
+	}
+	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "state")
+	}
+	return ""
+}
+
 // saveStatePeriodically writes the state file every stateSaveInterval until
 // the returned function is called.
 func (d *daemon) saveStatePeriodically() (stop func()) {
-	if d.cfg.Store.StateFile == "" {
+	if d.stateFile() == "" {
 		return func() {}
 	}
 	done := make(chan struct{})
@@ -258,7 +272,7 @@ func (d *daemon) saveStatePeriodically() (stop func()) {
 
 // saveState writes the memory store's bans and windows to the state file.
 func (d *daemon) saveState() {
-	p := d.cfg.Store.StateFile
+	p := d.stateFile()
 	if p == "" {
 		return
 	}
