@@ -3,6 +3,8 @@ package counters_test
 import (
 	"context"
 	"fmt"
+	"net/netip"
+	"runtime"
 	"sync"
 	"testing"
 	"time"
@@ -178,4 +180,24 @@ func ExampleMemory() {
 	// 2 true
 	// 3 false
 	// 4 false
+}
+
+// BenchmarkMemoryPerKey reports the heap each tracked key costs: run with
+// -benchtime=1x (it tracks 1M keys once, each key string included).
+func BenchmarkMemoryPerKey(b *testing.B) {
+	const n = 1_000_000
+	r := limits.Rate{Max: 100, Window: time.Minute, Ban: time.Minute}
+	for b.Loop() {
+		var before, after runtime.MemStats
+		runtime.GC()
+		runtime.ReadMemStats(&before)
+		m := counters.NewMemory(counters.MemoryOptions{MaxTracked: n})
+		for i := 0; i < n; i++ { // keys made as the milter makes them, retained by the store
+			m.Hit(ctx, limits.StoreKey(limits.KeyFrequency, "", netip.PrefixFrom(netip.AddrFrom4([4]byte{10 + byte(i>>16), byte(i >> 8), byte(i), 0}), 24)), 1, r)
+		}
+		runtime.GC()
+		runtime.ReadMemStats(&after)
+		b.ReportMetric(float64(after.HeapAlloc-before.HeapAlloc)/n, "B/key")
+		runtime.KeepAlive(m)
+	}
 }

@@ -12,9 +12,17 @@ func freqPolicy(max int64, window, ban time.Duration) Policy {
 	return Policy{Frequency: Frequency{MaxConnections: max, Window: window, Ban: ban}}
 }
 
-// connectAt admits one connection at t0+at and returns its verdict.
-func connectAt(w *Window, p Policy, at time.Duration) Verdict {
-	return Admit(w, 0, 0, t0.Add(at), p, ModeEnforce).Verdict
+// key is what a store holds for one key: a window and the end of a ban.
+type key struct {
+	w     Window
+	until int64
+}
+
+// connect applies one connection at t0+at through Apply, as a store does.
+func (k *key) connect(p Policy, at time.Duration) Admission {
+	h, until := Apply(&k.w, k.until, t0.Add(at).UnixMilli(), 1, p.Frequency.Rate())
+	k.until = until
+	return FrequencyVerdict(h)
 }
 
 func TestFrequencyWindow(t *testing.T) {
@@ -54,18 +62,22 @@ func TestFrequencyWindow(t *testing.T) {
 		}},
 		{"ban expires and the window starts empty", []hit{
 			{0, Admitted}, {0, Admitted}, {0, Admitted}, {0, RefusedFrequency},
-			{5*time.Minute - time.Nanosecond, RefusedBanned},
+			{5*time.Minute - time.Millisecond, RefusedBanned},
 			// not re-banned by the connections that caused the ban
 			{5 * time.Minute, Admitted}, {5*time.Minute + 1, Admitted}, {5*time.Minute + 2, Admitted},
 			{5*time.Minute + 3, RefusedFrequency},
 		}},
+		{"a clock stepping back 30s is clamped, not a fresh window", []hit{
+			{60 * time.Second, Admitted}, {61 * time.Second, Admitted}, {62 * time.Second, Admitted},
+			{32 * time.Second, RefusedFrequency},
+		}},
 	}
 	for _, tt := range tests {
 		t.Run(tt.name, func(t *testing.T) {
-			var w Window
+			var k key
 			for i, h := range tt.hits {
-				if got := connectAt(&w, p, h.at); got != h.want {
-					t.Fatalf("hit %d at %v: verdict %d, want %d (window %+v)", i, h.at, got, h.want, w)
+				if got := k.connect(p, h.at).Verdict; got != h.want {
+					t.Fatalf("hit %d at %v: verdict %d, want %d (window %+v)", i, h.at, got, h.want, k.w)
 				}
 			}
 		})
@@ -74,68 +86,71 @@ func TestFrequencyWindow(t *testing.T) {
 
 func TestBanDisabled(t *testing.T) {
 	p := freqPolicy(1, time.Minute, 0)
-	var w Window
-	if v := connectAt(&w, p, 0); v != Admitted {
+	var k key
+	if v := k.connect(p, 0).Verdict; v != Admitted {
 		t.Fatalf("first: %d", v)
 	}
-	if v := connectAt(&w, p, time.Second); v != RefusedFrequency {
-		t.Fatalf("second: %d, want frequency refusal", v)
+	a := k.connect(p, time.Second)
+	if a.Verdict != RefusedFrequency || !a.BanUntil.IsZero() || k.until != 0 {
+		t.Fatalf("second: %+v, want a frequency refusal without a ban", a)
 	}
-	if w.Banned(t0.Add(2 * time.Second)) {
-		t.Fatal("ban = 0 must not ban")
+	r := a.Refusal(p, DefaultReplies())
+	if r.Reply != ReplyFrequencyNoBan || r.Reason() != "4.7.0 Too many connections from your network (limit 1 per 1m); try again later" {
+		t.Fatalf("reply %+v", r)
 	}
 }
 
 func TestAdmissionReplies(t *testing.T) {
 	p := freqPolicy(1, time.Minute, 5*time.Minute)
-	var w Window
-	connectAt(&w, p, 0)
-	a := Admit(&w, 0, 0, t0.Add(time.Second), p, ModeEnforce)
-	r := a.Refusal(p, DefaultReplies(), t0.Add(time.Second))
+	var k key
+	k.connect(p, 0)
+	a := k.connect(p, time.Second)
+	r := a.Refusal(p, DefaultReplies())
 	want := "4.7.0 Too many connections from your network (limit 1 per 1m); banned for 5m, try again later"
 	if r == nil || r.Limit != LimitFrequency || r.Reason() != want || r.Code != 421 || r.Value != 2 {
 		t.Fatalf("got %+v, want %q", r, want)
 	}
-	a = Admit(&w, 0, 0, t0.Add(time.Minute+time.Second), p, ModeEnforce)
-	r = a.Refusal(p, DefaultReplies(), t0.Add(time.Minute+time.Second))
+	a = k.connect(p, time.Minute+time.Second)
+	r = a.Refusal(p, DefaultReplies())
 	if r == nil || r.Limit != LimitBanned || r.Reason() != "4.7.0 Your network is temporarily banned for too many connections; try again in 4m" {
 		t.Fatalf("banned reply: %+v", r)
 	}
 }
 
 func TestConcurrency(t *testing.T) {
-	p := Policy{Concurrency: Concurrency{MaxPerAddress: 2, MaxTotal: 10}}
+	c := Concurrency{MaxPerAddress: 2, MaxTotal: 10}
 	tests := []struct {
 		active, total int64
-		mode          Mode
 		want          Verdict
-		open          bool
 	}{
-		{0, 0, ModeEnforce, Admitted, true},
-		{1, 5, ModeEnforce, Admitted, true},
-		{2, 5, ModeEnforce, RefusedConcurrencyAddress, false},
-		{1, 10, ModeEnforce, RefusedConcurrencyTotal, false},
-		{2, 5, ModeMonitor, RefusedConcurrencyAddress, true},
+		{0, 0, Admitted},
+		{1, 5, Admitted},
+		{2, 5, RefusedConcurrencyAddress},
+		{1, 10, RefusedConcurrencyTotal},
 	}
 	for _, tt := range tests {
-		var w Window
-		a := Admit(&w, tt.active, tt.total, t0, p, tt.mode)
-		if a.Verdict != tt.want || a.Open != tt.open {
-			t.Errorf("active %d total %d %s: verdict %d open %v, want %d %v", tt.active, tt.total, tt.mode, a.Verdict, a.Open, tt.want, tt.open)
+		if v := c.Verdict(tt.active, tt.total); v != tt.want {
+			t.Errorf("active %d total %d: verdict %d, want %d", tt.active, tt.total, v, tt.want)
 		}
 	}
 }
 
-func TestMonitorModeKeepsState(t *testing.T) {
-	p := freqPolicy(1, time.Minute, time.Minute)
-	var w Window
-	Admit(&w, 0, 0, t0, p, ModeMonitor)
-	a := Admit(&w, 0, 0, t0.Add(time.Second), p, ModeMonitor)
-	if a.Verdict != RefusedFrequency || !a.Open {
-		t.Fatalf("monitor: verdict %d open %v; want the would-be refusal and an open session", a.Verdict, a.Open)
+func TestStoreKeys(t *testing.T) {
+	for _, tt := range []struct{ kind, scope, prefix, key string }{
+		{KeyFrequency, "", "192.0.2.0/24", "freq:192.0.2.0/24"},
+		{KeyFrequency, "override2", "2001:db8::/64", "freq:override2:2001:db8::/64"},
+	} {
+		k := StoreKey(tt.kind, tt.scope, netip.MustParsePrefix(tt.prefix))
+		if k != tt.key {
+			t.Fatalf("StoreKey: %q, want %q", k, tt.key)
+		}
+		kind, scope, p, err := ParseStoreKey(k)
+		if err != nil || kind != tt.kind || scope != tt.scope || p.String() != tt.prefix {
+			t.Fatalf("ParseStoreKey(%q): %q %q %v %v", k, kind, scope, p, err)
+		}
 	}
-	if a = Admit(&w, 0, 0, t0.Add(2*time.Second), p, ModeMonitor); a.Verdict != RefusedBanned || !a.Open {
-		t.Fatalf("monitor during ban: verdict %d open %v", a.Verdict, a.Open)
+	if _, _, _, err := ParseStoreKey("freq:nonsense"); err == nil {
+		t.Fatal("ParseStoreKey accepted a key without a prefix")
 	}
 }
 
@@ -181,14 +196,17 @@ func TestRulesResolution(t *testing.T) {
 	}
 	in := func(s string) netip.Addr { return netip.MustParseAddr(s) }
 
-	if _, exempt := r.ForConnect(in("10.1.2.3")); !exempt {
+	if _, _, exempt := r.ForConnect(in("10.1.2.3")); !exempt {
 		t.Error("10.1.2.3 must be exempt at connect")
 	}
 	if _, exempt := r.ForTransaction(in("10.1.2.3"), true, false); !exempt {
 		t.Error("10.1.2.3 must be exempt at MAIL")
 	}
-	if p, _ := r.ForConnect(in("192.0.2.9")); p.Frequency.MaxConnections != 9999 {
-		t.Errorf("network override at connect: %d", p.Frequency.MaxConnections)
+	if p, scope, _ := r.ForConnect(in("192.0.2.9")); p.Frequency.MaxConnections != 9999 || scope != "override0" {
+		t.Errorf("network override at connect: %d, scope %q", p.Frequency.MaxConnections, scope)
+	}
+	if _, scope, _ := r.ForConnect(in("198.51.100.1")); scope != "" {
+		t.Errorf("default policy at connect: scope %q", scope)
 	}
 	// first match wins: the network override beats the authenticated one
 	if s, _ := r.ForTransaction(in("192.0.2.9"), true, true); s.MaxMessages != 1000 {

@@ -23,12 +23,14 @@ const (
 	LimitBanned             Limit = "banned"
 	LimitConcurrencyAddress Limit = "concurrency_address"
 	LimitConcurrencyTotal   Limit = "concurrency_total"
+	LimitStoreUnavailable   Limit = "store_unavailable"
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
+	LimitStoreUnavailable,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -276,5 +278,12 @@ func (r *Rules) Key(addr netip.Addr) netip.Prefix {
 func (r *Rules) LongestBan() time.Duration {
 	var d time.Duration
 	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban); return false })
+	return d
+}
+
+// LongestWindow returns the longest frequency window of any policy.
+func (r *Rules) LongestWindow() time.Duration {
+	var d time.Duration
+	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Window); return false })
 	return d
 }

@@ -25,13 +25,14 @@ const (
 	ReplyBanned             ReplyKey = "banned"
 	ReplyConcurrencyAddress ReplyKey = "concurrency_address"
 	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
+	ReplyStoreUnavailable   ReplyKey = "store_unavailable"
 )
 
 // AllReplyKeys lists every ReplyKey.
 var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
 	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
-	ReplyConcurrencyTotal,
+	ReplyConcurrencyTotal, ReplyStoreUnavailable,
 }
 
 // Reply is an SMTP reply template: a 4xx code, an enhanced status code and a
@@ -59,6 +60,7 @@ func DefaultReplies() Replies {
 		ReplyBanned:             {421, "4.7.0", "Your network is temporarily banned for too many connections; try again in {ban}"},
 		ReplyConcurrencyAddress: {421, "4.7.0", "Too many concurrent connections from your network (limit {cap}); try again later"},
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
+		ReplyStoreUnavailable:   {421, "4.3.0", "Temporary problem with the connection limits; try again later"},
 	}
 }
 
@@ -205,4 +207,10 @@ func formatDuration(d time.Duration) string {
 		s = strings.TrimSuffix(s, "0m")
 	}
 	return s
+}
+
+// Unavailable renders the reply given at connect while the shared store is
+// down and store.on_error is "tempfail".
+func (rs Replies) Unavailable() *Refusal {
+	return rs.refusal(ReplyStoreUnavailable, LimitStoreUnavailable, StageConnect, 0, 0, 0, 0)
 }

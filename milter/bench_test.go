@@ -17,7 +17,7 @@ func benchServer(b *testing.B, rules *limits.Rules) *Server {
 	b.Helper()
 	s, err := NewServer(Config{
 		Rules:   rules,
-		Store:   counters.NewMemory(1000),
+		Store:   counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000}),
 		Metrics: NewMetrics(prometheus.NewRegistry()),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

@@ -19,7 +19,7 @@ func FuzzMailArgs(f *testing.F) {
 	}
 	srv, err := NewServer(Config{
 		Rules:   limits.DefaultRules(),
-		Store:   counters.NewMemory(10),
+		Store:   counters.NewMemory(counters.MemoryOptions{MaxTracked: 10}),
 		Metrics: NewMetrics(prometheus.NewRegistry()),
 		Logger:  slog.New(slog.NewTextHandler(io.Discard, nil)),
 	})

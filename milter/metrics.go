@@ -14,7 +14,7 @@ type Metrics struct {
 	messages       prometheus.Counter
 	messageBytes   prometheus.Counter
 	refusals       *prometheus.CounterVec
-	bans           prometheus.Counter
+	bans           *prometheus.CounterVec
 	malformed      *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
@@ -48,19 +48,19 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been).",
 		}, []string{"limit", "stage", "mode"}),
-		bans: prometheus.NewCounter(prometheus.CounterOpts{
+		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
-			Help: "Connection-frequency bans started.",
-		}),
+			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged).",
+		}, []string{"mode"}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
 			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).",
 		}, []string{"what"}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_store_errors_total",
-			Help: "Failed calls to the counter store, by operation (admit, release); the connection was let through.",
+			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"}),
 		duration: make(map[limits.Stage]prometheus.Observer),
 	}
@@ -82,8 +82,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, w := range []string{malformedClientAddr, malformedSize} {
 		m.malformed.WithLabelValues(w)
 	}
-	for _, op := range []string{"admit", "release"} {
-		m.storeErrors.WithLabelValues(op)
+	m.storeErrors.WithLabelValues("hit")
+	for _, mode := range limits.AllModes {
+		m.bans.WithLabelValues(string(mode))
 	}
 	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist)
 	return m

@@ -10,23 +10,28 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
+	"sync"
 	"sync/atomic"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
-// Store keeps the state that outlives a session: frequency windows, bans and
-// open-session counts. counters.Memory implements it.
+// Store keeps the state that outlives a session: sliding windows and bans
+// per key. counters.Store implements it (memory, Redis, or Redis with a local
+// fallback).
 type Store interface {
-	// Admit decides a new connection of key with limits.Admit and counts it
-	// as open when the admission says so.
-	Admit(ctx context.Context, key netip.Prefix, now time.Time, p limits.Policy, mode limits.Mode) (limits.Admission, error)
-	// Release gives back a session that Admit counted as open.
-	Release(ctx context.Context, key netip.Prefix) error
+	// Hit is the stores' atomic primitive (see counters.Store).
+	Hit(ctx context.Context, key string, n int64, r limits.Rate) (limits.Hit, error)
 }
+
+// ErrStoreUnavailable, returned (wrapped) by a Store, makes the connection
+// answer 421 at connect instead of going through (store on_error =
+// "tempfail"). Any other store error lets the connection through.
+var ErrStoreUnavailable = errors.New("milter: store unavailable")
 
 // Config is what a Server needs.
 type Config struct {
@@ -42,13 +47,25 @@ type Config struct {
 
 // Server is a milter server enforcing sessioncap's limits.
 type Server struct {
+	mu           sync.Mutex // serialises SetRules
 	rules        atomic.Pointer[limits.Rules]
+	prevRules    atomic.Pointer[limits.Rules] // the rules before the last SetRules
+	legacy       atomic.Pointer[[]legacyKeys] // prefix lengths of earlier rules whose bans may still be in force
 	store        Store
+	leases       *counters.Leases
 	metrics      *Metrics
 	log          *slog.Logger
 	now          func() time.Time
 	storeTimeout time.Duration
 	srv          *gomilter.Server
+}
+
+// legacyKeys are the prefix lengths of rules replaced by a reload, kept
+// until the longest ban they could have keyed has ended: a reload that
+// changes addresses.ipv4_prefix or ipv6_prefix must not lift bans.
+type legacyKeys struct {
+	rules *limits.Rules
+	until time.Time
 }
 
 // macros are requested from the MTA. Postfix sends exactly the requested
@@ -70,6 +87,7 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		store:        cfg.Store,
+		leases:       counters.NewLeases(),
 		metrics:      cfg.Metrics,
 		log:          cfg.Logger,
 		now:          cfg.Now,
@@ -98,13 +116,36 @@ func NewServer(cfg Config) (*Server, error) {
 }
 
 // SetRules atomically replaces the rules. Sessions already connected keep the
-// rules they started with; new sessions get r.
+// rules they started with; new sessions get r. When r keys addresses with
+// other prefix lengths, bans keyed under the old lengths stay in force until
+// they end.
 func (s *Server) SetRules(r *limits.Rules) error {
 	if err := r.Validate(); err != nil {
 		return err
 	}
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	old := s.rules.Load()
+	now := s.now()
+	var keep []legacyKeys
+	if l := s.legacy.Load(); l != nil {
+		for _, k := range *l {
+			if k.until.After(now) && !samePrefixes(k.rules, r) {
+				keep = append(keep, k)
+			}
+		}
+	}
+	if !samePrefixes(old, r) && old.LongestBan() > 0 {
+		keep = append(keep, legacyKeys{rules: old, until: now.Add(old.LongestBan())})
+	}
+	s.legacy.Store(&keep)
+	s.prevRules.Store(old)
 	s.rules.Store(r)
 	return nil
+}
+
+func samePrefixes(a, b *limits.Rules) bool {
+	return a.IPv4Prefix == b.IPv4Prefix && a.IPv6Prefix == b.IPv6Prefix
 }
 
 // Rules returns the rules new sessions get.
@@ -167,8 +208,17 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 	return version, actions, protocolFor(s.rules.Load()) & mtaProtocol, offered, nil
 }
 
-func (s *Server) newSession(uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize) gomilter.Milter {
-	return &session{srv: s}
+func (s *Server) newSession(_ uint32, _ gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
+	return &session{srv: s, proto: proto}
+}
+
+// enforceable reports whether the MTA sends every event r needs under the
+// negotiated protocol.
+func enforceable(r *limits.Rules, proto gomilter.OptProtocol) bool {
+	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 {
+		return false
+	}
+	return !r.NeedsRecipients() || proto&gomilter.OptNoRcptTo == 0
 }
 
 // logRefusal writes the one structured line per refusal and counts it.
@@ -191,3 +241,35 @@ func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID
 func (s *Server) observe(stage limits.Stage, start time.Time) {
 	s.metrics.duration[stage].Observe(time.Since(start).Seconds())
 }
+
+// admitFrequency asks the store about key under the frequency rule f, after
+// checking the keys of replaced prefix lengths for bans still in force. One
+// store round trip unless a reload changed the prefix lengths.
+func (s *Server) admitFrequency(r *limits.Rules, addr netip.Addr, scope, key string, f limits.Frequency) (limits.Admission, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), s.storeTimeout)
+	defer cancel()
+	if l := s.legacy.Load(); l != nil {
+		now := s.now()
+		for _, k := range *l {
+			old := limits.StoreKey(limits.KeyFrequency, scope, k.rules.Key(addr))
+			if !k.until.After(now) || old == key {
+				continue
+			}
+			h, err := s.store.Hit(ctx, old, 0, limits.Rate{})
+			if err != nil {
+				return limits.Admission{}, err
+			}
+			if !h.BannedUntil.IsZero() {
+				return limits.FrequencyVerdict(h), nil
+			}
+		}
+	}
+	h, err := s.store.Hit(ctx, key, 1, f.Rate())
+	if err != nil {
+		return limits.Admission{}, err
+	}
+	return limits.FrequencyVerdict(h), nil
+}
+
+// OpenSessions returns the sessions counted against the concurrency caps.
+func (s *Server) OpenSessions() int64 { return s.leases.Total() }

@@ -67,8 +67,9 @@ func rulesWith(f func(r *limits.Rules)) *limits.Rules {
 // start runs a real milter server on 127.0.0.1:0.
 func start(t *testing.T, rules *limits.Rules) *harness {
 	t.Helper()
-	h := &harness{t: t, reg: prometheus.NewRegistry(), store: counters.NewMemory(1000),
+	h := &harness{t: t, reg: prometheus.NewRegistry(),
 		clock: &clock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}, logs: &syncBuffer{}}
+	h.store = counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000, Now: h.clock.Now})
 	srv, err := milter.NewServer(milter.Config{
 		Rules:   rules,
 		Store:   h.store,
@@ -359,7 +360,7 @@ func TestFrequencyBanAndExpiry(t *testing.T) {
 	if h.refusals("frequency", "connect", "enforce") != 1 || h.refusals("banned", "connect", "enforce") != 1 {
 		t.Fatal("frequency/banned counters wrong")
 	}
-	if got := value(t, h.reg, "sessioncap_bans_total"); got != 1 {
+	if got := value(t, h.reg, "sessioncap_bans_total", "mode", "enforce"); got != 1 {
 		t.Fatalf("bans_total %v", got)
 	}
 	if !strings.Contains(h.logs.String(), `"msg":"banned"`) {
@@ -415,7 +416,7 @@ func TestConcurrencyComesBackDown(t *testing.T) {
 	if err := c.s.Reset(gomilter.NewMacroBag()); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "open-session counts to come back to 0", func() bool { return h.store.Stats(h.clock.Now()).Active == 0 })
+	eventually(t, "open-session counts to come back to 0", func() bool { return h.srv.OpenSessions() == 0 })
 	// Reset keeps c's milter connection open, but its SMTP session ended; the
 	// two refused sessions still count as active until their connections close.
 	eventually(t, "sessions_active to drop", func() bool { return active() <= 2 })
@@ -507,7 +508,7 @@ func TestSessionWithoutIP(t *testing.T) {
 			t.Fatalf("session caps do not apply without an IP (stage %q)", stage)
 		}
 	}
-	if st := h.store.Stats(h.clock.Now()); st.Tracked != 0 {
+	if st, _ := h.store.Stats(context.Background()); st.Tracked != 0 {
 		t.Fatalf("sessions without IP were tracked: %+v", st)
 	}
 }
@@ -616,8 +617,8 @@ sessioncap_sessions_active 0
 	}
 	// every limit/stage/mode series exists from the start, at 0 unless hit
 	n, err := testutil.GatherAndCount(h.reg, "sessioncap_refusals_total")
-	if err != nil || n != 16 {
-		t.Fatalf("refusal series: %d (%v), want 16", n, err)
+	if err != nil || n != 18 {
+		t.Fatalf("refusal series: %d (%v), want 18", n, err)
 	}
 	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
 # HELP sessioncap_malformed_input_total Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).
@@ -651,7 +652,7 @@ func TestStoreFailureLetsConnectionsThrough(t *testing.T) {
 	if act, _ := m.send("", 1, 10); act != nil {
 		t.Fatalf("message refused: %v", act)
 	}
-	if got := value(t, reg, "sessioncap_store_errors_total", "op", "admit"); got != 1 {
+	if got := value(t, reg, "sessioncap_store_errors_total", "op", "hit"); got != 1 {
 		t.Fatalf("store errors %v", got)
 	}
 }
@@ -659,10 +660,9 @@ func TestStoreFailureLetsConnectionsThrough(t *testing.T) {
 // failingStore injects store faults.
 type failingStore struct{}
 
-func (failingStore) Admit(context.Context, netip.Prefix, time.Time, limits.Policy, limits.Mode) (limits.Admission, error) {
-	return limits.Admission{}, context.DeadlineExceeded
+func (failingStore) Hit(context.Context, string, int64, limits.Rate) (limits.Hit, error) {
+	return limits.Hit{}, context.DeadlineExceeded
 }
-func (failingStore) Release(context.Context, netip.Prefix) error { return context.DeadlineExceeded }
 
 type recordingDialer struct{ conn net.Conn }
 

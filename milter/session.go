@@ -1,7 +1,7 @@
 package milter
 
 import (
-	"context"
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -9,6 +9,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -17,14 +18,14 @@ import (
 type session struct {
 	gomilter.NoOpMilter
 	srv   *Server
-	rules *limits.Rules // the rules at session start; a reload affects new sessions
+	proto gomilter.OptProtocol // negotiated for this milter connection
+	rules *limits.Rules        // the rules of this SMTP session, enforceable under proto
 
 	connected bool   // Connect was seen and counted in sessions_active
 	client    string // client address for logs ("" for none)
 	addr      netip.Addr
 	hasAddr   bool
-	key       netip.Prefix
-	open      bool // the store counted this session as open; Release at the end
+	lease     *counters.Lease // the open-session count; released at the end
 
 	state   limits.SessionState
 	policy  limits.Session // caps of the current transaction
@@ -36,9 +37,24 @@ var _ gomilter.Milter = (*session)(nil)
 
 // NewConnection starts a session. go-milter also calls it when the MTA reuses
 // the milter connection for another SMTP session: end the previous one first.
+// The session takes the current rules when the negotiated protocol delivers
+// every event they need; after a reload that needs more (a new byte or
+// recipient cap), a reused milter connection keeps the rules it negotiated
+// with, and the next milter connection gets the new ones.
 func (s *session) NewConnection(gomilter.Modifier) error {
 	s.end()
-	*s = session{srv: s.srv, rules: s.srv.rules.Load()}
+	prev := s.rules
+	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.rules.Load()}
+	if enforceable(s.rules, s.proto) {
+		return nil
+	}
+	if prev == nil { // a reload between negotiation and the first session
+		prev = s.srv.prevRules.Load()
+	}
+	if prev != nil && enforceable(prev, s.proto) {
+		s.rules = prev
+		s.srv.log.Info("reloaded rules need milter events this connection did not negotiate; it keeps the previous rules until it closes")
+	}
 	return nil
 }
 
@@ -47,16 +63,8 @@ func (s *session) NewConnection(gomilter.Modifier) error {
 func (s *session) Cleanup(gomilter.Modifier) { s.end() }
 
 func (s *session) end() {
-	if s.open {
-		s.open = false
-		ctx, cancel := context.WithTimeout(context.Background(), s.srv.storeTimeout)
-		err := s.srv.store.Release(ctx, s.key)
-		cancel()
-		if err != nil {
-			s.srv.metrics.storeErrors.WithLabelValues("release").Inc()
-			s.srv.log.Error("store release failed", "client_ip", s.client, "prefix", s.key.String(), "err", err)
-		}
-	}
+	s.lease.Release()
+	s.lease = nil
 	if s.connected {
 		s.connected = false
 		s.srv.metrics.sessionsActive.Dec()
@@ -65,17 +73,20 @@ func (s *session) end() {
 
 // Connect counts the session and applies the frequency ban and concurrency
 // rules to IP clients. A session without an IP address (unix socket, family
-// "unknown") gets session caps only.
+// "unknown") gets session caps only. A second CONNECT on one milter
+// connection ends the first session.
 func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageConnect, time.Now())
 	if s.rules == nil { // Connect without NewConnection: only in broken call orders
 		s.rules = s.srv.rules.Load()
 	}
-	if !s.connected {
-		s.connected = true
-		s.srv.metrics.sessions.Inc()
-		s.srv.metrics.sessionsActive.Inc()
+	if s.connected {
+		s.end()
+		s.state, s.addr, s.hasAddr, s.client = limits.SessionState{}, netip.Addr{}, false, ""
 	}
+	s.connected = true
+	s.srv.metrics.sessions.Inc()
+	s.srv.metrics.sessionsActive.Inc()
 	if family != "tcp4" && family != "tcp6" {
 		return gomilter.RespContinue, nil
 	}
@@ -92,30 +103,39 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	}
 	s.addr, s.hasAddr = ip.Unmap().WithZone(""), true
 	s.client = s.addr.String()
-	policy, exempt := s.rules.ForConnect(s.addr)
+	policy, scope, exempt := s.rules.ForConnect(s.addr)
 	if exempt {
 		return gomilter.RespContinue, nil
 	}
-	s.key = s.rules.Key(s.addr)
-	now := s.srv.now()
-	ctx, cancel := context.WithTimeout(context.Background(), s.srv.storeTimeout)
-	a, err := s.srv.store.Admit(ctx, s.key, now, policy, s.rules.Mode)
-	cancel()
+	prefix := s.rules.Key(s.addr)
+	key := limits.StoreKey(limits.KeyFrequency, scope, prefix)
+	a, err := s.srv.admitFrequency(s.rules, s.addr, scope, key, policy.Frequency)
 	if err != nil {
-		s.srv.metrics.storeErrors.WithLabelValues("admit").Inc()
-		s.srv.log.Error("store admit failed; letting the connection through", "client_ip", s.client, "prefix", s.key.String(), "err", err)
-		return gomilter.RespContinue, nil
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		if errors.Is(err, ErrStoreUnavailable) {
+			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
+			return s.refuse(s.rules.Replies.Unavailable())
+		}
+		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", key, "err", err)
+		a = limits.Admission{}
 	}
-	s.open = a.Open
-	if a.Verdict == limits.RefusedFrequency {
-		s.srv.metrics.bans.Inc()
+	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
+		s.srv.metrics.bans.WithLabelValues(string(s.rules.Mode)).Inc()
 		s.srv.log.Warn("banned",
-			"client_ip", s.client, "prefix", s.key.String(), "limit", string(limits.LimitFrequency),
+			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
 			"value", a.Connections, "cap", policy.Frequency.MaxConnections,
 			"window", policy.Frequency.Window.String(), "ban", policy.Frequency.Ban.String(),
-			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(s.rules.Mode))
+			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(s.rules.Mode), "reason", string(limits.LimitFrequency))
 	}
-	return s.refuse(a.Refusal(policy, s.rules.Replies, now))
+	monitor := s.rules.Mode == limits.ModeMonitor
+	if a.Verdict == limits.Admitted || monitor {
+		var v limits.Verdict
+		s.lease, v, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, monitor)
+		if a.Verdict == limits.Admitted {
+			a.Verdict = v
+		}
+	}
+	return s.refuse(a.Refusal(policy, s.rules.Replies))
 }
 
 // MailFrom starts a transaction: it resolves the session caps for this

@@ -6,6 +6,7 @@ import (
 	"fmt"
 	"io/fs"
 	"log/slog"
+	"net"
 	"os"
 	"reflect"
 	"sort"
@@ -26,6 +27,11 @@ const defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
 const (
 	defaultListen        = "inet:127.0.0.1:10029"
 	defaultMetricsListen = "127.0.0.1:9829"
+	defaultAdminListen   = "unix:/run/sessioncap/admin.sock"
+	// stateFileAuto puts the state file in systemd's StateDirectory
+	// ($STATE_DIRECTORY/state) and writes none when that is not set, so
+	// "go run ./cmd/sessioncap" writes nothing the admin did not choose.
+	stateFileAuto = "auto"
 )
 
 // Config is a loaded, validated configuration.
@@ -36,7 +42,32 @@ type Config struct {
 	LogFormat     string
 	LogLevel      slog.Level
 	MaxTracked    int
+	MaxBans       int
 	Rules         *limits.Rules
+	Store         StoreConfig
+	AdminListen   string
+	AdminToken    string // token file for a TCP admin listener
+}
+
+// StoreConfig is the [store] table: where windows and bans live.
+type StoreConfig struct {
+	Backend   string        // "memory" or "redis"
+	Timeout   time.Duration // one store call; then OnError applies
+	OnError   string        // "local" or "tempfail"
+	StateFile string        // memory state saved across restarts: a path, "auto" or "" (none)
+	Redis     RedisConfig
+}
+
+// RedisConfig is the [store.redis] table.
+type RedisConfig struct {
+	Addresses    []string
+	MasterName   string
+	Cluster      bool
+	Username     string
+	PasswordFile string
+	DB           int
+	TLS          bool
+	KeyPrefix    string
 }
 
 // fileConfig mirrors the TOML file. Every leaf is a value[T], so a bad value
@@ -56,7 +87,28 @@ type fileConfig struct {
 		IPv4Prefix value[int64] `toml:"ipv4_prefix"`
 		IPv6Prefix value[int64] `toml:"ipv6_prefix"`
 		MaxTracked value[count] `toml:"max_tracked"`
+		MaxBans    value[count] `toml:"max_bans"`
 	} `toml:"addresses"`
+	Store struct {
+		Backend   value[string]   `toml:"backend"`
+		Timeout   value[duration] `toml:"timeout"`
+		OnError   value[string]   `toml:"on_error"`
+		StateFile value[string]   `toml:"state_file"`
+		Redis     struct {
+			Addresses    value[stringList] `toml:"addresses"`
+			MasterName   value[string]     `toml:"master_name"`
+			Cluster      value[bool]       `toml:"cluster"`
+			Username     value[string]     `toml:"username"`
+			PasswordFile value[string]     `toml:"password_file"`
+			DB           value[int64]      `toml:"db"`
+			TLS          value[bool]       `toml:"tls"`
+			KeyPrefix    value[string]     `toml:"key_prefix"`
+		} `toml:"redis"`
+	} `toml:"store"`
+	Admin struct {
+		Listen    value[string] `toml:"listen"`
+		TokenFile value[string] `toml:"token_file"`
+	} `toml:"admin"`
 	Exempt struct {
 		Networks      value[prefixList] `toml:"networks"`
 		Authenticated value[bool]       `toml:"authenticated"`
@@ -69,9 +121,11 @@ type fileConfig struct {
 		Overrun            value[string] `toml:"overrun"`
 		SessionRecipients  value[string] `toml:"session_recipients"`
 		Frequency          value[string] `toml:"frequency"`
+		FrequencyNoBan     value[string] `toml:"frequency_no_ban"`
 		Banned             value[string] `toml:"banned"`
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
+		StoreUnavailable   value[string] `toml:"store_unavailable"`
 	} `toml:"replies"`
 }
 
@@ -141,7 +195,16 @@ func DefaultConfig() *Config {
 		LogFormat:     "text",
 		LogLevel:      slog.LevelInfo,
 		MaxTracked:    counters.DefaultMaxTracked,
+		MaxBans:       counters.DefaultMaxBans,
 		Rules:         limits.DefaultRules(),
+		Store: StoreConfig{
+			Backend: "memory",
+			Timeout: 100 * time.Millisecond,
+			OnError:   "local",
+			StateFile: stateFileAuto,
+			Redis:   RedisConfig{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "sessioncap:"},
+		},
+		AdminListen: defaultAdminListen,
 	}
 }
 
@@ -292,6 +355,21 @@ func (v *validator) build(fc *fileConfig) *Config {
 		v.add("addresses.max_tracked", "must be at least 1 (it bounds the memory the frequency ban uses)")
 	} else {
 		cfg.MaxTracked = int(n)
+	}
+	if n := fc.Addresses.MaxBans.get(count(cfg.MaxBans)); n == 0 {
+		v.add("addresses.max_bans", "must be at least 1 (it bounds the memory bans use)")
+	} else {
+		cfg.MaxBans = int(n)
+	}
+	v.buildStore(&cfg.Store, fc)
+	cfg.AdminListen = fc.Admin.Listen.get(cfg.AdminListen)
+	cfg.AdminToken = fc.Admin.TokenFile.get("")
+	if cfg.AdminListen != "" {
+		if network, _, err := parseListen(cfg.AdminListen); err != nil {
+			v.add("admin.listen", "%s", err.Error())
+		} else if network != "unix" && cfg.AdminToken == "" {
+			v.add("admin.listen", "an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise")
+		}
 	}
 	r.ExemptNetworks = fc.Exempt.Networks.get(nil)
 	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
@@ -461,4 +539,59 @@ func stripComment(line string) string {
 		}
 	}
 	return line
+}
+
+// buildStore validates the [store] table.
+func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
+	st := &fc.Store
+	switch b := st.Backend.get(sc.Backend); b {
+	case "memory", "redis":
+		sc.Backend = b
+	default:
+		v.add("store.backend", "must be \"memory\" or \"redis\", got %q", b)
+	}
+	sc.Timeout = time.Duration(st.Timeout.get(duration(sc.Timeout)))
+	if sc.Timeout <= 0 {
+		v.add("store.timeout", "must be longer than 0s")
+	}
+	switch o := st.OnError.get(sc.OnError); o {
+	case "local", "tempfail":
+		sc.OnError = o
+	default:
+		v.add("store.on_error", "must be \"local\" or \"tempfail\", got %q", o)
+	}
+	sc.StateFile = st.StateFile.get(sc.StateFile)
+	if sc.StateFile != "" && sc.StateFile != stateFileAuto && !strings.HasPrefix(sc.StateFile, "/") {
+		v.add("store.state_file", "must be \"auto\", \"\" (off) or an absolute path, got %q", sc.StateFile)
+	}
+	rc, rf := &sc.Redis, &st.Redis
+	rc.Addresses = rf.Addresses.get(rc.Addresses)
+	if len(rc.Addresses) == 0 {
+		v.add("store.redis.addresses", "must name at least one HOST:PORT")
+	}
+	for _, a := range rc.Addresses {
+		if _, port, err := net.SplitHostPort(a); err != nil || port == "" {
+			v.add("store.redis.addresses", "%q is not HOST:PORT", a)
+		}
+	}
+	rc.MasterName = rf.MasterName.get("")
+	rc.Cluster = rf.Cluster.get(false)
+	if rc.MasterName != "" && rc.Cluster {
+		v.add("store.redis.cluster", "cannot be true with master_name set: Sentinel and Cluster exclude each other")
+	}
+	rc.Username = rf.Username.get("")
+	rc.PasswordFile = rf.PasswordFile.get("")
+	db := rf.DB.get(0)
+	if db < 0 {
+		v.add("store.redis.db", "must not be negative, got %d", db)
+	}
+	if db != 0 && rc.Cluster {
+		v.add("store.redis.db", "must be 0 with cluster = true (Redis Cluster has one database)")
+	}
+	rc.DB = int(db)
+	rc.TLS = rf.TLS.get(false)
+	rc.KeyPrefix = rf.KeyPrefix.get(rc.KeyPrefix)
+	if strings.ContainsAny(rc.KeyPrefix, "{} \t\r\n") {
+		v.add("store.redis.key_prefix", "must not contain braces or white space (braces would break the Cluster hash tags)")
+	}
 }

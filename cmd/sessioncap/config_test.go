@@ -34,6 +34,17 @@ bad-values.toml:10: frequency.window: a duration must be a string with a unit su
 bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
 bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
 bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
+		"bad-store.toml": `bad-store.toml:2: store.backend: must be "memory" or "redis", got "etcd"
+bad-store.toml:3: store.timeout: must be longer than 0s
+bad-store.toml:4: store.on_error: must be "local" or "tempfail", got "ignore"
+bad-store.toml:5: store.state_file: must be "auto", "" (off) or an absolute path, got "state.json"
+bad-store.toml:8: store.redis.addresses: "localhost" is not HOST:PORT
+bad-store.toml:9: store.redis.cluster: cannot be true with master_name set: Sentinel and Cluster exclude each other
+bad-store.toml:11: store.redis.master_name_typo: unknown key
+bad-store.toml:12: store.redis.db: must be 0 with cluster = true (Redis Cluster has one database)
+bad-store.toml:13: store.redis.key_prefix: must not contain braces or white space (braces would break the Cluster hash tags)
+bad-store.toml:16: admin.listen: an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise
+bad-store.toml:19: addresses.max_bans: must be at least 1 (it bounds the memory bans use)`,
 	}
 	files, err := filepath.Glob("../../testdata/config/bad-*.toml")
 	if err != nil || len(files) == 0 {
@@ -144,13 +155,15 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 	for _, k := range []string{"listen", "mode", "format", "level", "max_messages", "max_bytes", "max_recipients", "overrun",
 		"max_connections", "window", "ban", "max_per_address", "max_total", "ipv4_prefix", "ipv6_prefix", "max_tracked",
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
-		"frequency", "banned", "concurrency_address", "concurrency_total"} {
+		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
+		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
+		"token_file", "frequency_no_ban", "store_unavailable"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 28 {
-		t.Errorf("%d settings found, want 28", uncommented)
+	if uncommented != 45 {
+		t.Errorf("%d settings found, want 45", uncommented)
 	}
 }
 
@@ -170,6 +183,8 @@ func TestParseListen(t *testing.T) {
 		{"inet:10029@127.0.0.1", "tcp4", "127.0.0.1:10029", ""},
 		{"inet6:[::1]:10029", "tcp6", "[::1]:10029", ""},
 		{"inet6:10029@::1", "tcp6", "[::1]:10029", ""},
+		{"inet:[::1]:10029", "tcp6", "[::1]:10029", ""},
+		{"inet6:127.0.0.1:10029", "", "", "needs an IPv6 address"},
 		{"unix:/run/sessioncap/milter.sock", "unix", "/run/sessioncap/milter.sock", ""},
 		{"local:/run/x.sock", "unix", "/run/x.sock", ""},
 		{"unix:relative.sock", "", "", "must be absolute"},
@@ -188,6 +203,21 @@ func TestParseListen(t *testing.T) {
 		if err != nil || n != tt.network || a != tt.addr {
 			t.Errorf("%q: %s %s %v", tt.spec, n, a, err)
 		}
+	}
+}
+
+// Every spec that check-config accepts must be one the daemon can listen on.
+func TestAcceptedListenSpecsListen(t *testing.T) {
+	for _, spec := range []string{"inet:127.0.0.1:0", "inet:0@127.0.0.1", "inet:[::1]:0", "inet6:[::1]:0"} {
+		network, addr, err := parseListen(spec)
+		if err != nil {
+			t.Fatalf("%s: %v", spec, err)
+		}
+		ln, err := listenMilter(network, addr)
+		if err != nil {
+			t.Fatalf("%s accepted but cannot listen: %v", spec, err)
+		}
+		ln.Close()
 	}
 }
 

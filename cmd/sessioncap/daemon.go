@@ -10,6 +10,7 @@ import (
 	"net/http"
 	"net/netip"
 	"os"
+	"path/filepath"
 	"runtime"
 	"strings"
 	"sync"
@@ -38,17 +39,23 @@ type daemonOptions struct {
 	metricsListen  *string
 }
 
+// stateSaveInterval is how often the memory store's state file is written
+// (and once more at shutdown).
+const stateSaveInterval = time.Minute
+
 // daemon is the running process: the milter, its store, metrics and config.
 type daemon struct {
-	reloadMu sync.Mutex // one reload at a time (signal and HTTP)
+	reloadMu sync.Mutex // one reload at a time (signal and admin)
 	opts     daemonOptions
 	cfg      *Config
 	log      *slog.Logger
 	level    *slog.LevelVar
-	store    *counters.Memory
+	local    *counters.Memory // the in-memory store (the fallback with Redis)
+	store    counters.Store   // what the milter asks: local, or Redis with local as fallback
 	srv      *milter.Server
 	reloadOK prometheus.Gauge
 	reloadTS prometheus.Gauge
+	loadedAt time.Time
 }
 
 func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan os.Signal, stderr io.Writer) int {
@@ -74,18 +81,37 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
-	d := &daemon{opts: opts, cfg: cfg, log: log, level: level, store: counters.NewMemory(cfg.MaxTracked)}
+	host, _ := os.Hostname()
+	d := &daemon{opts: opts, cfg: cfg, log: log, level: level, loadedAt: time.Now(),
+		local: counters.NewMemory(counters.MemoryOptions{MaxTracked: cfg.MaxTracked, MaxBans: cfg.MaxBans, Host: host})}
+	d.store = d.local
+	if p := d.stateFile(); p != "" {
+		windows, bans, err := d.local.ReadStateFile(p)
+		if err != nil {
+			log.Error("state file unusable; starting without it", "state_file", p, "err", err)
+		} else {
+			log.Info("state loaded", "state_file", p, "windows", windows, "bans", bans)
+		}
+	}
+	if err := d.openStore(reg, host); err != nil {
+		log.Error("cannot set up the store", "err", err)
+		return exitConfig
+	}
+	defer d.store.Close()
 	d.registerMetrics(reg)
 	d.srv, err = milter.NewServer(milter.Config{
-		Rules:   cfg.Rules,
-		Store:   d.store,
-		Metrics: milter.NewMetrics(reg),
-		Logger:  log,
+		Rules:        cfg.Rules,
+		Store:        d.store,
+		Metrics:      milter.NewMetrics(reg),
+		Logger:       log,
+		StoreTimeout: cfg.Store.Timeout,
 	})
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitConfig
 	}
+	stopSaving := d.saveStatePeriodically()
+	defer stopSaving()
 
 	ln, err := listenMilter(network, address)
 	if err != nil {
@@ -120,7 +146,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		case sig := <-sigs:
 			if sig == syscall.SIGHUP {
 				sdNotify("RELOADING=1")
-				d.reload()
+				_ = d.reload()
 				sdNotify("READY=1")
 				continue
 			}
@@ -138,15 +164,24 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	defer cancel()
 	done := make(chan error, 1)
 	go func() { done <- d.srv.Shutdown(sctx) }()
-	select {
-	case err := <-done:
-		if err != nil {
-			log.Warn("closed sessions still open at the shutdown timeout", "err", err)
+	for drained := false; !drained; {
+		select {
+		case err := <-done:
+			if err != nil {
+				log.Warn("closed sessions still open at the shutdown timeout", "err", err)
+			}
+			drained = true
+		case sig := <-sigs:
+			if sig == syscall.SIGHUP { // logrotate or systemctl reload while stopping: not a second stop
+				log.Info("SIGHUP during shutdown; ignored", "signal", sig.String())
+				continue
+			}
+			log.Warn("second signal; exiting at once", "signal", sig.String())
+			d.saveState()
+			return exitRuntime
 		}
-	case sig := <-sigs:
-		log.Warn("second signal; exiting at once", "signal", sig.String())
-		return exitRuntime
 	}
+	d.saveState()
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)
 	}
@@ -166,36 +201,84 @@ func newLogger(format string, level *slog.LevelVar, w io.Writer) *slog.Logger {
 }
 
 // reload re-reads the configuration file. A bad file keeps the running
-// configuration; settings that need a restart are reported.
-func (d *daemon) reload() {
+// configuration and is returned; settings that need a restart are reported.
+func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
 	cfg, err := LoadConfig(d.opts.configPath, d.opts.configRequired)
+	if err == nil {
+		err = d.srv.SetRules(cfg.Rules)
+	}
 	if err != nil {
 		d.reloadOK.Set(0)
 		d.log.Error("reload failed; keeping the running configuration", "config", d.opts.configPath, "err", err.Error())
-		return
-	}
-	if err := d.srv.SetRules(cfg.Rules); err != nil {
-		d.reloadOK.Set(0)
-		d.log.Error("reload failed; keeping the running configuration", "config", d.opts.configPath, "err", err.Error())
-		return
+		return err
 	}
 	d.level.Set(cfg.LogLevel)
-	d.store.SetMaxTracked(cfg.MaxTracked)
+	d.local.SetBounds(cfg.MaxTracked, cfg.MaxBans)
 	for _, c := range []struct{ key, old, new string }{
 		{"listen", d.cfg.Listen, cfg.Listen},
 		{"metrics.listen", d.cfg.MetricsListen, cfg.MetricsListen},
 		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
+		{"admin.listen", d.cfg.AdminListen, cfg.AdminListen},
+		{"store", fmt.Sprintf("%+v", d.cfg.Store), fmt.Sprintf("%+v", cfg.Store)},
 	} {
 		if c.old != c.new {
 			d.log.Warn("setting changed; it takes effect at the next restart", "key", c.key, "running", c.old, "file", c.new)
 		}
 	}
 	d.cfg = cfg
+	d.loadedAt = time.Now()
 	d.reloadOK.Set(1)
 	d.reloadTS.SetToCurrentTime()
 	d.log.Info("configuration reloaded", "config", d.opts.configPath, "mode", string(cfg.Rules.Mode))
+	return nil
+}
+
+// stateFile resolves store.state_file: "auto" is $STATE_DIRECTORY/state
+// under systemd and none otherwise.
+func (d *daemon) stateFile() string {
+	p := d.cfg.Store.StateFile
+	if p != stateFileAuto {
+		return p
+	}
+	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
+		return filepath.Join(dir, "state")
+	}
+	return ""
+}
+
+// saveStatePeriodically writes the state file every stateSaveInterval until
+// the returned function is called.
+func (d *daemon) saveStatePeriodically() (stop func()) {
+	if d.stateFile() == "" {
+		return func() {}
+	}
+	done := make(chan struct{})
+	go func() {
+		t := time.NewTicker(stateSaveInterval)
+		defer t.Stop()
+		for {
+			select {
+			case <-t.C:
+				d.saveState()
+			case <-done:
+				return
+			}
+		}
+	}()
+	return func() { close(done) }
+}
+
+// saveState writes the memory store's bans and windows to the state file.
+func (d *daemon) saveState() {
+	p := d.stateFile()
+	if p == "" {
+		return
+	}
+	if err := d.local.WriteStateFile(p, d.srv.Rules().LongestWindow()); err != nil {
+		d.log.Error("cannot write the state file", "state_file", p, "err", err)
+	}
 }
 
 func (d *daemon) registerMetrics(reg prometheus.Registerer) {
@@ -215,16 +298,16 @@ func (d *daemon) registerMetrics(reg prometheus.Registerer) {
 		ConstLabels: prometheus.Labels{"version": version, "goversion": runtime.Version()},
 	})
 	build.Set(1)
-	reg.MustRegister(d.reloadOK, d.reloadTS, build, storeCollector{d.store})
+	reg.MustRegister(d.reloadOK, d.reloadTS, build, storeCollector{d})
 }
 
-// storeCollector exports the in-memory store's sizes at scrape time.
-type storeCollector struct{ m *counters.Memory }
+// storeCollector exports the store's sizes at scrape time.
+type storeCollector struct{ d *daemon }
 
 var (
-	descTracked   = prometheus.NewDesc("sessioncap_tracked_addresses", "Address prefixes whose connection frequency is tracked (bounded by addresses.max_tracked).", nil, nil)
-	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Address prefixes banned now.", nil, nil)
-	descEvictions = prometheus.NewDesc("sessioncap_tracked_evictions_total", "Tracked address prefixes dropped, least recently seen first, to stay within addresses.max_tracked.", nil, nil)
+	descTracked   = prometheus.NewDesc("sessioncap_tracked_addresses", "Keys (address prefixes) whose connection frequency the store tracks (bounded by addresses.max_tracked in memory; -1 when the store cannot tell).", nil, nil)
+	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Bans in force, by mode (the running mode carries the count; the other is 0): in monitor mode bans only log.", []string{"mode"}, nil)
+	descEvictions = prometheus.NewDesc("sessioncap_tracked_evictions_total", "Windows and bans the in-memory store dropped to stay within addresses.max_tracked and addresses.max_bans.", nil, nil)
 )
 
 func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
@@ -234,38 +317,34 @@ func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
-	st := c.m.Stats(time.Now())
+	ctx, cancel := context.WithTimeout(context.Background(), c.d.cfg.Store.Timeout)
+	defer cancel()
+	st, err := c.d.store.Stats(ctx)
+	if err != nil {
+		st, _ = c.d.local.Stats(ctx)
+	}
+	mode := c.d.srv.Rules().Mode
 	ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(st.Tracked))
-	ch <- prometheus.MustNewConstMetric(descBans, prometheus.GaugeValue, float64(st.Banned))
+	for _, m := range limits.AllModes {
+		n := 0.0
+		if m == mode {
+			n = float64(st.Banned)
+		}
+		ch <- prometheus.MustNewConstMetric(descBans, prometheus.GaugeValue, n, string(m))
+	}
 	ch <- prometheus.MustNewConstMetric(descEvictions, prometheus.CounterValue, float64(st.Evictions))
 }
 
-// httpHandler serves /metrics, a health check, and two admin actions for
-// the local operator: POST /-/reload and POST /-/unban?address=IP.
+// httpHandler serves /metrics and a health check. Admin actions are on the
+// admin socket, not here: a browser could be made to POST to this port.
 func (d *daemon) httpHandler(reg *prometheus.Registry) http.Handler {
 	mux := http.NewServeMux()
 	mux.Handle("GET /metrics", promhttp.HandlerFor(reg, promhttp.HandlerOpts{Registry: reg}))
 	mux.HandleFunc("GET /-/healthy", func(w http.ResponseWriter, _ *http.Request) {
 		fmt.Fprintln(w, "OK")
 	})
-	mux.HandleFunc("POST /-/reload", func(w http.ResponseWriter, _ *http.Request) {
-		// Reload through the signal path's logic, but synchronously.
-		d.reload()
-		fmt.Fprintln(w, "reloaded (see the log for errors)")
-	})
-	mux.HandleFunc("POST /-/unban", func(w http.ResponseWriter, r *http.Request) {
-		addr, err := netip.ParseAddr(r.FormValue("address"))
-		if err != nil {
-			http.Error(w, "want ?address=IP", http.StatusBadRequest)
-			return
-		}
-		key := d.srv.Rules().Key(addr)
-		was := d.store.Unban(key, time.Now())
-		d.log.Info("unbanned by operator", "client_ip", addr.String(), "prefix", key.String(), "was_banned", was)
-		fmt.Fprintf(w, "prefix %s: was banned: %v\n", key, was)
-	})
 	mux.HandleFunc("GET /{$}", func(w http.ResponseWriter, _ *http.Request) {
-		fmt.Fprintf(w, "sessioncap %s\n/metrics\n/-/healthy\nPOST /-/reload\nPOST /-/unban?address=IP\n", version)
+		fmt.Fprintf(w, "sessioncap %s\n/metrics\n/-/healthy\n", version)
 	})
 	return mux
 }
@@ -295,7 +374,12 @@ func parseListen(spec string) (network, address string, err error) {
 			return "", "", fmt.Errorf("listen %q: missing port", spec)
 		}
 		network := "tcp4"
-		if kind == "inet6" {
+		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !ip.Is4In6() {
+			network = "tcp6" // Postfix writes inet:[::1]:PORT
+		} else if kind == "inet6" {
+			if err == nil {
+				return "", "", fmt.Errorf("listen %q: inet6 needs an IPv6 address, got %s", spec, host)
+			}
 			network = "tcp6"
 		}
 		return network, net.JoinHostPort(host, port), nil

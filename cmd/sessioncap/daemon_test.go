@@ -239,7 +239,7 @@ func TestDaemonReloadAndMetrics(t *testing.T) {
 	scrape := d.scrape()
 	for _, want := range []string{
 		"sessioncap_sessions_total 3", "sessioncap_messages_total 8", `sessioncap_build_info{goversion="go`,
-		"sessioncap_bans_active 0", "sessioncap_tracked_addresses 1", "go_goroutines", "process_open_fds",
+		`sessioncap_bans_active{mode="enforce"} 0`, `sessioncap_bans_active{mode="monitor"} 0`, "sessioncap_tracked_addresses 1", "go_goroutines", "process_open_fds",
 		`sessioncap_callback_duration_seconds_count{stage="mail"} 11`,
 	} {
 		if !strings.Contains(scrape, want) {
@@ -365,7 +365,7 @@ func TestDaemonUnbanEndpoint(t *testing.T) {
 	if act := connect(); act.SMTPCode != 421 {
 		t.Fatalf("second connection: %v, want the ban", act)
 	}
-	if got := d.metric("sessioncap_bans_active"); got != "1" {
+	if got := d.metric(`sessioncap_bans_active{mode="enforce"}`); got != "1" {
 		t.Fatalf("bans_active %s", got)
 	}
 	resp, err := http.Post("http://"+d.metrics+"/-/unban?address=192.0.2.44", "", nil)

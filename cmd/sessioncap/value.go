@@ -99,6 +99,20 @@ func parseInto(dst, data any) error {
 			return fmt.Errorf("must not be negative, got %q", s)
 		}
 		*d = duration(t)
+	case *[]string:
+		list, ok := data.([]any)
+		if !ok {
+			return typeError("a list of strings", data)
+		}
+		out := make([]string, 0, len(list))
+		for _, item := range list {
+			s, ok := item.(string)
+			if !ok {
+				return typeError("a string", item)
+			}
+			out = append(out, s)
+		}
+		*d = out
 	case *[]netip.Prefix:
 		list, ok := data.([]any)
 		if !ok {
@@ -213,3 +227,6 @@ func parseByteSize(data any) (int64, error) {
 
 // prefixList is a list of networks.
 type prefixList = []netip.Prefix
+
+// stringList is a list of strings.
+type stringList = []string

@@ -1,0 +1,173 @@
+package counters
+
+import (
+	"bufio"
+	"bytes"
+	"encoding/json"
+	"errors"
+	"fmt"
+	"io"
+	"os"
+	"path/filepath"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// stateMagic opens every state file; a file without it is not ours.
+const stateMagic = "sessioncap-state 1"
+
+// stateEnd closes every state file; a file without it was cut short.
+const stateEnd = "end"
+
+// stateWindow is one window in a state file.
+type stateWindow struct {
+	Key    string `json:"k"`
+	Start  int64  `json:"s"`
+	Prev   uint32 `json:"p"`
+	Curr   uint32 `json:"c"`
+	Banned *Ban   `json:"b,omitempty"`
+}
+
+// Save writes the bans in force and the windows still in their last two
+// fixed windows, one JSON object a line between a header and an end line,
+// least recently seen first (so Load keeps the recency order).
+func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
+	now := m.now()
+	m.mu.Lock()
+	m.pruneBans(now)
+	lines := make([]stateWindow, 0, len(m.windows)+len(m.bans))
+	for e := m.tail; e != nil; e = e.prev {
+		if maxWindow > 0 && now.UnixMilli()-e.w.Start >= 2*maxWindow.Milliseconds() {
+			continue // would start over anyway
+		}
+		lines = append(lines, stateWindow{Key: e.key, Start: e.w.Start, Prev: e.w.Prev, Curr: e.w.Curr})
+	}
+	for _, b := range m.bans {
+		c := *b
+		lines = append(lines, stateWindow{Key: b.Key, Banned: &c})
+	}
+	m.mu.Unlock()
+	bw := bufio.NewWriter(w)
+	fmt.Fprintln(bw, stateMagic)
+	enc := json.NewEncoder(bw)
+	for i := range lines {
+		if err := enc.Encode(&lines[i]); err != nil {
+			return err
+		}
+	}
+	fmt.Fprintln(bw, stateEnd)
+	return bw.Flush()
+}
+
+// ErrBadState says a state file is corrupt, cut short or not ours.
+var ErrBadState = errors.New("counters: not a complete sessioncap state file")
+
+// Load reads a file written by Save into m, dropping bans that have ended.
+// A file that is not complete and well formed changes nothing.
+func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
+	sc := bufio.NewScanner(r)
+	sc.Buffer(make([]byte, 0, 4096), 64<<10)
+	if !sc.Scan() || sc.Text() != stateMagic {
+		return 0, 0, fmt.Errorf("%w: missing header %q", ErrBadState, stateMagic)
+	}
+	var lines []stateWindow
+	complete := false
+	for sc.Scan() {
+		if sc.Text() == stateEnd {
+			complete = true
+			break
+		}
+		var l stateWindow
+		dec := json.NewDecoder(bytes.NewReader(sc.Bytes()))
+		dec.DisallowUnknownFields()
+		if err := dec.Decode(&l); err != nil || l.Key == "" || len(l.Key) > 512 {
+			return 0, 0, fmt.Errorf("%w: line %d: %v", ErrBadState, len(lines)+2, err)
+		}
+		lines = append(lines, l)
+	}
+	if err := sc.Err(); err != nil {
+		return 0, 0, fmt.Errorf("%w: %v", ErrBadState, err)
+	}
+	if !complete {
+		return 0, 0, fmt.Errorf("%w: cut short after %d entries", ErrBadState, len(lines))
+	}
+	now := m.now()
+	m.mu.Lock()
+	defer m.mu.Unlock()
+	for _, l := range lines {
+		if l.Banned != nil {
+			if l.Banned.Until.After(now) {
+				b := *l.Banned
+				b.Key = l.Key
+				m.addBan(b)
+				bans++
+			}
+			continue
+		}
+		if m.windows[l.Key] != nil {
+			continue
+		}
+		e := &entry{key: l.Key, w: limits.Window{Start: l.Start, Prev: l.Prev, Curr: l.Curr}}
+		m.windows[l.Key] = e
+		m.pushFront(e)
+		for len(m.windows) > m.max {
+			m.evict(m.tail)
+		}
+		windows++
+	}
+	return windows, bans, nil
+}
+
+// WriteStateFile saves m to path atomically: a temporary file in the same
+// directory, fsynced, renamed over path, and the directory fsynced.
+func (m *Memory) WriteStateFile(path string, maxWindow time.Duration) error {
+	dir := filepath.Dir(path)
+	f, err := os.CreateTemp(dir, ".state-*")
+	if err != nil {
+		return err
+	}
+	defer os.Remove(f.Name())
+	if err := m.Save(f, maxWindow); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Sync(); err != nil {
+		f.Close()
+		return err
+	}
+	if err := f.Close(); err != nil {
+		return err
+	}
+	if err := os.Rename(f.Name(), path); err != nil {
+		return err
+	}
+	if d, err := os.Open(dir); err == nil {
+		_ = d.Sync()
+		d.Close()
+	}
+	return nil
+}
+
+// ReadStateFile loads path into m. A missing file is no error (first
+// start). A file that cannot be used is renamed to path.bad-<unix time> for
+// inspection and the error says so; the store stays as it was.
+func (m *Memory) ReadStateFile(path string) (windows, bans int, err error) {
+	f, err := os.Open(path)
+	if errors.Is(err, os.ErrNotExist) {
+		return 0, 0, nil
+	}
+	if err != nil {
+		return 0, 0, err
+	}
+	windows, bans, err = m.Load(io.LimitReader(f, 1<<30))
+	f.Close()
+	if err != nil {
+		aside := fmt.Sprintf("%s.bad-%d", path, m.now().Unix())
+		if rerr := os.Rename(path, aside); rerr != nil {
+			return 0, 0, fmt.Errorf("%w (and cannot keep it aside: %v)", err, rerr)
+		}
+		return 0, 0, fmt.Errorf("%w; kept aside as %s", err, aside)
+	}
+	return windows, bans, nil
+}
