@@ -14,6 +14,8 @@ import (
 	"os/signal"
 	"runtime"
 	"syscall"
+
+	"github.com/sessioncap/sessioncap/admin"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.3".
@@ -34,6 +36,9 @@ const usageText = `Usage:
   sessioncap [-config FILE] [-listen SPEC] [-metrics-listen HOST:PORT]
   sessioncap check-config [-config FILE]
   sessioncap version
+  sessioncap bans [-json] | status [-json] | reload
+  sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
+  sessioncap unban ADDRESS|PREFIX
 
 sessioncap is a milter that caps SMTP sessions for Postfix and Sendmail:
 messages, bytes and recipients per connection, connections per address per
@@ -53,6 +58,11 @@ Options:
   -metrics-listen HOST:PORT  Prometheus /metrics address; "" disables
                              (default ` + defaultMetricsListen + `)
 
+Admin commands (bans, ban, unban, reload, status) talk to the running daemon
+over its admin socket; each takes -admin SPEC (default
+` + admin.DefaultListen + `) and -token-file FILE.
+"sessioncap bans -h" tells more.
+
 Signals:
   SIGHUP           reload the configuration; a bad file keeps the old one
   SIGTERM, SIGINT  stop accepting, let sessions finish (bounded), exit 0;
@@ -70,6 +80,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 		case "version":
 			fmt.Fprintf(stdout, "sessioncap %s (%s)\n", version, runtime.Version())
 			return exitOK
+		case "bans", "ban", "unban", "reload", "status":
+			return adminCommand(args[0], args[1:], stdout, stderr)
 		case "help":
 			fmt.Fprint(stdout, usageText)
 			return exitOK

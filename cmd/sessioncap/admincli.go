@@ -1,0 +1,280 @@
+package main
+
+import (
+	"context"
+	"encoding/json"
+	"errors"
+	"flag"
+	"fmt"
+	"io"
+	"slices"
+	"strings"
+	"text/tabwriter"
+	"time"
+
+	"github.com/sessioncap/sessioncap/admin"
+	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+var adminUsageText = `Usage:
+  sessioncap bans [-json]
+  sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
+  sessioncap unban ADDRESS|PREFIX
+  sessioncap reload
+  sessioncap status [-json]
+
+These commands talk to the running daemon over its admin socket. An address
+stands for its prefix under the daemon's rules ([addresses] ipv4_prefix,
+ipv6_prefix); unban lifts every ban covering it, whichever policy set it.
+With the Redis store a ban or unban on one host holds on every host.
+
+Options (before or after the address):
+  -admin SPEC        the daemon's admin socket: unix:/PATH or inet:HOST:PORT
+                     (default ` + admin.DefaultListen + `)
+  -token-file FILE   file holding the bearer token (needed over inet)
+  -json              print the daemon's JSON answer (bans, status)
+  -for DURATION      length of a manual ban: 90m, 6h, 168h (at most 8760h)
+  -reason TEXT       recorded with a manual ban (default "manual")
+
+Exit status: 0 done, 1 the daemon is unreachable or refused, ` + fmt.Sprint(exitConfig) + ` usage error.
+`
+
+// adminCommand runs one of the commands that drive a running daemon
+// through its admin API, in the manner of fail2ban-client.
+func adminCommand(name string, args []string, stdout, stderr io.Writer) int {
+	fs := flag.NewFlagSet("sessioncap "+name, flag.ContinueOnError)
+	fs.SetOutput(stderr)
+	fs.Usage = func() { fmt.Fprint(stderr, adminUsageText) }
+	spec := fs.String("admin", admin.DefaultListen, "")
+	tokenFile := fs.String("token-file", "", "")
+	var asJSON *bool
+	var banFor *time.Duration
+	var reason *string
+	want := 0 // positional arguments
+	switch name {
+	case "bans", "status":
+		asJSON = fs.Bool("json", false, "")
+	case "unban":
+		want = 1
+	case "ban":
+		want = 1
+		banFor = fs.Duration("for", 0, "")
+		reason = fs.String("reason", "", "")
+	}
+	pos, err := parseInterspersed(fs, args)
+	if err != nil {
+		if errors.Is(err, flag.ErrHelp) {
+			return exitOK
+		}
+		return exitConfig
+	}
+	usage := func(format string, a ...any) int {
+		fmt.Fprintf(stderr, "sessioncap %s: %s\n\n%s", name, fmt.Sprintf(format, a...), adminUsageText)
+		return exitConfig
+	}
+	switch {
+	case len(pos) > want:
+		return usage("unexpected argument %q", pos[want])
+	case len(pos) < want:
+		return usage("want an address or a prefix")
+	}
+	if _, _, err := admin.ParseSpec(*spec); err != nil {
+		return usage("-admin: %v", err)
+	}
+	var target string
+	if want == 1 {
+		if target, err = admin.ParseTarget(pos[0]); err != nil {
+			return usage("%s", invalidText(err))
+		}
+	}
+	if name == "ban" {
+		if *banFor == 0 {
+			return usage("want -for DURATION, the length of the ban")
+		}
+		if err := admin.CheckBanDuration(*banFor); err != nil {
+			return usage("-for: %s", invalidText(err))
+		}
+	}
+
+	c := admin.Dial(*spec, *tokenFile)
+	ctx := context.Background()
+	switch name {
+	case "bans":
+		err = printBans(ctx, c, *asJSON, stdout)
+	case "unban":
+		err = unban(ctx, c, target, stdout)
+	case "ban":
+		err = ban(ctx, c, target, *banFor, *reason, stdout)
+	case "reload":
+		if err = c.Reload(ctx); err == nil {
+			fmt.Fprintln(stdout, "configuration reloaded")
+		}
+	case "status":
+		err = printStatus(ctx, c, *asJSON, stdout)
+	}
+	if err != nil {
+		fmt.Fprintf(stderr, "sessioncap %s: %s\n", name, invalidText(err))
+		return exitRuntime
+	}
+	return exitOK
+}
+
+// parseInterspersed parses flags before and after the positional
+// arguments ("ban 192.0.2.1 -for 6h"), which the flag package alone stops
+// at; after "--" everything is positional.
+func parseInterspersed(fs *flag.FlagSet, args []string) ([]string, error) {
+	var pos []string
+	for {
+		if err := fs.Parse(args); err != nil {
+			return nil, err
+		}
+		rest := fs.Args()
+		if n := len(args) - len(rest); n > 0 && args[n-1] == "--" {
+			return append(pos, rest...), nil
+		}
+		if len(rest) == 0 {
+			return pos, nil
+		}
+		pos, args = append(pos, rest[0]), rest[1:]
+	}
+}
+
+// invalidText drops the sentinel's prefix from a refusal the operator reads.
+func invalidText(err error) string {
+	return strings.TrimPrefix(err.Error(), admin.ErrInvalid.Error()+": ")
+}
+
+func printBans(ctx context.Context, c *admin.Client, asJSON bool, w io.Writer) error {
+	resp, err := c.Bans(ctx)
+	if err != nil {
+		return err
+	}
+	bans := resp.Bans
+	slices.SortStableFunc(bans, func(a, b counters.Ban) int {
+		if c := a.Until.Compare(b.Until); c != 0 {
+			return c
+		}
+		return strings.Compare(a.Key, b.Key)
+	})
+	if asJSON {
+		if bans == nil {
+			bans = []counters.Ban{}
+		}
+		out, err := json.MarshalIndent(bans, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", out)
+		return err
+	}
+	if len(bans) == 0 {
+		fmt.Fprintln(w, "no bans in force")
+		return nil
+	}
+	now := resp.Now
+	if now.IsZero() {
+		now = time.Now()
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintln(tw, "PREFIX\tPOLICY\tREASON\tSINCE\tUNTIL\tREMAINING\tHOST")
+	for _, b := range bans {
+		prefix, policy := b.Key, "-"
+		if _, scope, p, err := limits.ParseStoreKey(b.Key); err == nil {
+			prefix, policy = p.String(), scope
+			if policy == "" {
+				policy = "default"
+			}
+		}
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", prefix, policy, orDash(b.Reason),
+			stamp(b.Since), stamp(b.Until), remaining(b.Until.Sub(now)), orDash(b.Host))
+	}
+	return tw.Flush()
+}
+
+func unban(ctx context.Context, c *admin.Client, target string, w io.Writer) error {
+	keys, err := c.Unban(ctx, target)
+	if err != nil {
+		return err
+	}
+	if len(keys) == 0 {
+		fmt.Fprintf(w, "no ban in force covers %s\n", target)
+		return nil
+	}
+	for _, k := range keys {
+		fmt.Fprintf(w, "lifted the ban of %s\n", k)
+	}
+	return nil
+}
+
+func ban(ctx context.Context, c *admin.Client, target string, d time.Duration, reason string, w io.Writer) error {
+	b, err := c.Ban(ctx, target, d, reason)
+	if err != nil {
+		return err
+	}
+	fmt.Fprintf(w, "banned %s until %s (%s): %s\n", b.Key, stamp(b.Until), d, b.Reason)
+	return nil
+}
+
+func printStatus(ctx context.Context, c *admin.Client, asJSON bool, w io.Writer) error {
+	st, err := c.Status(ctx)
+	if err != nil {
+		return err
+	}
+	if asJSON {
+		out, err := json.MarshalIndent(st, "", "  ")
+		if err != nil {
+			return err
+		}
+		_, err = fmt.Fprintf(w, "%s\n", out)
+		return err
+	}
+	health := "up"
+	if !st.StoreUp {
+		health = "DOWN"
+	}
+	tracked := fmt.Sprint(st.Tracked)
+	if st.Tracked < 0 {
+		tracked = "unknown"
+	}
+	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
+	fmt.Fprintf(tw, "version\t%s\n", st.Version)
+	fmt.Fprintf(tw, "mode\t%s\n", st.Mode)
+	fmt.Fprintf(tw, "store\t%s (%s)\n", st.StoreBackend, health)
+	fmt.Fprintf(tw, "sessions\t%d active\n", st.SessionsActive)
+	fmt.Fprintf(tw, "bans\t%d\n", st.Bans)
+	fmt.Fprintf(tw, "tracked\t%s\n", tracked)
+	fmt.Fprintf(tw, "config\t%s, loaded %s\n", orDash(st.ConfigPath), stamp(st.ConfigLoaded))
+	return tw.Flush()
+}
+
+func stamp(t time.Time) string {
+	if t.IsZero() {
+		return "-"
+	}
+	return t.UTC().Format(time.RFC3339)
+}
+
+func orDash(s string) string {
+	if s == "" {
+		return "-"
+	}
+	return s
+}
+
+// remaining writes a ban's time left compactly: 3d4h, 5h07m, 4m09s, 12s.
+func remaining(d time.Duration) string {
+	if d <= 0 {
+		return "expired"
+	}
+	s := int64((d + time.Second/2) / time.Second)
+	switch {
+	case s >= 86400:
+		return fmt.Sprintf("%dd%dh", s/86400, s%86400/3600)
+	case s >= 3600:
+		return fmt.Sprintf("%dh%02dm", s/3600, s%3600/60)
+	case s >= 60:
+		return fmt.Sprintf("%dm%02ds", s/60, s%60)
+	}
+	return fmt.Sprintf("%ds", s)
+}
