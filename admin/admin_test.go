@@ -587,3 +587,25 @@ func TestParseTarget(t *testing.T) {
 		}
 	}
 }
+
+func TestAdminParseSpec(t *testing.T) {
+	for spec, want := range map[string]string{
+		"unix:/run/sessioncap/admin.sock": "unix /run/sessioncap/admin.sock",
+		"local:/run/x/../admin.sock":      "unix /run/admin.sock",
+		"inet:127.0.0.1:9830":             "tcp4 127.0.0.1:9830",
+		"inet:9830@127.0.0.1":             "tcp4 127.0.0.1:9830",
+		"inet:[::1]:9830":                 "tcp6 [::1]:9830",
+		"inet6:[::1]:9830":                "tcp6 [::1]:9830",
+		"inet:localhost:9830":             "tcp4 localhost:9830",
+	} {
+		n, a, err := ParseSpec(spec)
+		if got := n + " " + a; err != nil || got != want {
+			t.Errorf("ParseSpec(%q) = %q, %v; want %q", spec, got, err, want)
+		}
+	}
+	for _, spec := range []string{"", "unix:", "unix:admin.sock", "inet:127.0.0.1", "inet:127.0.0.1:", "tcp:127.0.0.1:1", "/run/admin.sock"} {
+		if n, a, err := ParseSpec(spec); err == nil {
+			t.Errorf("ParseSpec(%q) = %s %s, want an error", spec, n, a)
+		}
+	}
+}

@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/netip"
 	"os"
 	"os/user"
 	"path/filepath"
@@ -17,20 +18,25 @@ import (
 // wait in the kernel's backlog.
 const maxConns = 32
 
-// ParseSpec reads an admin socket address: unix:/PATH, inet:HOST:PORT or
-// inet6:[ADDR]:PORT. It returns the network and address to dial or listen on.
+// ParseSpec reads an admin socket address in the notation of the milter
+// socket: unix:/PATH (or local:/PATH), inet:HOST:PORT, inet6:[ADDR]:PORT, or
+// Sendmail's inet:PORT@HOST. It returns the network and address to dial or
+// listen on.
 func ParseSpec(spec string) (network, address string, err error) {
 	kind, rest, ok := strings.Cut(spec, ":")
 	if !ok || rest == "" {
 		return "", "", fmt.Errorf("admin socket %q: want unix:/PATH, inet:HOST:PORT or inet6:[ADDR]:PORT", spec)
 	}
 	switch kind {
-	case "unix":
+	case "unix", "local":
 		if !filepath.IsAbs(rest) {
 			return "", "", fmt.Errorf("admin socket %q: the unix socket path must be absolute", spec)
 		}
 		return "unix", filepath.Clean(rest), nil
 	case "inet", "inet6":
+		if port, host, ok := strings.Cut(rest, "@"); ok {
+			rest = net.JoinHostPort(host, port)
+		}
 		host, port, err := net.SplitHostPort(rest)
 		if err != nil {
 			return "", "", fmt.Errorf("admin socket %q: %v", spec, err)
@@ -39,7 +45,7 @@ func ParseSpec(spec string) (network, address string, err error) {
 			return "", "", fmt.Errorf("admin socket %q: missing port", spec)
 		}
 		network := "tcp4"
-		if kind == "inet6" {
+		if ip, err := netip.ParseAddr(host); kind == "inet6" || err == nil && ip.Is6() && !ip.Is4In6() {
 			network = "tcp6"
 		}
 		return network, net.JoinHostPort(host, port), nil
