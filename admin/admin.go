@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/limits"
 )
 
 // DefaultListen is where the daemon listens and the client dials unless told
@@ -161,4 +162,26 @@ func checkReason(s string) error {
 		}
 	}
 	return nil
+}
+
+// CoveredKeys returns the keys of bans whose prefix covers target (as
+// ParseTarget returns it): for an address, the bans whose prefix contains
+// it; for a prefix, the bans whose prefix overlaps it. Every policy's key
+// counts, and so do keys of prefix lengths no longer configured. A Backend
+// may use it to resolve Unban; keys that do not parse are skipped.
+func CoveredKeys(bans []counters.Ban, target string) []string {
+	var t netip.Prefix
+	if a, err := netip.ParseAddr(target); err == nil {
+		t = netip.PrefixFrom(a, a.BitLen())
+	} else if t, err = netip.ParsePrefix(target); err != nil {
+		return nil
+	}
+	var keys []string
+	for _, b := range bans {
+		_, _, p, err := limits.ParseStoreKey(b.Key)
+		if err == nil && p.Overlaps(t) {
+			keys = append(keys, b.Key)
+		}
+	}
+	return keys
 }

@@ -319,7 +319,7 @@ func TestAdminTCPToken(t *testing.T) {
 	if st, err := Dial(spec, good).Status(ctx); err != nil || st.Version != "test" {
 		t.Errorf("right token: %+v, %v", st, err)
 	}
-	if code, _ := rawRequest(t, spec, "GET", "/v1/status", "", "", "Authorization", "Bearer correct-horse-battery-staple"); code != http.StatusOK {
+	if code, _ := rawRequest(t, spec, "GET", "/v1/status", "", "", "Authorization", "bearer correct-horse-battery-staple"); code != http.StatusOK {
 		t.Errorf("right token, raw: status %d, want 200", code)
 	}
 	if !strings.Contains(logs.String(), "action=auth remote=127.0.0.1:") {
@@ -604,6 +604,28 @@ func TestAdminParseSpec(t *testing.T) {
 	for _, spec := range []string{"", "unix:", "unix:admin.sock", "inet:127.0.0.1", "inet:127.0.0.1:", "tcp:127.0.0.1:1", "/run/admin.sock"} {
 		if n, a, err := ParseSpec(spec); err == nil {
 			t.Errorf("ParseSpec(%q) = %s %s, want an error", spec, n, a)
+		}
+	}
+}
+
+func TestAdminCoveredKeys(t *testing.T) {
+	var bans []counters.Ban
+	for _, k := range []string{"freq:192.0.2.0/24", "freq:override1:192.0.2.0/24", "freq:192.0.2.7/32", "freq:192.0.0.0/16",
+		"freq:198.51.100.0/24", "freq:2001:db8::/64", "garbage"} {
+		bans = append(bans, counters.Ban{Key: k})
+	}
+	for target, want := range map[string][]string{
+		"192.0.2.7":      {"freq:192.0.2.0/24", "freq:override1:192.0.2.0/24", "freq:192.0.2.7/32", "freq:192.0.0.0/16"},
+		"192.0.2.8":      {"freq:192.0.2.0/24", "freq:override1:192.0.2.0/24", "freq:192.0.0.0/16"},
+		"192.0.2.0/25":   {"freq:192.0.2.0/24", "freq:override1:192.0.2.0/24", "freq:192.0.2.7/32", "freq:192.0.0.0/16"},
+		"192.0.3.0/24":   {"freq:192.0.0.0/16"},
+		"2001:db8::1":    {"freq:2001:db8::/64"},
+		"203.0.113.1":    nil,
+		"not a target":   nil,
+		"::ffff:1.2.3.4": nil,
+	} {
+		if got := CoveredKeys(bans, target); !reflect.DeepEqual(got, want) {
+			t.Errorf("CoveredKeys(%q) = %q, want %q", target, got, want)
 		}
 	}
 }

@@ -124,9 +124,9 @@ func (h *handler) authenticate(next http.Handler) http.Handler {
 			h.deny(w, r, "missing Authorization: Bearer token")
 			return
 		default:
-			got, ok := strings.CutPrefix(auth[0], "Bearer ")
+			scheme, got, _ := strings.Cut(auth[0], " ")
 			sum := sha256.Sum256([]byte(strings.TrimSpace(got)))
-			if subtle.ConstantTimeCompare(sum[:], h.token) != 1 || !ok || len(auth) != 1 {
+			if subtle.ConstantTimeCompare(sum[:], h.token) != 1 || !strings.EqualFold(scheme, "Bearer") || len(auth) != 1 {
 				h.deny(w, r, "wrong token")
 				return
 			}
