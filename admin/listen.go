@@ -1,14 +1,12 @@
 package admin
 
 import (
+	"github.com/sessioncap/sessioncap/internal/socket"
+
 	"fmt"
 	"io"
 	"net"
-	"net/netip"
 	"os"
-	"os/user"
-	"path/filepath"
-	"strconv"
 	"strings"
 	"sync"
 	"unicode"
@@ -19,38 +17,14 @@ import (
 const maxConns = 32
 
 // ParseSpec reads an admin socket address in the notation of the milter
-// socket: unix:/PATH (or local:/PATH), inet:HOST:PORT, inet6:[ADDR]:PORT, or
-// Sendmail's inet:PORT@HOST. It returns the network and address to dial or
+// socket (see socket.Parse) and returns the network and address to dial or
 // listen on.
 func ParseSpec(spec string) (network, address string, err error) {
-	kind, rest, ok := strings.Cut(spec, ":")
-	if !ok || rest == "" {
-		return "", "", fmt.Errorf("admin socket %q: want unix:/PATH, inet:HOST:PORT or inet6:[ADDR]:PORT", spec)
+	network, address, err = socket.Parse(spec)
+	if err != nil {
+		return "", "", fmt.Errorf("admin socket %w", err)
 	}
-	switch kind {
-	case "unix", "local":
-		if !filepath.IsAbs(rest) {
-			return "", "", fmt.Errorf("admin socket %q: the unix socket path must be absolute", spec)
-		}
-		return "unix", filepath.Clean(rest), nil
-	case "inet", "inet6":
-		if port, host, ok := strings.Cut(rest, "@"); ok {
-			rest = net.JoinHostPort(host, port)
-		}
-		host, port, err := net.SplitHostPort(rest)
-		if err != nil {
-			return "", "", fmt.Errorf("admin socket %q: %v", spec, err)
-		}
-		if port == "" {
-			return "", "", fmt.Errorf("admin socket %q: missing port", spec)
-		}
-		network := "tcp4"
-		if ip, err := netip.ParseAddr(host); kind == "inet6" || err == nil && ip.Is6() && !ip.Is4In6() {
-			network = "tcp6"
-		}
-		return network, net.JoinHostPort(host, port), nil
-	}
-	return "", "", fmt.Errorf("admin socket %q: unknown socket type %q (want unix or inet)", spec, kind)
+	return network, address, nil
 }
 
 // ReadToken reads a bearer token from file: the file must not be readable
@@ -136,53 +110,10 @@ func Listen(spec, tokenFile, group string) (net.Listener, error) {
 	return l, nil
 }
 
-// listenUnix binds the socket in a private directory beside path, sets its
-// mode and group there, then renames it into place: nobody can connect
-// before its permissions are right.
 func listenUnix(path, group string) (net.Listener, error) {
-	if fi, err := os.Lstat(path); err == nil {
-		if fi.Mode()&os.ModeSocket == 0 {
-			return nil, fmt.Errorf("admin socket %s: exists and is not a socket", path)
-		}
-		if c, err := net.Dial("unix", path); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("admin socket %s is in use by another process (is sessioncap already running?)", path)
-		}
-	}
-	gid := -1
-	if group != "" {
-		if g, err := user.LookupGroup(group); err == nil {
-			if gid, err = strconv.Atoi(g.Gid); err != nil {
-				gid = -1
-			}
-		}
-	}
-	dir, err := os.MkdirTemp(filepath.Dir(path), ".admin-sock-")
+	ln, err := socket.ListenUnix(path, group)
 	if err != nil {
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	defer os.RemoveAll(dir)
-	tmp := filepath.Join(dir, "s")
-	ln, err := net.Listen("unix", tmp)
-	if err != nil {
-		return nil, err
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	fail := func(err error) (net.Listener, error) {
-		ln.Close()
-		return nil, fmt.Errorf("admin socket %s: %w", path, err)
-	}
-	if err := os.Chmod(tmp, 0o660); err != nil {
-		return fail(err)
-	}
-	if gid >= 0 {
-		if err := os.Lchown(tmp, -1, gid); err != nil {
-			return fail(fmt.Errorf("giving it to group %s: %w", group, err))
-		}
-	}
-	// Rename replaces a stale socket atomically.
-	if err := os.Rename(tmp, path); err != nil {
-		return fail(err)
+		return nil, fmt.Errorf("admin socket: %w", err)
 	}
 	return ln, nil
 }

@@ -21,9 +21,9 @@ func TestStateFileRoundTrip(t *testing.T) {
 	path := filepath.Join(t.TempDir(), "state")
 	a := counters.NewMemory(counters.MemoryOptions{Now: clock.Now, Host: "mx1"})
 	r := limits.Rate{Max: 3, Window: time.Minute, Ban: time.Hour, Reason: "frequency"}
-	a.Hit(ctx, "freq:192.0.2.0/24", 4, r)                   // banned for 1h
+	a.Hit(ctx, "freq:192.0.2.0/24", 4, r)                     // banned for 1h
 	a.Ban(ctx, "freq:198.51.100.0/24", time.Minute, "manual") // ends while down
-	a.Hit(ctx, "freq:203.0.113.0/24", 2, r)                 // a window
+	a.Hit(ctx, "freq:203.0.113.0/24", 2, r)                   // a window
 	if err := a.WriteStateFile(path, time.Minute); err != nil {
 		t.Fatal(err)
 	}

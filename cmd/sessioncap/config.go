@@ -198,11 +198,11 @@ func DefaultConfig() *Config {
 		MaxBans:       counters.DefaultMaxBans,
 		Rules:         limits.DefaultRules(),
 		Store: StoreConfig{
-			Backend: "memory",
-			Timeout: 100 * time.Millisecond,
+			Backend:   "memory",
+			Timeout:   100 * time.Millisecond,
 			OnError:   "local",
 			StateFile: stateFileAuto,
-			Redis:   RedisConfig{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "sessioncap:"},
+			Redis:     RedisConfig{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "sessioncap:"},
 		},
 		AdminListen: defaultAdminListen,
 	}

@@ -8,7 +8,6 @@ import (
 	"log/slog"
 	"net"
 	"net/http"
-	"net/netip"
 	"os"
 	"path/filepath"
 	"runtime"
@@ -22,7 +21,9 @@ import (
 	"github.com/prometheus/client_golang/prometheus/collectors"
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
+	"github.com/sessioncap/sessioncap/admin"
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/internal/socket"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
 )
@@ -135,9 +136,19 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 			}
 		}()
 	}
+	adminSrv, adminSpec, err := d.startAdmin()
+	if err != nil {
+		ln.Close()
+		if metricsSrv != nil {
+			metricsSrv.Close()
+		}
+		log.Error("cannot listen for admin requests", "admin_listen", cfg.AdminListen, "err", err)
+		return exitRuntime
+	}
 	served := make(chan error, 1)
 	go func() { served <- d.srv.Serve(ln) }()
-	log.Info("listening", "milter", listenSpec(network, ln.Addr().String()), "metrics", metricsAddr, "config", cfg.Path, "mode", string(cfg.Rules.Mode), "version", version)
+	log.Info("listening", "milter", listenSpec(network, ln.Addr().String()), "metrics", metricsAddr, "admin", adminSpec,
+		"config", cfg.Path, "mode", string(cfg.Rules.Mode), "store", cfg.Store.Backend, "version", version)
 	sdNotify("READY=1")
 
 	code := exitOK
@@ -184,6 +195,9 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	d.saveState()
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)
+	}
+	if adminSrv != nil {
+		_ = adminSrv.Shutdown(sctx)
 	}
 	if network == "unix" {
 		_ = os.Remove(address)
@@ -233,6 +247,46 @@ func (d *daemon) reload() error {
 	d.reloadTS.SetToCurrentTime()
 	d.log.Info("configuration reloaded", "config", d.opts.configPath, "mode", string(cfg.Rules.Mode))
 	return nil
+}
+
+// startAdmin opens the admin socket. The built-in default
+// (unix:/run/sessioncap/admin.sock) is skipped with a warning when its
+// directory does not exist (a plain "go run" as a user); a socket the admin
+// configured must open.
+func (d *daemon) startAdmin() (*http.Server, string, error) {
+	spec := d.cfg.AdminListen
+	if spec == "" {
+		return nil, "", nil
+	}
+	if spec == defaultAdminListen {
+		if _, err := os.Stat(filepath.Dir(strings.TrimPrefix(spec, "unix:"))); err != nil {
+			d.log.Warn("no admin socket: its directory does not exist; set [admin] listen to use sessioncap bans/unban/status", "admin_listen", spec)
+			return nil, "", nil
+		}
+	}
+	ln, err := admin.Listen(spec, d.cfg.AdminToken, "sessioncap")
+	if err != nil {
+		return nil, "", err
+	}
+	srv := admin.NewServer(ln, adminBackend{d}, admin.Options{Logger: d.log})
+	go func() {
+		if err := srv.Serve(ln); err != nil && !errors.Is(err, http.ErrServerClosed) {
+			d.log.Error("admin server stopped", "err", err)
+		}
+	}()
+	name := spec
+	if l, ok := ln.(*admin.Listener); ok {
+		name = l.Spec()
+	}
+	return srv, name, nil
+}
+
+// storeUp reports whether the shared store answers (always, in memory).
+func (d *daemon) storeUp() bool {
+	if u, ok := d.store.(interface{ Up() bool }); ok {
+		return u.Up()
+	}
+	return true
 }
 
 // stateFile resolves store.state_file: "auto" is $STATE_DIRECTORY/state
@@ -352,39 +406,11 @@ func (d *daemon) httpHandler(reg *prometheus.Registry) http.Handler {
 // parseListen reads a milter socket in Postfix notation (inet:HOST:PORT,
 // inet6:[ADDR]:PORT, unix:/PATH) or Sendmail notation (inet:PORT@HOST).
 func parseListen(spec string) (network, address string, err error) {
-	kind, rest, ok := strings.Cut(spec, ":")
-	if !ok || rest == "" {
-		return "", "", fmt.Errorf("listen %q: want inet:HOST:PORT, inet6:[ADDR]:PORT or unix:/PATH", spec)
+	network, address, err = socket.Parse(spec)
+	if err != nil {
+		return "", "", fmt.Errorf("listen %w", err)
 	}
-	switch kind {
-	case "unix", "local":
-		if !strings.HasPrefix(rest, "/") {
-			return "", "", fmt.Errorf("listen %q: the unix socket path must be absolute", spec)
-		}
-		return "unix", rest, nil
-	case "inet", "inet6":
-		if port, host, ok := strings.Cut(rest, "@"); ok { // Sendmail: inet:PORT@HOST
-			rest = net.JoinHostPort(host, port)
-		}
-		host, port, err := net.SplitHostPort(rest)
-		if err != nil {
-			return "", "", fmt.Errorf("listen %q: %v", spec, err)
-		}
-		if port == "" {
-			return "", "", fmt.Errorf("listen %q: missing port", spec)
-		}
-		network := "tcp4"
-		if ip, err := netip.ParseAddr(host); err == nil && ip.Is6() && !ip.Is4In6() {
-			network = "tcp6" // Postfix writes inet:[::1]:PORT
-		} else if kind == "inet6" {
-			if err == nil {
-				return "", "", fmt.Errorf("listen %q: inet6 needs an IPv6 address, got %s", spec, host)
-			}
-			network = "tcp6"
-		}
-		return network, net.JoinHostPort(host, port), nil
-	}
-	return "", "", fmt.Errorf("listen %q: unknown socket type %q (want inet, inet6 or unix)", spec, kind)
+	return network, address, nil
 }
 
 // listenSpec writes an opened socket back in Postfix notation.
@@ -398,29 +424,13 @@ func listenSpec(network, address string) string {
 	return network + ":" + address
 }
 
-// listenMilter opens the milter socket. A stale unix socket left by a crash
-// is replaced; a unix socket gets mode 0660 so that the MTA's group can use it.
+// listenMilter opens the milter socket. A unix socket gets mode 0660 so
+// that the MTA's group can use it (see socket.ListenUnix).
 func listenMilter(network, address string) (net.Listener, error) {
 	if network != "unix" {
 		return net.Listen(network, address)
 	}
-	if fi, err := os.Lstat(address); err == nil && fi.Mode()&os.ModeSocket != 0 {
-		if c, err := net.Dial("unix", address); err == nil {
-			c.Close()
-			return nil, fmt.Errorf("%s is in use by another process", address)
-		}
-		_ = os.Remove(address)
-	}
-	ln, err := net.Listen("unix", address)
-	if err != nil {
-		return nil, err
-	}
-	ln.(*net.UnixListener).SetUnlinkOnClose(false)
-	if err := os.Chmod(address, 0o660); err != nil {
-		ln.Close()
-		return nil, err
-	}
-	return ln, nil
+	return socket.ListenUnix(address, "")
 }
 
 // sdNotify tells systemd (Type=notify) about state changes; it does nothing

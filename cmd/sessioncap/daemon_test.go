@@ -47,15 +47,21 @@ type daemonProc struct {
 	log     strings.Builder
 	milter  string // host:port
 	metrics string // host:port
+	admin   string // the admin socket spec
+	config  string // the config file
 	exited  chan struct{}
 	code    int
 }
 
 func startDaemon(t *testing.T, config string) *daemonProc {
 	t.Helper()
-	path := filepath.Join(t.TempDir(), "sessioncap.toml")
+	dir := t.TempDir()
+	path := filepath.Join(dir, "sessioncap.toml")
+	d := &daemonProc{t: t, exited: make(chan struct{}), admin: "unix:" + filepath.Join(dir, "admin.sock"), config: path}
+	if !strings.Contains(config, "[admin]") { // never the host's /run/sessioncap/admin.sock
+		config += "\n[admin]\nlisten = \"" + d.admin + "\"\n"
+	}
 	writeFile(t, path, config)
-	d := &daemonProc{t: t, exited: make(chan struct{})}
 	d.cmd = exec.Command(binary, "-config", path, "-listen", "inet:127.0.0.1:0", "-metrics-listen", "127.0.0.1:0")
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
@@ -345,42 +351,70 @@ func TestDaemonUnixSocket(t *testing.T) {
 	}
 }
 
-func TestDaemonUnbanEndpoint(t *testing.T) {
+// The admin socket lists, lifts and makes bans of the running daemon, and
+// the metrics listener no longer takes admin actions.
+func TestDaemonAdminSocket(t *testing.T) {
 	d := startDaemon(t, "[frequency]\nmax_connections = 1\nwindow = \"1h\"\nban = \"1h\"\n")
-	connect := func() *gomilter.Action {
-		s, err := gomilter.NewClient("tcp", d.milter).Session(gomilter.NewMacroBag())
-		if err != nil {
+	cli := func(args ...string) (string, int) {
+		t.Helper()
+		out, err := exec.Command(binary, append(args, "-admin", d.admin)...).CombinedOutput()
+		var ee *exec.ExitError
+		if err != nil && !errors.As(err, &ee) {
 			t.Fatal(err)
 		}
-		defer s.Close()
-		act, err := s.Conn("c.example", gomilter.FamilyInet, 1234, "192.0.2.44")
-		if err != nil {
-			t.Fatal(err)
-		}
-		return act
+		return string(out), exitCode(err)
 	}
-	if act := connect(); act.StopProcessing() {
-		t.Fatalf("first connection refused: %v", act)
-	}
-	if act := connect(); act.SMTPCode != 421 {
+	first, _ := d.connectFrom("192.0.2.44")
+	first.Close()
+	if _, act := d.connectFrom("192.0.2.44"); act.SMTPCode != 421 {
 		t.Fatalf("second connection: %v, want the ban", act)
+	}
+	if out, code := cli("bans"); code != 0 || !strings.Contains(out, "192.0.2.44/32") || !strings.Contains(out, "frequency") {
+		t.Fatalf("bans: exit %d\n%s", code, out)
+	}
+	if out, code := cli("status", "-json"); code != 0 || !strings.Contains(out, `"bans": 1`) && !strings.Contains(out, `"bans":1`) {
+		t.Fatalf("status: exit %d\n%s", code, out)
+	}
+	for _, path := range []string{"/-/unban?address=192.0.2.44", "/-/reload"} {
+		resp, err := http.Post("http://"+d.metrics+path, "", nil)
+		if err != nil {
+			t.Fatal(err)
+		}
+		resp.Body.Close()
+		if resp.StatusCode/100 == 2 {
+			t.Fatalf("POST %s on the metrics listener answered %d: admin actions must not be there", path, resp.StatusCode)
+		}
+	}
+	if out, code := cli("unban", "192.0.2.44"); code != 0 || !strings.Contains(out, "freq:192.0.2.44/32") {
+		t.Fatalf("unban: exit %d\n%s", code, out)
+	}
+	if _, act := d.connectFrom("192.0.2.44"); act.StopProcessing() {
+		t.Fatalf("after unban: %v", act)
+	}
+	if out, code := cli("ban", "198.51.100.7", "-for", "2h", "-reason", "manual"); code != 0 {
+		t.Fatalf("ban: exit %d\n%s", code, out)
+	}
+	_, act := d.connectFrom("198.51.100.7")
+	if act.SMTPCode != 421 || !regexp.MustCompile(`try again in (2h|1h59m[0-9]+s)$`).MatchString(act.SMTPReply) {
+		t.Fatalf("after a manual ban: %d %q", act.SMTPCode, act.SMTPReply)
 	}
 	if got := d.metric(`sessioncap_bans_active{mode="enforce"}`); got != "1" {
 		t.Fatalf("bans_active %s", got)
 	}
-	resp, err := http.Post("http://"+d.metrics+"/-/unban?address=192.0.2.44", "", nil)
+	// a failed reload answers an error, not success
+	writeFile(t, d.config, "[session]\nmax_messages = \"many\"\n")
+	if out, code := cli("reload"); code != 1 || !strings.Contains(out, "max_messages") {
+		t.Fatalf("reload of a bad file: exit %d\n%s", code, out)
+	}
+}
+
+func exitCode(err error) int {
+	var ee *exec.ExitError
+	if errors.As(err, &ee) {
+		return ee.ExitCode()
+	}
 	if err != nil {
-		t.Fatal(err)
+		return -1
 	}
-	body, _ := io.ReadAll(resp.Body)
-	resp.Body.Close()
-	if resp.StatusCode != 200 || !strings.Contains(string(body), "was banned: true") {
-		t.Fatalf("unban: %d %s", resp.StatusCode, body)
-	}
-	if act := connect(); act.StopProcessing() {
-		t.Fatalf("after unban: %v", act)
-	}
-	if resp, err := http.Post("http://"+d.metrics+"/-/unban?address=nonsense", "", nil); err != nil || resp.StatusCode != 400 {
-		t.Fatalf("bad address: %v %v", resp, err)
-	}
+	return 0
 }
