@@ -77,10 +77,12 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	d := &daemon{opts: opts, cfg: cfg, log: log, level: level, store: counters.NewMemory(cfg.MaxTracked)}
 	d.registerMetrics(reg)
 	d.srv, err = milter.NewServer(milter.Config{
-		Rules:   cfg.Rules,
-		Store:   d.store,
-		Metrics: milter.NewMetrics(reg),
-		Logger:  log,
+		Rules:       cfg.Rules,
+		Store:       d.store,
+		Metrics:     milter.NewMetrics(reg),
+		Logger:      log,
+		Allow:       cfg.MilterAllow,
+		ReadTimeout: cfg.ReadTimeout,
 	})
 	if err != nil {
 		log.Error("cannot start", "err", err)
@@ -185,6 +187,8 @@ func (d *daemon) reload() {
 	d.store.SetMaxTracked(cfg.MaxTracked)
 	for _, c := range []struct{ key, old, new string }{
 		{"listen", d.cfg.Listen, cfg.Listen},
+		{"milter.allow", fmt.Sprint(d.cfg.MilterAllow), fmt.Sprint(cfg.MilterAllow)},
+		{"milter.read_timeout", d.cfg.ReadTimeout.String(), cfg.ReadTimeout.String()},
 		{"metrics.listen", d.cfg.MetricsListen, cfg.MetricsListen},
 		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
 	} {
@@ -363,6 +367,7 @@ func summary(cfg *Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
 	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
+	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
 		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s\n",
