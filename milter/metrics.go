@@ -1,6 +1,8 @@
 package milter
 
 import (
+	"strings"
+
 	"github.com/prometheus/client_golang/prometheus"
 
 	"github.com/sessioncap/sessioncap/limits"
@@ -18,6 +20,10 @@ type Metrics struct {
 	malformed      *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
+
+	protocolErrors *prometheus.CounterVec
+	acceptErrors   prometheus.Counter
+	refusedConns   prometheus.Counter
 }
 
 // The values of the "what" label of sessioncap_malformed_input_total.
@@ -63,6 +69,18 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"}),
 		duration: make(map[limits.Stage]prometheus.Observer),
+		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessioncap_milter_protocol_errors_total",
+			Help: "Milter connections closed for breaking the protocol, by reason (" + strings.Join(protocolErrorReasons, ", ") + ").",
+		}, []string{"reason"}),
+		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessioncap_milter_accept_errors_total",
+			Help: "Failed accepts on the milter socket (out of file descriptors, aborted handshakes); each was retried after a backoff.",
+		}),
+		refusedConns: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessioncap_milter_refused_connections_total",
+			Help: "TCP connections to the milter socket from outside [milter] allow, closed at once.",
+		}),
 	}
 	hist := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sessioncap_callback_duration_seconds",
@@ -86,7 +104,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, mode := range limits.AllModes {
 		m.bans.WithLabelValues(string(mode))
 	}
-	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist)
+	for _, r := range protocolErrorReasons {
+		m.protocolErrors.WithLabelValues(r)
+	}
+	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist,
+		m.protocolErrors, m.acceptErrors, m.refusedConns)
 	return m
 }
 

@@ -43,6 +43,14 @@ type Config struct {
 	// StoreTimeout bounds one store call (default 1s); on error or timeout
 	// the connection is let through and the error is logged and counted.
 	StoreTimeout time.Duration
+	// Allow lists the networks whose TCP connections may speak the milter
+	// protocol; others are closed at accept. nil means loopback only
+	// (127.0.0.0/8, ::1/128). Unix socket peers are governed by the socket
+	// file's mode.
+	Allow []netip.Prefix
+	// ReadTimeout is how long a negotiated milter connection may stay silent
+	// before it is closed (default DefaultReadTimeout).
+	ReadTimeout time.Duration
 }
 
 // Server is a milter server enforcing sessioncap's limits.
@@ -58,6 +66,7 @@ type Server struct {
 	now          func() time.Time
 	storeTimeout time.Duration
 	srv          *gomilter.Server
+	guard        *guard
 }
 
 // legacyKeys are the prefix lengths of rules replaced by a reload, kept
@@ -103,6 +112,7 @@ func NewServer(cfg Config) (*Server, error) {
 		s.storeTimeout = time.Second
 	}
 	s.rules.Store(cfg.Rules)
+	s.guard = newGuard(cfg, s.log)
 	opts := []gomilter.Option{
 		gomilter.WithDynamicMilter(s.newSession),
 		gomilter.WithNegotiationCallback(s.negotiate),
@@ -151,24 +161,16 @@ func samePrefixes(a, b *limits.Rules) bool {
 // Rules returns the rules new sessions get.
 func (s *Server) Rules() *limits.Rules { return s.rules.Load() }
 
-// Serve accepts MTA connections on ln until Shutdown or Close.
+// Serve accepts MTA connections on ln until Shutdown or Close. Accepted
+// connections pass the guard (see guard.go): peers outside Config.Allow are
+// closed, every packet is checked and bounded in size and time before
+// go-milter sees it, and accept errors such as EMFILE are retried.
 func (s *Server) Serve(ln net.Listener) error {
-	err := s.srv.Serve(quickAckListener{ln})
+	err := s.srv.Serve(s.guard.listener(ln))
 	if errors.Is(err, gomilter.ErrServerClosed) {
 		return nil
 	}
 	return err
-}
-
-// quickAckListener wraps accepted TCP connections with quickAck.
-type quickAckListener struct{ net.Listener }
-
-func (l quickAckListener) Accept() (net.Conn, error) {
-	c, err := l.Listener.Accept()
-	if err != nil {
-		return nil, err
-	}
-	return quickAck(c), nil
 }
 
 // Shutdown stops accepting connections and waits for open milter sessions to
@@ -198,14 +200,15 @@ func protocolFor(r *limits.Rules) gomilter.OptProtocol {
 
 // negotiate takes what the MTA offers of what protocolFor wants. An MTA that
 // cannot skip an event simply sends it (the session answers continue); one
-// that cannot do without a reply gets one.
-func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomilter.OptAction, mtaProtocol, _ gomilter.OptProtocol, offered gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
+// that cannot do without a reply gets one. The data size is always 64 KiB,
+// whatever the MTA offers: body chunks then fit the guard's maxFrame.
+func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomilter.OptAction, mtaProtocol, _ gomilter.OptProtocol, _ gomilter.DataSize) (uint32, gomilter.OptAction, gomilter.OptProtocol, gomilter.DataSize, error) {
 	if mtaVersion < 2 {
 		return 0, 0, 0, 0, fmt.Errorf("milter: MTA speaks milter protocol version %d, need at least 2", mtaVersion)
 	}
 	version := min(mtaVersion, milterVersion)
 	actions := mtaActions & gomilter.OptSetMacros
-	return version, actions, protocolFor(s.rules.Load()) & mtaProtocol, offered, nil
+	return version, actions, protocolFor(s.rules.Load()) & mtaProtocol, gomilter.DataSize64K, nil
 }
 
 func (s *Server) newSession(_ uint32, _ gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {

@@ -49,13 +49,14 @@ func (s *syncBuffer) Write(p []byte) (int, error) {
 func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
 
 type harness struct {
-	t     *testing.T
+	t     testing.TB
 	srv   *milter.Server
 	addr  string
 	reg   *prometheus.Registry
 	store *counters.Memory
 	clock *clock
 	logs  *syncBuffer
+	local net.Addr // dial from this address when set
 }
 
 func rulesWith(f func(r *limits.Rules)) *limits.Rules {
@@ -65,18 +66,28 @@ func rulesWith(f func(r *limits.Rules)) *limits.Rules {
 }
 
 // start runs a real milter server on 127.0.0.1:0.
-func start(t *testing.T, rules *limits.Rules) *harness {
+func start(t testing.TB, rules *limits.Rules) *harness {
+	t.Helper()
+	return startWith(t, rules, nil)
+}
+
+// startWith is start with edit applied to the server's Config.
+func startWith(t testing.TB, rules *limits.Rules, edit func(*milter.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(),
 		clock: &clock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}, logs: &syncBuffer{}}
 	h.store = counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000, Now: h.clock.Now})
-	srv, err := milter.NewServer(milter.Config{
+	cfg := milter.Config{
 		Rules:   rules,
 		Store:   h.store,
 		Metrics: milter.NewMetrics(h.reg),
 		Logger:  slogJSON(h.logs),
 		Now:     h.clock.Now,
-	})
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := milter.NewServer(cfg)
 	if err != nil {
 		t.Fatal(err)
 	}
@@ -103,7 +114,7 @@ func start(t *testing.T, rules *limits.Rules) *harness {
 // mta is one SMTP session as Postfix drives it: connect info, HELO, then
 // transactions, with the macros Postfix would send.
 type mta struct {
-	t      *testing.T
+	t      testing.TB
 	s      *gomilter.ClientSession
 	macros *gomilter.MacroBag
 	conn   net.Conn // under s, to drop it without QUIT
@@ -113,7 +124,7 @@ func (h *harness) connect(addr string) (*mta, *gomilter.Action) {
 	h.t.Helper()
 	macros := gomilter.NewMacroBag()
 	macros.Set(gomilter.MacroClientAddr, addr)
-	d := &recordingDialer{}
+	d := &recordingDialer{local: h.local}
 	c := gomilter.NewClient("tcp", h.addr, gomilter.WithReadTimeout(5*time.Second), gomilter.WithDialer(d))
 	s, err := c.Session(macros)
 	if err != nil {
@@ -218,7 +229,7 @@ func (h *harness) refusals(limit, stage, mode string) float64 {
 }
 
 // eventually polls cond: session ends are seen by the server asynchronously.
-func eventually(t *testing.T, what string, cond func() bool) {
+func eventually(t testing.TB, what string, cond func() bool) {
 	t.Helper()
 	deadline := time.Now().Add(5 * time.Second)
 	for !cond() {
@@ -664,10 +675,13 @@ func (failingStore) Hit(context.Context, string, int64, limits.Rate) (limits.Hit
 	return limits.Hit{}, context.DeadlineExceeded
 }
 
-type recordingDialer struct{ conn net.Conn }
+type recordingDialer struct {
+	conn  net.Conn
+	local net.Addr
+}
 
 func (d *recordingDialer) Dial(network, addr string) (net.Conn, error) {
-	c, err := net.DialTimeout(network, addr, 5*time.Second)
+	c, err := (&net.Dialer{Timeout: 5 * time.Second, LocalAddr: d.local}).Dial(network, addr)
 	d.conn = c
 	return c, err
 }
@@ -678,7 +692,7 @@ func slogJSON(w io.Writer) *slog.Logger {
 
 // value returns the value of the series name{labels...} (label name, value
 // pairs) from reg.
-func value(t *testing.T, reg *prometheus.Registry, name string, labels ...string) float64 {
+func value(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
 	t.Helper()
 	mfs, err := reg.Gather()
 	if err != nil {

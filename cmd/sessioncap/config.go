@@ -7,6 +7,7 @@ import (
 	"io/fs"
 	"log/slog"
 	"net"
+	"net/netip"
 	"os"
 	"reflect"
 	"sort"
@@ -18,6 +19,7 @@ import (
 
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
+	"github.com/sessioncap/sessioncap/milter"
 )
 
 // defaultConfigPath is read when -config is not given and the file exists.
@@ -34,10 +36,18 @@ const (
 	stateFileAuto = "auto"
 )
 
+// defaultMilterAllow is the loopback networks: only local processes may
+// speak the milter protocol over TCP unless [milter] allow says otherwise.
+func defaultMilterAllow() []netip.Prefix {
+	return []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+}
+
 // Config is a loaded, validated configuration.
 type Config struct {
 	Path          string // "" for built-in defaults
 	Listen        string
+	MilterAllow   []netip.Prefix // TCP peers allowed on the milter socket
+	ReadTimeout   time.Duration  // how long a milter connection may stay silent
 	MetricsListen string
 	LogFormat     string
 	LogLevel      slog.Level
@@ -73,8 +83,12 @@ type RedisConfig struct {
 // fileConfig mirrors the TOML file. Every leaf is a value[T], so a bad value
 // is recorded and decoding goes on; tags give the key names.
 type fileConfig struct {
-	Listen  value[string] `toml:"listen"`
-	Mode    value[string] `toml:"mode"`
+	Listen value[string] `toml:"listen"`
+	Mode   value[string] `toml:"mode"`
+	Milter struct {
+		Allow       value[prefixList] `toml:"allow"`
+		ReadTimeout value[duration]   `toml:"read_timeout"`
+	} `toml:"milter"`
 	Metrics struct {
 		Listen value[string] `toml:"listen"`
 	} `toml:"metrics"`
@@ -191,6 +205,8 @@ func (es ConfigErrors) Error() string {
 func DefaultConfig() *Config {
 	return &Config{
 		Listen:        defaultListen,
+		MilterAllow:   defaultMilterAllow(),
+		ReadTimeout:   milter.DefaultReadTimeout,
 		MetricsListen: defaultMetricsListen,
 		LogFormat:     "text",
 		LogLevel:      slog.LevelInfo,
@@ -323,6 +339,14 @@ func (v *validator) build(fc *fileConfig) *Config {
 		if _, _, err := parseListen(cfg.Listen); err != nil {
 			v.add("listen", "%s", err.Error())
 		}
+	}
+	cfg.MilterAllow = fc.Milter.Allow.get(cfg.MilterAllow)
+	if fc.Milter.Allow.set && fc.Milter.Allow.err == nil && len(cfg.MilterAllow) == 0 {
+		v.add("milter.allow", "must list at least one network, or no MTA could connect over TCP (the default is [\"127.0.0.0/8\", \"::1/128\"])")
+	}
+	cfg.ReadTimeout = time.Duration(fc.Milter.ReadTimeout.get(duration(cfg.ReadTimeout)))
+	if cfg.ReadTimeout < time.Second {
+		v.add("milter.read_timeout", "must be at least 1s, got %q: MTAs stay silent for minutes while their SMTP client types (the default is \"1h\")", cfg.ReadTimeout.String())
 	}
 	cfg.MetricsListen = fc.Metrics.Listen.get(cfg.MetricsListen)
 	r := cfg.Rules

@@ -2,6 +2,7 @@ package main
 
 import (
 	"bytes"
+	"fmt"
 	"net/netip"
 	"os"
 	"path/filepath"
@@ -19,6 +20,10 @@ import (
 func TestBadConfigs(t *testing.T) {
 	want := map[string]string{
 		"bad-listen.toml": `bad-listen.toml:1: listen: listen "tcp:127.0.0.1:25": unknown socket type "tcp" (want inet, inet6 or unix)`,
+		"bad-milter.toml": `bad-milter.toml:3: milter.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
+bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+		"bad-milter-values.toml": `bad-milter-values.toml:3: milter.allow: network "127.0.0.1/8" has host bits set; did you mean "127.0.0.0/8"?
+bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
 		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values
 bad-override.toml:11: override[2]: must set networks or authenticated (an override that matches everyone belongs in the top-level tables)`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
@@ -106,6 +111,9 @@ func TestGoodConfig(t *testing.T) {
 		r.IPv4Prefix != 24 || r.IPv6Prefix != 56 || !r.ExemptAuthenticated || len(r.ExemptNetworks) != 3 {
 		t.Errorf("settings: %+v rules %+v", cfg, r)
 	}
+	if fmt.Sprint(cfg.MilterAllow) != "[127.0.0.0/8 ::1/128 10.1.2.0/24]" || cfg.ReadTimeout != 30*time.Minute {
+		t.Errorf("[milter]: allow %v, read_timeout %v", cfg.MilterAllow, cfg.ReadTimeout)
+	}
 	if got := r.Replies[limits.ReplySessionMessages]; got.Text != "Enough for now ({value} of {cap}); reconnect" || got.Code != 421 {
 		t.Errorf("reply override: %+v", got)
 	}
@@ -152,7 +160,7 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		t.Errorf("config %+v\nwant %+v", cfg, def)
 	}
 	// every key of the schema appears in the file
-	for _, k := range []string{"listen", "mode", "format", "level", "max_messages", "max_bytes", "max_recipients", "overrun",
+	for _, k := range []string{"listen", "allow", "read_timeout", "mode", "format", "level", "max_messages", "max_bytes", "max_recipients", "overrun",
 		"max_connections", "window", "ban", "max_per_address", "max_total", "ipv4_prefix", "ipv6_prefix", "max_tracked",
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
@@ -162,8 +170,8 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 45 {
-		t.Errorf("%d settings found, want 45", uncommented)
+	if uncommented != 47 {
+		t.Errorf("%d settings found, want 47", uncommented)
 	}
 }
 

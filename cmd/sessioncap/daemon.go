@@ -105,6 +105,8 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		Store:        d.store,
 		Metrics:      milter.NewMetrics(reg),
 		Logger:       log,
+		Allow:        cfg.MilterAllow,
+		ReadTimeout:  cfg.ReadTimeout,
 		StoreTimeout: cfg.Store.Timeout,
 	})
 	if err != nil {
@@ -232,6 +234,8 @@ func (d *daemon) reload() error {
 	d.local.SetBounds(cfg.MaxTracked, cfg.MaxBans)
 	for _, c := range []struct{ key, old, new string }{
 		{"listen", d.cfg.Listen, cfg.Listen},
+		{"milter.allow", fmt.Sprint(d.cfg.MilterAllow), fmt.Sprint(cfg.MilterAllow)},
+		{"milter.read_timeout", d.cfg.ReadTimeout.String(), cfg.ReadTimeout.String()},
 		{"metrics.listen", d.cfg.MetricsListen, cfg.MetricsListen},
 		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
 		{"admin.listen", d.cfg.AdminListen, cfg.AdminListen},
@@ -457,6 +461,7 @@ func summary(cfg *Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
 	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
+	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
 		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s\n",

@@ -1,0 +1,483 @@
+package milter
+
+import (
+	"bytes"
+	"encoding/binary"
+	"errors"
+	"io"
+	"log/slog"
+	"net"
+	"net/netip"
+	"os"
+	"strings"
+	"sync"
+	"syscall"
+	"time"
+)
+
+// The guard sits between the listener and go-milter. go-milter v0.10.1
+// trusts socket bytes: a zero-length packet, a CONNECT, MAIL or RCPT without
+// a NUL, or a CONNECT that ends after the host name panic in its connection
+// goroutine and take the process down; a length prefix of up to 512 MiB is
+// allocated before a byte of it arrives; and nothing bounds how long a peer
+// may stay silent. The guard reads one whole packet at a time, checks what
+// go-milter would choke on, and only then hands the bytes to go-milter. A peer
+// that breaks the protocol loses its own connection, nothing else.
+
+// maxFrame bounds the length prefix of one milter packet (the command byte
+// plus its data). The largest packets Postfix and Sendmail send are body
+// chunks of at most 65535 bytes (MILTER_CHUNK_SIZE in both), since negotiate
+// never accepts the 256K or 1M data sizes, and header packets: Postfix keeps
+// up to header_size_limit (default 102400) bytes of one header and sends it
+// whole as name NUL value NUL. 128 KiB takes both with room to spare; an
+// admin who raises header_size_limit beyond it makes such headers fail the
+// milter (milter_default_action), not the process.
+const maxFrame = 128 << 10
+
+// negotiationTimeout bounds the wait for the MTA's option negotiation: MTAs
+// send it as soon as they connect, so only a peer that does not speak the
+// protocol waits this long.
+const negotiationTimeout = 10 * time.Second
+
+// DefaultReadTimeout is how long a negotiated milter connection may stay
+// silent. Between two milter events the MTA waits for its SMTP client, and
+// with HELO, DATA and unknown commands negotiated away several SMTP commands
+// can pass without an event. Postfix waits smtpd_timeout (300s) per SMTP
+// command; Sendmail's Timeout.command default is 1h. One hour is longer than
+// any single legitimate pause; the timeout exists to reclaim connections of
+// MTAs that died or vanished without closing them.
+const DefaultReadTimeout = time.Hour
+
+// The values of the reason label of sessioncap_milter_protocol_errors_total.
+const (
+	reasonEmptyFrame     = "empty_frame"       // length prefix 0: no command byte
+	reasonOversizedFrame = "oversized_frame"   // length prefix above maxFrame
+	reasonTruncatedFrame = "truncated_frame"   // the peer hung up inside a packet
+	reasonReadTimeout    = "read_timeout"      // negotiation or read timeout
+	reasonUnknownCommand = "unknown_command"   // a command byte no MTA sends
+	reasonOutOfOrder     = "out_of_order"      // not OPTNEG first, OPTNEG twice, CONNECT twice
+	reasonOptneg         = "malformed_optneg"  // shorter than version, actions, protocol
+	reasonConnect        = "malformed_connect" // see validConnect
+	reasonMacro          = "malformed_macro"   // no command byte
+	reasonCommand        = "malformed_command" // HELO empty, MAIL/RCPT without NUL, HEADER not two strings
+)
+
+var protocolErrorReasons = []string{
+	reasonEmptyFrame, reasonOversizedFrame, reasonTruncatedFrame, reasonReadTimeout, reasonUnknownCommand,
+	reasonOutOfOrder, reasonOptneg, reasonConnect, reasonMacro, reasonCommand,
+}
+
+// defaultAllow is who may speak the milter protocol over TCP when
+// Config.Allow is nil: the loopback networks.
+var defaultAllow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
+
+// Accept backoff, as net/http's Server.Serve does it.
+const (
+	acceptBackoffMin = 5 * time.Millisecond
+	acceptBackoffMax = time.Second
+)
+
+// guard is the server-wide part: policy, metrics and log limits.
+type guard struct {
+	metrics     *Metrics
+	log         *slog.Logger
+	allow       []netip.Prefix
+	readTimeout time.Duration
+
+	protoLog  logLimiter
+	refuseLog logLimiter
+	acceptLog logLimiter
+}
+
+func newGuard(cfg Config, log *slog.Logger) *guard {
+	g := &guard{
+		metrics:     cfg.Metrics,
+		log:         log.With("component", "milter-guard"),
+		allow:       cfg.Allow,
+		readTimeout: cfg.ReadTimeout,
+		protoLog:    logLimiter{every: time.Second},
+		refuseLog:   logLimiter{every: 10 * time.Second},
+		acceptLog:   logLimiter{every: 10 * time.Second},
+	}
+	if g.allow == nil {
+		g.allow = defaultAllow
+	}
+	if g.readTimeout <= 0 {
+		g.readTimeout = DefaultReadTimeout
+	}
+	return g
+}
+
+// allowed reports whether a TCP peer's address is in the allow list. Unix
+// socket peers are governed by the socket file's mode and always pass.
+func (g *guard) allowed(remote net.Addr) bool {
+	ta, ok := remote.(*net.TCPAddr)
+	if !ok {
+		return true
+	}
+	a, ok := netip.AddrFromSlice(ta.IP)
+	if !ok {
+		return false
+	}
+	a = a.Unmap()
+	for _, p := range g.allow {
+		if p.Contains(a) {
+			return true
+		}
+	}
+	return false
+}
+
+// guardListener accepts MTA connections for go-milter: it retries accept
+// errors that pass (out of file descriptors, aborted handshakes), refuses
+// peers outside the allow list, and wraps every connection in a guardConn
+// over quickAck.
+type guardListener struct {
+	net.Listener
+	g         *guard
+	done      chan struct{}
+	closeOnce sync.Once
+}
+
+func (g *guard) listener(ln net.Listener) *guardListener {
+	return &guardListener{Listener: ln, g: g, done: make(chan struct{})}
+}
+
+// Close closes the listener and interrupts a backoff wait.
+func (l *guardListener) Close() error {
+	l.closeOnce.Do(func() { close(l.done) })
+	return l.Listener.Close()
+}
+
+// Accept returns the next allowed connection. It returns an error only when
+// the listener is closed or fails in a way retrying cannot cure (then the
+// daemon exits and its supervisor restarts it).
+func (l *guardListener) Accept() (net.Conn, error) {
+	var delay time.Duration
+	for {
+		c, err := l.Listener.Accept()
+		if err != nil {
+			if errors.Is(err, net.ErrClosed) || !retryableAcceptError(err) {
+				return nil, err
+			}
+			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+			l.g.metrics.acceptErrors.Inc()
+			if ok, suppressed := l.g.acceptLog.allow(time.Now()); ok {
+				l.g.log.Error("accept failed; retrying", "err", err, "retry_in", delay.String(), "suppressed", suppressed)
+			}
+			t := time.NewTimer(delay)
+			select {
+			case <-t.C:
+			case <-l.done:
+				t.Stop()
+				return nil, net.ErrClosed
+			}
+			continue
+		}
+		delay = 0
+		if !l.g.allowed(c.RemoteAddr()) {
+			l.g.metrics.refusedConns.Inc()
+			if ok, suppressed := l.g.refuseLog.allow(time.Now()); ok {
+				l.g.log.Warn("refused milter connection from outside [milter] allow", "remote", c.RemoteAddr().String(), "suppressed", suppressed)
+			}
+			_ = c.Close()
+			continue
+		}
+		return newGuardConn(quickAck(c), l.g), nil
+	}
+}
+
+// retryableAcceptError reports whether accept may succeed if tried again:
+// resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM), a connection that
+// died before it was accepted (ECONNABORTED, EPROTO), a firewall verdict
+// (EPERM on Linux), an interrupted call, or anything the net package marks
+// temporary.
+func retryableAcceptError(err error) bool {
+	var errno syscall.Errno
+	if errors.As(err, &errno) {
+		switch errno {
+		case syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
+			syscall.ECONNABORTED, syscall.EPROTO, syscall.EPERM, syscall.EINTR, syscall.EAGAIN:
+			return true
+		}
+	}
+	var te interface{ Temporary() bool }
+	return errors.As(err, &te) && te.Temporary()
+}
+
+// guardConn hands go-milter one validated packet at a time. It owns the read
+// deadlines: go-milter's own calls to SetReadDeadline are ignored.
+type guardConn struct {
+	net.Conn
+	g      *guard
+	remote string
+
+	hdr     [4]byte
+	buf     []byte // reused; grows to the largest packet seen, at most 4+maxFrame
+	pending []byte // the part of the current packet go-milter has not read
+	err     error  // sticky: once set, every Read returns it
+	state   protoState
+
+	closeOnce sync.Once
+	closeErr  error
+}
+
+func newGuardConn(c net.Conn, g *guard) *guardConn {
+	remote := ""
+	if a := c.RemoteAddr(); a != nil {
+		remote = a.String()
+	}
+	if remote == "" || remote == "@" {
+		remote = "unix"
+	}
+	return &guardConn{Conn: c, g: g, remote: remote}
+}
+
+// Read serves the current packet; when it is used up, it reads and checks
+// the next one.
+func (c *guardConn) Read(p []byte) (int, error) {
+	if len(c.pending) == 0 {
+		if c.err != nil {
+			return 0, c.err
+		}
+		if err := c.next(); err != nil {
+			c.err = err
+			return 0, err
+		}
+	}
+	n := copy(p, c.pending)
+	c.pending = c.pending[n:]
+	return n, nil
+}
+
+// next reads one whole packet within the timeout that applies.
+func (c *guardConn) next() error {
+	timeout := c.g.readTimeout
+	if !c.state.negotiated {
+		timeout = negotiationTimeout
+	}
+	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
+	if n, err := io.ReadFull(c.Conn, c.hdr[:]); err != nil {
+		if n == 0 && errors.Is(err, io.EOF) {
+			return io.EOF // the MTA hung up between packets
+		}
+		return c.readFailed(err)
+	}
+	length := binary.BigEndian.Uint32(c.hdr[:])
+	switch {
+	case length == 0:
+		return c.reject(reasonEmptyFrame, "length", 0)
+	case length > maxFrame:
+		return c.reject(reasonOversizedFrame, "length", length)
+	}
+	size := 4 + int(length)
+	if cap(c.buf) < size {
+		c.buf = make([]byte, size)
+	}
+	frame := c.buf[:size]
+	copy(frame, c.hdr[:])
+	if _, err := io.ReadFull(c.Conn, frame[4:]); err != nil {
+		return c.readFailed(err)
+	}
+	if reason := c.state.check(frame[4], frame[5:]); reason != "" {
+		return c.reject(reason, "command", string(rune(frame[4])))
+	}
+	c.pending = frame
+	return nil
+}
+
+// readFailed classifies a read error inside a packet or a timeout.
+func (c *guardConn) readFailed(err error) error {
+	switch {
+	case errors.Is(err, os.ErrDeadlineExceeded):
+		return c.reject(reasonReadTimeout, "timeout", c.timeoutString())
+	case errors.Is(err, io.ErrUnexpectedEOF), errors.Is(err, io.EOF):
+		return c.reject(reasonTruncatedFrame)
+	}
+	return err // closed by go-milter, reset by the peer: nothing to count
+}
+
+func (c *guardConn) timeoutString() string {
+	if !c.state.negotiated {
+		return negotiationTimeout.String()
+	}
+	return c.g.readTimeout.String()
+}
+
+// reject logs and counts a protocol error and closes the connection.
+// go-milter sees a plain end of stream and runs the session's Cleanup.
+func (c *guardConn) reject(reason string, attrs ...any) error {
+	c.g.metrics.protocolErrors.WithLabelValues(reason).Inc()
+	if ok, suppressed := c.g.protoLog.allow(time.Now()); ok {
+		args := append([]any{"reason", reason, "remote", c.remote, "suppressed", suppressed}, attrs...)
+		c.g.log.Warn("closing milter connection: protocol error", args...)
+	}
+	_ = c.Close()
+	return io.EOF
+}
+
+// Close closes the connection once; later calls return the first result.
+func (c *guardConn) Close() error {
+	c.closeOnce.Do(func() { c.closeErr = c.Conn.Close() })
+	return c.closeErr
+}
+
+// SetReadDeadline is ignored: the guard sets the read deadline of every
+// packet itself (go-milter would otherwise clear it after each packet).
+func (c *guardConn) SetReadDeadline(time.Time) error { return nil }
+
+// SetDeadline sets only the write deadline; see SetReadDeadline.
+func (c *guardConn) SetDeadline(t time.Time) error { return c.Conn.SetWriteDeadline(t) }
+
+// protoState is what the guard remembers of one milter connection to judge
+// the order of packets.
+type protoState struct {
+	negotiated bool // OPTNEG was seen
+	connected  bool // CONNECT was seen and no QUIT_NC since
+}
+
+// Milter command bytes (SMFIC_*).
+const (
+	cmdAbort   = 'A'
+	cmdBody    = 'B'
+	cmdConnect = 'C'
+	cmdMacro   = 'D'
+	cmdEOB     = 'E'
+	cmdHelo    = 'H'
+	cmdQuitNC  = 'K'
+	cmdHeader  = 'L'
+	cmdMail    = 'M'
+	cmdEOH     = 'N'
+	cmdOptneg  = 'O'
+	cmdQuit    = 'Q'
+	cmdRcpt    = 'R'
+	cmdData    = 'T'
+	cmdUnknown = 'U'
+)
+
+// check returns the reason a packet must not reach go-milter, or "". It
+// rejects what go-milter v0.10.1 would panic on and what it would refuse
+// anyway (so that every protocol error is counted the same way), plus a
+// second CONNECT without QUIT_NC: Postfix and Sendmail send exactly one
+// CONNECT per milter session and QUIT_NC before reusing a connection, and a
+// second one would overwrite the first session's admission.
+func (st *protoState) check(code byte, data []byte) string {
+	if !st.negotiated {
+		if code != cmdOptneg {
+			return reasonOutOfOrder
+		}
+		if len(data) < 12 { // version, actions, protocol: 3 × uint32
+			return reasonOptneg
+		}
+		st.negotiated = true
+		return ""
+	}
+	switch code {
+	case cmdOptneg:
+		return reasonOutOfOrder
+	case cmdConnect:
+		if st.connected {
+			return reasonOutOfOrder
+		}
+		if !validConnect(data) {
+			return reasonConnect
+		}
+		st.connected = true
+	case cmdQuitNC:
+		st.connected = false
+	case cmdMacro:
+		if len(data) == 0 { // the command byte the macros are for
+			return reasonMacro
+		}
+	case cmdHelo:
+		if len(data) == 0 {
+			return reasonCommand
+		}
+	case cmdMail, cmdRcpt:
+		// go-milter slices past the address's NUL: without one it panics
+		if bytes.IndexByte(data, 0) < 0 {
+			return reasonCommand
+		}
+	case cmdHeader:
+		if !validHeader(data) {
+			return reasonCommand
+		}
+	case cmdAbort, cmdBody, cmdEOB, cmdEOH, cmdQuit, cmdData, cmdUnknown:
+	default:
+		return reasonUnknownCommand
+	}
+	return ""
+}
+
+// validConnect checks SMFIC_CONNECT: host NUL family, then for the families
+// L (unix), 4 and 6 a 2-byte port and the address (its NUL is optional), and
+// for 4 and 6 an address go-milter can parse. U (unknown) has nothing after
+// the family. go-milter panics when the NUL or the family byte is missing.
+func validConnect(data []byte) bool {
+	i := bytes.IndexByte(data, 0)
+	if i < 0 || i+1 >= len(data) {
+		return false
+	}
+	family, rest := data[i+1], data[i+2:]
+	switch family {
+	case 'U':
+		return true
+	case 'L', '4', '6':
+	default:
+		return false
+	}
+	if len(rest) < 2 {
+		return false
+	}
+	addr := rest[2:]
+	if j := bytes.IndexByte(addr, 0); j >= 0 {
+		addr = addr[:j]
+	}
+	switch family {
+	case '4':
+		ip := net.ParseIP(string(addr))
+		return ip != nil && ip.To4() != nil
+	case '6':
+		s := strings.TrimPrefix(string(addr), "IPv6:")
+		if len(s) > 2 && s[0] == '[' && s[len(s)-1] == ']' {
+			s = s[1 : len(s)-1]
+		}
+		return net.ParseIP(s) != nil
+	}
+	return true
+}
+
+// validHeader checks SMFIC_HEADER: name NUL value, the last NUL optional,
+// exactly two strings, as go-milter requires.
+func validHeader(data []byte) bool {
+	if len(data) < 2 {
+		return false
+	}
+	if data[len(data)-1] == 0 {
+		data = data[:len(data)-1]
+	}
+	return bytes.Count(data, []byte{0}) == 1
+}
+
+// logLimiter lets one log line through per interval and counts the rest.
+// It reads the wall clock only to space out log lines.
+type logLimiter struct {
+	every      time.Duration
+	mu         sync.Mutex
+	next       time.Time
+	suppressed int
+}
+
+// allow reports whether to log now and how many lines were held back since
+// the last one.
+func (l *logLimiter) allow(now time.Time) (bool, int) {
+	l.mu.Lock()
+	defer l.mu.Unlock()
+	if now.Before(l.next) {
+		l.suppressed++
+		return false, 0
+	}
+	n := l.suppressed
+	l.suppressed, l.next = 0, now.Add(l.every)
+	return true, n
+}
