@@ -61,7 +61,7 @@ func Run(t *testing.T, newStore Factory) {
 			{time.Second, "a", 1, 3, 0, false},
 			{time.Second, "a", 1, 4, 10 * time.Minute, true},
 			{time.Minute, "a", 1, 0, 9 * time.Minute, false}, // banned: not counted
-			{time.Second, "b", 1, 1, 0, false},                // other keys are apart
+			{time.Second, "b", 1, 1, 0, false},               // other keys are apart
 		}},
 		{"previous window weighs by its overlap", freq, []step{
 			{0, "a", 3, 3, 0, false},
@@ -86,7 +86,7 @@ func Run(t *testing.T, newStore Factory) {
 			{0, "a", 1, 1, 0, false},
 			{0, "a", 1, 2, 0, false},
 			{0, "a", 1, 2, 0, true},
-			{0, "a", 1, 2, 0, true}, // a client that keeps trying does not lock itself out
+			{0, "a", 1, 2, 0, true},                             // a client that keeps trying does not lock itself out
 			{time.Minute + 30*time.Second, "a", 1, 2, 0, false}, // 2 × 0.5 + 1
 		}},
 		{"a clock stepping back is clamped", freq, []step{
