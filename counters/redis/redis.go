@@ -82,7 +82,7 @@ type Options struct {
 // Store is a counters.Store in Redis, safe for concurrent use.
 type Store struct {
 	c      redis.UniversalClient
-	prefix string
+	tags   [Buckets]string // prefix + "{bN}:" of every bucket
 	host   string
 	now    func() time.Time
 	closed atomic.Bool
@@ -133,7 +133,11 @@ func New(o Options) (*Store, error) {
 	if o.TLS {
 		u.TLSConfig = &tls.Config{MinVersion: tls.VersionTLS12}
 	}
-	return &Store{c: redis.NewUniversalClient(u), prefix: prefix, host: o.Host, now: o.Now}, nil
+	s := &Store{c: redis.NewUniversalClient(u), host: o.Host, now: o.Now}
+	for b := range s.tags {
+		s.tags[b] = prefix + "{b" + strconv.Itoa(b) + "}:"
+	}
+	return s, nil
 }
 
 func durationOr(d, def time.Duration) time.Duration {
@@ -156,9 +160,7 @@ func bucket(key string) uint32 {
 	return h % Buckets
 }
 
-func (s *Store) tag(b uint32) string {
-	return s.prefix + "{b" + strconv.FormatUint(uint64(b), 10) + "}:"
-}
+func (s *Store) tag(b uint32) string { return s.tags[b] }
 
 // keys returns the window, index and details keys of key.
 func (s *Store) keys(key string) []string {

@@ -300,3 +300,19 @@ func TestNewRejects(t *testing.T) {
 		t.Fatalf("hit after Close: %v", err)
 	}
 }
+
+func BenchmarkHit(b *testing.B) {
+	srv := redistest.Standalone(b)
+	s, err := redisstore.New(redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: newPrefix()})
+	if err != nil {
+		b.Fatal(err)
+	}
+	defer s.Close()
+	r := limits.Rate{Max: 1 << 40, Window: time.Minute, Ban: time.Minute, Reason: "frequency"}
+	b.ReportAllocs()
+	for b.Loop() {
+		if _, err := s.Hit(ctx, "freq:192.0.2.0/24", 1, r); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
