@@ -23,6 +23,14 @@
 // after its last hit, a bucket's index at most as long as its longest ban.
 // Expired entries of an index are filtered on every read and up to 64 of them
 // are dropped at every new ban in the bucket.
+//
+// The store is bounded by time, not by a count: a window costs about 100
+// bytes for at most two windows after its last hit. Run Redis with maxmemory
+// and a volatile-* eviction policy: since every key has a TTL, Redis may
+// evict any of them rather than refuse writes.
+//
+// Wrap the store in counters.Fallback: a call that fails (Redis down, a
+// failover in progress) is then answered from the local store.
 package redisstore
 
 import (

@@ -150,6 +150,20 @@ func TestCluster(t *testing.T) {
 			t.Fatalf("stats %+v, %v; want %d banned, tracked unknown", st, err, n/2)
 		}
 	})
+
+	// Ping asks every primary: one dead primary is an outage.
+	t.Run("ping fails with a primary down", func(t *testing.T) {
+		s := open(t, base)
+		if err := s.Ping(ctx); err != nil {
+			t.Fatal(err)
+		}
+		nodes[2].Kill()
+		c, cancel := context.WithTimeout(ctx, time.Second)
+		defer cancel()
+		if err := s.Ping(c); err == nil {
+			t.Fatal("Ping succeeded with a primary down")
+		}
+	})
 }
 
 // The Redis store and limits.Apply (through the memory store) answer every
@@ -164,6 +178,7 @@ func TestSameAnswersAsMemory(t *testing.T) {
 		{Max: 5, Window: 7 * time.Second},
 		{Max: 1, Window: 333 * time.Millisecond, Ban: time.Second},
 		{},
+		{Max: 1 << 40, Window: 3 * time.Second}, // counts saturate at 2^32-1 (satAdd)
 	}
 	rng := rand.New(rand.NewPCG(1, 2))
 	for i := 0; i < 3000; i++ {
@@ -176,6 +191,9 @@ func TestSameAnswersAsMemory(t *testing.T) {
 		key := "k" + strconv.Itoa(rng.IntN(3))
 		r := rates[rng.IntN(len(rates))]
 		n := int64(rng.IntN(4))
+		if rng.IntN(20) == 0 {
+			n = 1<<31 + int64(rng.IntN(1000))
+		}
 		if rng.IntN(50) == 0 {
 			for _, s := range []counters.Store{mem, red} {
 				if _, err := s.Unban(ctx, key); err != nil {
