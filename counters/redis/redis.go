@@ -24,8 +24,9 @@
 // Expired entries of an index are filtered on every read and up to 64 of them
 // are dropped at every new ban in the bucket.
 //
-// The store is bounded by time, not by a count: a window costs about 100
-// bytes for at most two windows after its last hit. Run Redis with maxmemory
+// The store is bounded by time, not by a count: a window costs about 120
+// to 140 bytes (MEMORY USAGE, Redis 7.0, an IPv4 or IPv6 prefix key) for at
+// most two windows after its last hit. Run Redis with maxmemory
 // and a volatile-* eviction policy: since every key has a TTL, Redis may
 // evict any of them rather than refuse writes.
 //
