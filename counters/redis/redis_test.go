@@ -305,7 +305,10 @@ func TestDeadlineBoundsCall(t *testing.T) {
 	s := open(t, redisstore.Options{Addresses: []string{l.Addr().String()}, ReadTimeout: time.Minute})
 	const timeout = 100 * time.Millisecond
 	for _, call := range []func(context.Context) error{
-		func(c context.Context) error { _, err := s.Hit(c, "k", 1, limits.Rate{Max: 10, Window: time.Minute}); return err },
+		func(c context.Context) error {
+			_, err := s.Hit(c, "k", 1, limits.Rate{Max: 10, Window: time.Minute})
+			return err
+		},
 		func(c context.Context) error { _, err := s.Bans(c); return err },
 		s.Ping,
 	} {
