@@ -216,9 +216,6 @@ func Sentinel(t testing.TB) (sentinel, primary, replica *Server) {
 		"sentinel down-after-milliseconds m 1000\n"+
 		"sentinel failover-timeout m 5000\n"+
 		"sentinel parallel-syncs m 1\n", dir, primary.Port)
-	if err := os.WriteFile(conf, []byte(cfg), 0o600); err != nil {
-		t.Fatal(err)
-	}
 	// redis-sentinel rewrites its config file; each attempt starts from a
 	// fresh copy so that a retry on another port is clean
 	for attempt := 0; ; attempt++ {
