@@ -61,6 +61,11 @@ type FallbackOptions struct {
 // hit checks the local bans first, a map lookup), are listed with the
 // primary's, and are lifted by Unban along with the primary's.
 //
+// A call that timed out may still be carried out by the primary (a hit sent
+// to a Redis that hung is run when it resumes): that hit is then counted
+// both there and locally, an error towards refusing, never towards
+// admitting.
+//
 // The primary must honour its context's deadline (the Redis store does).
 // A caller's context that ends first is the caller's error: it returns
 // that error and does not open the breaker.

@@ -93,6 +93,50 @@ func TestFallbackRedisDownAndUp(t *testing.T) {
 	}
 }
 
+// A Redis that hangs (SIGSTOP: connections stay open, nothing answers) costs
+// the calls in flight the timeout, then none; once it runs again the
+// breaker closes by itself.
+func TestFallbackRedisHangs(t *testing.T) {
+	srv := redistest.Standalone(t)
+	s := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: newPrefix(), Host: "mx1"})
+	st := &states{}
+	f := fallback(t, s, st)
+	hitWithin(t, f, "a")
+	srv.Pause()
+	t.Cleanup(srv.Resume) // before the Kill of the server's own cleanup
+	hitWithin(t, f, "a")  // waits the timeout, answered locally
+	if f.Up() || !slices.Equal(st.get(), []bool{false}) {
+		t.Fatalf("Redis hung: up %v, state changes %v; want false, [false]", f.Up(), st.get())
+	}
+	for i := 0; i < 20; i++ {
+		start := time.Now()
+		hitWithin(t, f, "a")
+		if d := time.Since(start); d > timeout/2 {
+			t.Fatalf("a hit with the breaker open took %v (timeout %v)", d, timeout)
+		}
+	}
+	time.Sleep(3 * 50 * time.Millisecond) // a few probes time out
+	if f.Up() {
+		t.Fatal("a probe of a hung Redis closed the breaker")
+	}
+	srv.Resume()
+	deadline := time.Now().Add(10 * time.Second)
+	for !f.Up() {
+		if time.Now().After(deadline) {
+			t.Fatal("not up 10s after Redis resumed")
+		}
+		time.Sleep(10 * time.Millisecond)
+	}
+	if !slices.Equal(st.get(), []bool{false, true}) {
+		t.Fatalf("state changes %v; want [false true]", st.get())
+	}
+	// Redis's window: the first hit, the hit that timed out (it was sent:
+	// the resumed server ran it although nobody read the reply) and this one
+	if h := hitWithin(t, f, "a"); h.Count != 3 {
+		t.Fatalf("after resume: %+v; want Redis's window (count 3)", h)
+	}
+}
+
 // A Sentinel failover: the primary dies, every hit is still answered (from
 // the local store while there is no primary), and once the replica is
 // promoted the Fallback is up again on it.

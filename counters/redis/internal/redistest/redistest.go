@@ -13,6 +13,7 @@ import (
 	"path/filepath"
 	"strconv"
 	"strings"
+	"syscall"
 	"testing"
 	"time"
 )
@@ -133,6 +134,13 @@ func (s *Server) Kill() {
 	<-s.exited
 	s.cmd = nil
 }
+
+// Pause stops the server (SIGSTOP): it keeps its connections and accepts
+// new ones in the kernel's backlog but answers nothing, like a hung host.
+func (s *Server) Pause() { s.cmd.Process.Signal(syscall.SIGSTOP) }
+
+// Resume lets a paused server run again (SIGCONT).
+func (s *Server) Resume() { s.cmd.Process.Signal(syscall.SIGCONT) }
 
 // Restart starts the server again on the same port.
 func (s *Server) Restart() {
