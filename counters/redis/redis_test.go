@@ -322,6 +322,37 @@ func TestDeadlineBoundsCall(t *testing.T) {
 	}
 }
 
+// An ACL user confined to the key prefix can run everything the store does.
+func TestACLUser(t *testing.T) {
+	srv := redistest.Standalone(t, "--requirepass", "admin-secret", "--user", "mx", "on", ">mx-secret", "~sessioncap:*", "+@all")
+	s := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, Username: "mx", Password: "mx-secret", Host: "mx1"})
+	r := limits.Rate{Max: 1, Window: time.Minute, Ban: time.Hour, Reason: "frequency"}
+	for i, want := range []bool{false, true} {
+		if h, err := s.Hit(ctx, "k", 1, r); err != nil || h.Crossed != want {
+			t.Fatalf("hit %d: %+v, %v", i, h, err)
+		}
+	}
+	if _, err := s.Ban(ctx, "j", time.Hour, "manual"); err != nil {
+		t.Fatal(err)
+	}
+	if bans, err := s.Bans(ctx); err != nil || len(bans) != 2 {
+		t.Fatalf("bans %+v, %v", bans, err)
+	}
+	if st, err := s.Stats(ctx); err != nil || st.Banned != 2 {
+		t.Fatalf("stats %+v, %v", st, err)
+	}
+	if was, err := s.Unban(ctx, "k"); err != nil || !was {
+		t.Fatalf("unban: %v, %v", was, err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	bad := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, Username: "mx", Password: "wrong"})
+	if _, err := bad.Hit(ctx, "k", 1, r); err == nil {
+		t.Fatal("a wrong password was accepted")
+	}
+}
+
 func TestNewRejects(t *testing.T) {
 	for _, tc := range []struct {
 		o    redisstore.Options

@@ -61,7 +61,7 @@ func freePort(t testing.TB) int {
 
 // start runs redis-server with args (the port and log file are added) on
 // port, or on a port the OS chose when port is 0, and waits until it answers
-// PING; with a chosen port it retries (bounded) on another when the port was
+// INFO; with a chosen port it retries (bounded) on another when the port was
 // taken in between.
 func start(t testing.TB, dir string, port int, args []string) *Server {
 	t.Helper()
@@ -76,13 +76,14 @@ func start(t testing.TB, dir string, port int, args []string) *Server {
 			t.Cleanup(s.Kill)
 			return s
 		}
-		if port != 0 || attempt == 4 {
+		if port != 0 || attempt == 4 || !strings.Contains(err.Error(), "already in use") {
 			t.Fatalf("redis on port %d: %v", p, err)
 		}
 	}
 }
 
-// run starts the process and waits up to 10s for PING to answer.
+// run starts the process and waits up to 10s for it to answer INFO with
+// its own process id.
 func (s *Server) run() error {
 	var args []string
 	if s.conf != "" {
@@ -106,7 +107,9 @@ func (s *Server) run() error {
 			return fmt.Errorf("%s exited: %v\n%s", bin, err, tail(string(log)))
 		default:
 		}
-		if r, err := Do(s.Addr(), "PING"); err == nil && r == "PONG" {
+		// the server answering must be ours, not another that took the port
+		pid := "process_id:" + strconv.Itoa(cmd.Process.Pid) + "\r\n"
+		if r, err := Do(s.Addr(), "INFO", "server"); (err == nil && strings.Contains(r, pid)) || (err != nil && strings.Contains(err.Error(), "NOAUTH")) {
 			s.cmd = cmd
 			s.exited = exited
 			return nil
@@ -115,7 +118,7 @@ func (s *Server) run() error {
 	}
 	cmd.Process.Kill()
 	<-exited
-	return fmt.Errorf("%s on %d did not answer PING in 10s", bin, s.Port)
+	return fmt.Errorf("%s on %d did not answer INFO in 10s", bin, s.Port)
 }
 
 func tail(s string) string {
@@ -156,12 +159,13 @@ func (s *Server) Log() string {
 	return tail(string(b))
 }
 
-// Standalone starts a redis-server without persistence.
-func Standalone(t testing.TB) *Server {
+// Standalone starts a redis-server without persistence, with more
+// arguments (such as "--requirepass", "pw") when given.
+func Standalone(t testing.TB, args ...string) *Server {
 	t.Helper()
 	Require(t)
 	dir := t.TempDir()
-	return start(t, dir, 0, []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir})
+	return start(t, dir, 0, append([]string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir}, args...))
 }
 
 // Cluster starts three primaries without replicas, creates the Cluster and
