@@ -201,3 +201,11 @@ func BenchmarkMemoryPerKey(b *testing.B) {
 		runtime.KeepAlive(m)
 	}
 }
+
+// The shared-state suite holds for the reference store: one Memory seen as
+// both hosts (its bans are recorded as host "mx-a").
+func TestMemoryShared(t *testing.T) {
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{Now: clock.Now, Host: "mx-a"})
+	storetest.RunShared(t, m, m, clock)
+}

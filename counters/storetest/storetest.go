@@ -31,7 +31,7 @@ func (c *Clock) Add(d time.Duration) { c.mu.Lock(); c.t = c.t.Add(d); c.mu.Unloc
 
 // Factory returns a new, empty store that reads clock and records host with
 // its bans. Stores sharing state (two hosts on one Redis) are made by
-// calling it twice with the same shared argument.
+// calling it twice: RunShared takes two such stores.
 type Factory func(t *testing.T, clock *Clock, host string) counters.Store
 
 var ctx = context.Background()
@@ -215,13 +215,15 @@ func Run(t *testing.T, newStore Factory) {
 // RunShared checks that two stores made over the same shared state (two
 // hosts on one Redis) see each other's windows and bans.
 func RunShared(t *testing.T, a, b counters.Store, clock *Clock) {
-	for i := 0; i < 2; i++ {
-		mustHit(t, a, "freq:192.0.2.0/24", 1, freq)
-		mustHit(t, b, "freq:192.0.2.0/24", 1, freq)
+	// hits alternate between the hosts and count in one window
+	for i, s := range []counters.Store{b, a, b} {
+		if h := mustHit(t, s, "freq:192.0.2.0/24", 1, freq); h.Count != int64(i+1) || h.Crossed || !h.BannedUntil.IsZero() {
+			t.Fatalf("hit %d over two hosts: %+v; want count %d", i+1, h, i+1)
+		}
 	}
 	h := mustHit(t, a, "freq:192.0.2.0/24", 1, freq)
-	if !h.Crossed {
-		t.Fatalf("5 hits over two hosts did not cross a limit of 3: %+v", h)
+	if !h.Crossed || h.Count != 4 || !h.BannedUntil.Equal(clock.Now().Add(freq.Ban)) {
+		t.Fatalf("4 hits over two hosts did not cross a limit of 3: %+v", h)
 	}
 	if h := mustHit(t, b, "freq:192.0.2.0/24", 1, freq); h.BannedUntil.IsZero() {
 		t.Fatal("a ban made on host a does not hold on host b")
