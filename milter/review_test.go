@@ -1,6 +1,8 @@
 package milter_test
 
 import (
+	"context"
+	"fmt"
 	"net/netip"
 	"strings"
 	"testing"
@@ -8,7 +10,9 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
+	"github.com/sessioncap/sessioncap/milter"
 )
 
 // A client whose override allows it more must never be refused by the
@@ -137,4 +141,21 @@ func TestReusedConnectionKeepsNegotiatedRules(t *testing.T) {
 	n.send("", 1, 2000)
 	act, _ = n.send("SIZE=10", 1, 10)
 	wantReply(t, act, 421, "421 4.7.0 Too much data in this session (limit 1000 bytes); reconnect to send more")
+}
+
+// With store.on_error = "tempfail" a store that is down refuses the
+// connection with 421 at connect instead of letting it through unchecked.
+func TestStoreUnavailableRefuses(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *milter.Config) { c.Store = unavailableStore{} })
+	_, act := h.connect("192.0.2.1")
+	wantReply(t, act, 421, "421 4.3.0 Temporary problem with the connection limits; try again later")
+	if got := h.refusals("store_unavailable", "connect", "enforce"); got != 1 {
+		t.Fatalf("store_unavailable refusals %v", got)
+	}
+}
+
+type unavailableStore struct{}
+
+func (unavailableStore) Hit(context.Context, string, int64, limits.Rate) (limits.Hit, error) {
+	return limits.Hit{}, fmt.Errorf("redis: %w", counters.ErrUnavailable)
 }

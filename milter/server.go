@@ -22,16 +22,13 @@ import (
 
 // Store keeps the state that outlives a session: sliding windows and bans
 // per key. counters.Store implements it (memory, Redis, or Redis with a local
-// fallback).
+// fallback). counters.ErrUnavailable from it (store on_error = "tempfail")
+// makes the connection answer 421 at connect; any other error lets the
+// connection through.
 type Store interface {
 	// Hit is the stores' atomic primitive (see counters.Store).
 	Hit(ctx context.Context, key string, n int64, r limits.Rate) (limits.Hit, error)
 }
-
-// ErrStoreUnavailable, returned (wrapped) by a Store, makes the connection
-// answer 421 at connect instead of going through (store on_error =
-// "tempfail"). Any other store error lets the connection through.
-var ErrStoreUnavailable = errors.New("milter: store unavailable")
 
 // Config is what a Server needs.
 type Config struct {

@@ -112,7 +112,7 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	a, err := s.srv.admitFrequency(s.rules, s.addr, scope, key, policy.Frequency)
 	if err != nil {
 		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
-		if errors.Is(err, ErrStoreUnavailable) {
+		if errors.Is(err, counters.ErrUnavailable) {
 			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
 			return s.refuse(s.rules.Replies.Unavailable())
 		}

@@ -16,7 +16,7 @@ import (
 	"time"
 
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
-	"github.com/sessioncap/sessioncap/counters/redis/internal/redistest"
+	"github.com/sessioncap/sessioncap/internal/redistest"
 	"github.com/sessioncap/sessioncap/limits"
 )
 

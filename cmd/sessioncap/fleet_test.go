@@ -1,0 +1,104 @@
+package main
+
+import (
+	"fmt"
+	"os/exec"
+	"slices"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessioncap/sessioncap/internal/redistest"
+)
+
+// Two sessioncap processes sharing one Redis: connections spread over both
+// ban the prefix on both, an unban on one lifts it on both, a dead Redis
+// never holds a connect longer than store.timeout, and when Redis is back
+// the shared state is used again without a restart.
+func TestFleetSharesBansThroughRedis(t *testing.T) {
+	rds := redistest.Standalone(t)
+	const timeout = 300 * time.Millisecond
+	config := fmt.Sprintf("[frequency]\nmax_connections = 3\nwindow = \"1h\"\nban = \"1h\"\n"+
+		"[store]\nbackend = \"redis\"\ntimeout = \"%s\"\n[store.redis]\naddresses = [\"%s\"]\n", timeout, rds.Addr())
+	a, b := startDaemon(t, config), startDaemon(t, config)
+	connect := func(d *daemonProc, client string) (uint16, time.Duration) {
+		t.Helper()
+		start := time.Now()
+		s, act := d.connectFrom(client)
+		took := time.Since(start)
+		s.Close()
+		if !act.StopProcessing() {
+			return 0, took
+		}
+		return act.SMTPCode, took
+	}
+	var baseline []time.Duration
+	for i, d := range []*daemonProc{a, b, a} {
+		code, took := connect(d, "192.0.2.7")
+		if code != 0 {
+			t.Fatalf("connection %d refused with %d", i+1, code)
+		}
+		baseline = append(baseline, took)
+	}
+	if code, _ := connect(b, "192.0.2.7"); code != 421 {
+		t.Fatalf("the 4th connection over two hosts was not refused (%d): the window is not shared", code)
+	}
+	if code, _ := connect(a, "192.0.2.7"); code != 421 {
+		t.Fatal("a ban made on host b does not hold on host a")
+	}
+	out, err := exec.Command(binary, "unban", "192.0.2.7", "-admin", a.admin).CombinedOutput()
+	if err != nil {
+		t.Fatalf("unban on a: %v\n%s", err, out)
+	}
+	if code, _ := connect(b, "192.0.2.7"); code != 0 {
+		t.Fatal("an unban on host a did not lift the ban on host b")
+	}
+
+	// Redis dies: every connect is still answered, within the store timeout
+	// plus a margin taken from this run's own connect times.
+	rds.Kill()
+	slices.Sort(baseline)
+	bound := timeout + max(10*baseline[len(baseline)/2], 500*time.Millisecond)
+	for i := 0; i < 10; i++ {
+		code, took := connect(a, fmt.Sprintf("198.51.100.%d", i))
+		if code != 0 || took > bound {
+			t.Fatalf("connect %d with Redis down: code %d after %v (bound %v)", i, code, took, bound)
+		}
+	}
+	a.waitMetric("sessioncap_store_up", "0")
+	a.waitLog("shared store down")
+
+	// Redis is back (empty): both hosts use it again by themselves.
+	rds.Restart()
+	a.waitMetric("sessioncap_store_up", "1")
+	b.waitMetric("sessioncap_store_up", "1")
+	a.waitLog("shared store back")
+	for i, d := range []*daemonProc{a, b, a} {
+		if code, _ := connect(d, "203.0.113.9"); code != 0 {
+			t.Fatalf("after recovery connection %d refused", i+1)
+		}
+	}
+	if code, _ := connect(b, "203.0.113.9"); code != 421 {
+		t.Fatal("after recovery the hosts do not share their windows again")
+	}
+	if out, err := exec.Command(binary, "status", "-admin", a.admin).CombinedOutput(); err != nil || !strings.Contains(string(out), "redis") {
+		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// waitMetric polls the scrape until series has value.
+func (d *daemonProc) waitMetric(series, value string) {
+	d.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, line := range strings.Split(d.scrape(), "\n") {
+			if line == series+" "+value {
+				return
+			}
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s never became %s:\n%s", series, value, d.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
+	}
+}
