@@ -17,8 +17,8 @@ import (
 
 	"github.com/sessioncap/sessioncap/counters"
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
-	"github.com/sessioncap/sessioncap/internal/redistest"
 	"github.com/sessioncap/sessioncap/counters/storetest"
+	"github.com/sessioncap/sessioncap/internal/redistest"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
