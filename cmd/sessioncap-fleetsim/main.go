@@ -134,7 +134,7 @@ func report(w io.Writer, o options, results []result) {
 			keys = fmt.Sprint(r.redis.dbsize)
 			delta = fmt.Sprintf("%d B", r.redis.usedDelta)
 			if r.redis.windows > 0 {
-				perDelta = fmt.Sprintf("%d B", r.redis.usedDelta/int64(r.redis.windows))
+				perDelta = fmt.Sprintf("%d B", perKey(r.redis.usedDelta, r.redis.windows))
 			}
 			usage = fmt.Sprintf("%.0f B (n=%d)", r.redis.usageMean, r.redis.sampled)
 		}
@@ -146,13 +146,21 @@ func report(w io.Writer, o options, results []result) {
 	for _, r := range results {
 		fmt.Fprintf(w, "%s: %s\n", r.backend, r.shared.String())
 		if r.redis != nil {
-			fmt.Fprintf(w, "%s: %d window keys for %d prefixes; used_memory %d → %d B\n",
-				r.backend, r.redis.windows, o.prefixes, r.redis.usedBefore, r.redis.usedAfter)
+			fmt.Fprintf(w, "%s: %d window keys for %d prefixes; used_memory %d → %d B, used_memory_dataset %d → %d B (%d B per window key), %d clients connected\n",
+				r.backend, r.redis.windows, o.prefixes, r.redis.usedBefore, r.redis.usedAfter,
+				r.redis.datasetBefore, r.redis.datasetAfter, perKey(r.redis.datasetAfter-r.redis.datasetBefore, r.redis.windows), r.redis.clients)
 		}
 		if r.daemonErrors > 0 {
 			fmt.Fprintf(w, "%s: the daemons logged %d lines at level=ERROR\n", r.backend, r.daemonErrors)
 		}
 	}
+}
+
+func perKey(bytes int64, keys int) int64 {
+	if keys == 0 {
+		return 0
+	}
+	return bytes / int64(keys)
 }
 
 // fmtDuration rounds d for the table: µs below 10 ms.

@@ -67,6 +67,9 @@ type redisStats struct {
 	windows               int // keys matching <prefix>*:w:*
 	usedBefore, usedAfter int64
 	usedDelta             int64
+	datasetBefore         int64 // used_memory_dataset: used_memory less Redis's overhead (clients, script cache, ...)
+	datasetAfter          int64
+	clients               int64   // connected_clients after the load
 	usageMean             float64 // MEMORY USAGE over the sampled window keys
 	sampled               int
 }
@@ -264,36 +267,51 @@ func checkSharedBan(ctx context.Context, addrs []string, maxConns int, progress 
 	return s
 }
 
-// usedMemory starts redisStats with INFO memory's used_memory.
+// usedMemory starts redisStats with INFO memory's used_memory and
+// used_memory_dataset.
 func usedMemory(ctx context.Context, rc *redis.Client) (*redisStats, error) {
-	u, err := infoUsedMemory(ctx, rc)
+	info, err := infoFields(ctx, rc, "memory")
 	if err != nil {
 		return nil, err
 	}
-	return &redisStats{usedBefore: u}, nil
+	r := &redisStats{}
+	r.usedBefore, r.datasetBefore = info["used_memory"], info["used_memory_dataset"]
+	return r, nil
 }
 
-func infoUsedMemory(ctx context.Context, rc *redis.Client) (int64, error) {
-	info, err := rc.Info(ctx, "memory").Result()
+// infoFields parses the integer fields of an INFO section.
+func infoFields(ctx context.Context, rc *redis.Client, section string) (map[string]int64, error) {
+	info, err := rc.Info(ctx, section).Result()
 	if err != nil {
-		return 0, err
+		return nil, err
 	}
+	fields := map[string]int64{}
 	for _, line := range strings.Split(info, "\r\n") {
-		if v, ok := strings.CutPrefix(line, "used_memory:"); ok {
-			return strconv.ParseInt(v, 10, 64)
+		k, v, ok := strings.Cut(line, ":")
+		if n, err := strconv.ParseInt(v, 10, 64); ok && err == nil {
+			fields[k] = n
 		}
 	}
-	return 0, fmt.Errorf("INFO memory has no used_memory")
+	if _, ok := fields["used_memory"]; section == "memory" && !ok {
+		return nil, fmt.Errorf("INFO memory has no used_memory")
+	}
+	return fields, nil
 }
 
 // measure reads DBSIZE, used_memory, and MEMORY USAGE of up to 100 window
 // keys found by SCAN, counting every window key on the way.
 func (r *redisStats) measure(ctx context.Context, rc *redis.Client) error {
-	var err error
-	if r.usedAfter, err = infoUsedMemory(ctx, rc); err != nil {
+	info, err := infoFields(ctx, rc, "memory")
+	if err != nil {
 		return err
 	}
+	r.usedAfter, r.datasetAfter = info["used_memory"], info["used_memory_dataset"]
 	r.usedDelta = r.usedAfter - r.usedBefore
+	clients, err := infoFields(ctx, rc, "clients")
+	if err != nil {
+		return err
+	}
+	r.clients = clients["connected_clients"]
 	if r.dbsize, err = rc.DBSize(ctx).Result(); err != nil {
 		return err
 	}
