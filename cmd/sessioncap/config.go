@@ -600,6 +600,9 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	}
 	rc.MasterName = rf.MasterName.get("")
 	rc.Cluster = rf.Cluster.get(false)
+	if len(rc.Addresses) > 1 && rc.MasterName == "" && !rc.Cluster {
+		v.add("store.redis.addresses", "lists %d servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)", len(rc.Addresses))
+	}
 	if rc.MasterName != "" && rc.Cluster {
 		v.add("store.redis.cluster", "cannot be true with master_name set: Sentinel and Cluster exclude each other")
 	}

@@ -480,7 +480,20 @@ func summary(cfg *Config) string {
 		describe(o.Policy)
 	}
 	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
-	fmt.Fprintf(&b, "addresses: ipv4 /%d, ipv6 /%d, max_tracked %d\n", r.IPv4Prefix, r.IPv6Prefix, cfg.MaxTracked)
+	fmt.Fprintf(&b, "addresses: ipv4 /%d, ipv6 /%d, max_tracked %d, max_bans %d\n", r.IPv4Prefix, r.IPv6Prefix, cfg.MaxTracked, cfg.MaxBans)
+	st := cfg.Store
+	fmt.Fprintf(&b, "store: %s, timeout %s, on_error %s, state_file %q\n", st.Backend, st.Timeout, st.OnError, st.StateFile)
+	if st.Backend == "redis" {
+		kind := "standalone"
+		switch {
+		case st.Redis.MasterName != "":
+			kind = "sentinel, master " + st.Redis.MasterName
+		case st.Redis.Cluster:
+			kind = "cluster"
+		}
+		fmt.Fprintf(&b, "  redis: %s %v, db %d, tls %v, key_prefix %q\n", kind, st.Redis.Addresses, st.Redis.DB, st.Redis.TLS, st.Redis.KeyPrefix)
+	}
+	fmt.Fprintf(&b, "admin: %q\n", cfg.AdminListen)
 	return b.String()
 }
 
