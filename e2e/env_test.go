@@ -24,11 +24,7 @@ func newEnv(t *testing.T, kind, config string) *env {
 	case "sendmail":
 		requireSendmail(t)
 	}
-	// The MTA first: its start-up probe connection must not count as a
-	// session in sessioncap's frequency limit.
-	milterPort := freePort(t)
-	m := startMTA(t, kind, milterPort)
-	d := startSessioncap(t, milterPort, config)
+	m, d := startBehindSessioncap(t, config, func(milterPort int) mta { return startMTA(t, kind, milterPort) })
 	return &env{kind: kind, m: m, d: d, want: map[string]int{}}
 }
 

@@ -81,27 +81,29 @@ func messageID(path string) (string, error) {
 	return id, nil
 }
 
-// assertDelivered waits until the Maildir holds exactly want[id] copies of
-// every id in want, and no message outside want. Copies are checked for
-// "exactly", not "at least": a duplicate is a failure.
+// assertDelivered waits until the MTA's queue is empty and, at that moment,
+// the Maildir holds exactly want[id] copies of every id in want and no
+// message outside want. Copies are checked for "exactly", not "at least": a
+// duplicate is a failure. An empty queue means the MTA has nothing left to
+// deliver (the client saw every reply before this is called), so the set
+// compared is final: a late duplicate or an unexpected delivery cannot come
+// after it, and a message stuck in the queue (deferred, bounce pending) keeps
+// the condition false until the timeout.
 func assertDelivered(t testing.TB, m mta, want map[string]int, timeout time.Duration) {
 	t.Helper()
-	var last map[string]int
 	err := waitFor(timeout, func() error {
-		last = maildirMessageIDs(t, m.mailDir())
-		if diff := deliveryDiff(want, last); diff != "" {
-			return fmt.Errorf("%w: %s", errNotYet, diff)
+		if empty, left := m.queueEmpty(); !empty {
+			got := maildirMessageIDs(t, m.mailDir())
+			return fmt.Errorf("%w: queue not empty (Maildir: %s):\n%s", errNotYet, deliveryDiff(want, got), left)
+		}
+		got := maildirMessageIDs(t, m.mailDir())
+		if diff := deliveryDiff(want, got); diff != "" {
+			return fmt.Errorf("queue empty, but the Maildir differs: %s", diff)
 		}
 		return nil
 	})
 	if err != nil {
 		t.Fatalf("%s Maildir: %v", m.mtaName(), err)
-	}
-	// Stay a little longer to catch late duplicates.
-	time.Sleep(300 * time.Millisecond)
-	last = maildirMessageIDs(t, m.mailDir())
-	if diff := deliveryDiff(want, last); diff != "" {
-		t.Fatalf("%s Maildir changed after settling: %s", m.mtaName(), diff)
 	}
 }
 

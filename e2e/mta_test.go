@@ -10,6 +10,11 @@ type mta interface {
 	smtpAddr() string
 	mailDir() string
 	log() string
+	// queueEmpty reports whether the MTA holds no message any more (all
+	// delivered or given up), and if not, what is left.
+	queueEmpty() (bool, string)
+	// stop shuts the instance down (its t.Cleanup does so too).
+	stop(t testing.TB)
 }
 
 // mtaKinds are the receiving MTAs every end-to-end test runs against.

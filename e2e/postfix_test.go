@@ -62,15 +62,24 @@ func (p *postfixInstance) log() string      { return readFileString(p.logPath) }
 // startPostfix creates a config dir, checks it (which builds the queue) and
 // runs the master in the foreground. It is stopped, and its log shown if
 // the test failed, by t.Cleanup.
+// The SMTP port is picked free; if another process binds it first, the
+// instance is started again on another port (startOnFreePort).
 func startPostfix(t testing.TB, name string, cfg postfixConfig) *postfixInstance {
 	t.Helper()
 	requirePostfix(t)
+	return startOnFreePort(t, "postfix "+name, func(port int) (*postfixInstance, error) {
+		return tryStartPostfix(t, name, cfg, port)
+	})
+}
+
+func tryStartPostfix(t testing.TB, name string, cfg postfixConfig, port int) (*postfixInstance, error) {
+	t.Helper()
 	dir := instanceDir(t, name)
 	p := &postfixInstance{
 		name:    name,
 		dir:     dir,
 		conf:    filepath.Join(dir, "etc"),
-		port:    freePort(t),
+		port:    port,
 		maildir: filepath.Join(dir, "mail", "sink"),
 		logPath: filepath.Join(dir, "maillog"),
 	}
@@ -103,10 +112,21 @@ func startPostfix(t testing.TB, name string, cfg postfixConfig) *postfixInstance
 	// master runs in a process group of its own and is stopped by
 	// "postfix stop", not by signalling the start-fg wrapper.
 	t.Cleanup(func() { p.shutdown(t) })
-	if err := waitGreeting(p.smtpAddr(), p.master, 15*time.Second); err != nil {
-		t.Fatalf("postfix %s: %v\noutput: %s\nmaillog:\n%s", name, err, p.master.output(), p.log())
+	if err := waitGreeting(p.smtpAddr(), p.master, 15*time.Second, p.banner()); err != nil {
+		log := p.log()
+		p.shutdown(t)
+		if portTakenIn(log) {
+			err = fmt.Errorf("%w: %v", errPortTaken, err)
+		}
+		return nil, fmt.Errorf("%w\noutput: %s\nmaillog:\n%s", err, p.master.output(), log)
 	}
-	return p
+	return p, nil
+}
+
+// banner is the instance's own text in its SMTP greeting, telling it apart
+// from any other server on the port.
+func (p *postfixInstance) banner() string {
+	return fmt.Sprintf("e2e-%d-%s", os.Getpid(), filepath.Base(p.dir))
 }
 
 func (p *postfixInstance) postfix(args ...string) (string, error) {
@@ -133,7 +153,7 @@ func (p *postfixInstance) mainCF(cfg postfixConfig) string {
 		"inet_protocols = ipv4",
 		"mynetworks = 127.0.0.0/8",
 		"smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination",
-		"smtpd_banner = $myhostname ESMTP",
+		"smtpd_banner = $myhostname ESMTP " + p.banner(),
 		"smtpd_error_sleep_time = 0",
 		"alias_maps =",
 		"alias_database =",
@@ -239,3 +259,20 @@ func logTail(t testing.TB, what, s string, max int) {
 	}
 	t.Logf("==== %s ====\n%s==== end of %s ====", what, s, what)
 }
+
+// queueEmpty reports whether nothing is left in the instance's queue
+// (maildrop, incoming, active, deferred, hold): every message it accepted is
+// delivered, bounced or refused, so the Maildir can change no more. The
+// string says what is left.
+func (p *postfixInstance) queueEmpty() (bool, string) {
+	out, err := exec.Command("postqueue", "-c", p.conf, "-p").CombinedOutput()
+	if err != nil {
+		return false, fmt.Sprintf("postqueue -c %s -p: %v %s", p.conf, err, out)
+	}
+	if strings.Contains(string(out), "Mail queue is empty") {
+		return true, ""
+	}
+	return false, string(out)
+}
+
+func (p *postfixInstance) stop(t testing.TB) { p.shutdown(t) }

@@ -156,7 +156,9 @@ func killMatching(t testing.TB, what string, match func(procInfo) bool) {
 	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
+// freePort returns a loopback TCP port that was free a moment ago. Another
+// process may take it before the instance it is meant for binds it: callers
+// that hand it to a subprocess retry with startOnFreePort.
 func freePort(t testing.TB) int {
 	t.Helper()
 	l, err := net.Listen("tcp", "127.0.0.1:0")
@@ -165,6 +167,39 @@ func freePort(t testing.TB) int {
 	}
 	defer l.Close()
 	return l.Addr().(*net.TCPAddr).Port
+}
+
+// errPortTaken says that a port picked by freePort was bound by someone else
+// before the instance it was meant for bound it.
+var errPortTaken = errors.New("the port picked was taken by another process")
+
+// bindAttempts bounds how often an instance is started on a new port after
+// errPortTaken.
+const bindAttempts = 4
+
+// startOnFreePort calls start with a fresh free port until it returns
+// something other than errPortTaken, at most bindAttempts times. start must
+// have stopped what it started when it returns an error.
+func startOnFreePort[T any](t testing.TB, what string, start func(port int) (T, error)) T {
+	t.Helper()
+	for attempt := 1; ; attempt++ {
+		port := freePort(t)
+		v, err := start(port)
+		if err == nil {
+			return v
+		}
+		if !errors.Is(err, errPortTaken) || attempt == bindAttempts {
+			t.Fatalf("%s (attempt %d of %d, port %d): %v", what, attempt, bindAttempts, port, err)
+		}
+		t.Logf("%s: port %d: %v; starting again on another port", what, port, err)
+	}
+}
+
+// portTakenIn reports whether a log says a bind failed because the address
+// was in use.
+func portTakenIn(log string) bool {
+	l := strings.ToLower(log)
+	return strings.Contains(l, "address already in use")
 }
 
 // waitListening polls until addr accepts TCP connections, the process dies,
@@ -189,8 +224,10 @@ func waitListening(addr string, p *proc, timeout time.Duration) error {
 
 // waitGreeting waits until an SMTP server on addr answers a connection with
 // a greeting line (any code), then quits. Unlike a bare connect, it returns
-// only once the server has dealt with the connection, milter included.
-func waitGreeting(addr string, p *proc, timeout time.Duration) error {
+// only once the server has dealt with the connection, milter included. A
+// greeting that lacks token (the instance's own banner text) comes from some
+// other server that took the port: errPortTaken.
+func waitGreeting(addr string, p *proc, timeout time.Duration, token string) error {
 	if err := waitListening(addr, p, timeout); err != nil {
 		return err
 	}
@@ -206,6 +243,9 @@ func waitGreeting(addr string, p *proc, timeout time.Duration) error {
 	}
 	if len(line) < 3 || line[0] < '2' || line[0] > '5' {
 		return fmt.Errorf("bad greeting from %s: %q", addr, line)
+	}
+	if line[0] == '2' && !strings.Contains(line, token) {
+		return fmt.Errorf("%w: greeting %q from %s lacks this instance's %q", errPortTaken, strings.TrimSpace(line), addr, token)
 	}
 	_, _ = c.Write([]byte("QUIT\r\n"))
 	return nil

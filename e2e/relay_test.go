@@ -59,9 +59,9 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 	t.Helper()
 	requirePostfix(t)
 	requireSessioncap(t)
-	milterPort := freePort(t)
-	mx := startPostfix(t, "mx", postfixConfig{milter: inetSpec(milterPort)})
-	d := startSessioncap(t, milterPort, sc.sessioncap)
+	mx, d := startBehindSessioncap(t, sc.sessioncap, func(milterPort int) *postfixInstance {
+		return startPostfix(t, "mx", postfixConfig{milter: inetSpec(milterPort)})
+	})
 	relay := startPostfix(t, "relay", postfixConfig{
 		relayhost: fmt.Sprintf("[127.0.0.1]:%d", mx.port),
 		main: append([]string{

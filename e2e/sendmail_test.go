@@ -63,13 +63,22 @@ func (s *sendmailInstance) log() string {
 
 // startSendmail generates a .cf with m4 and runs the daemon in the
 // foreground. milterPort 0 runs it without the milter.
+// The SMTP port is picked free; if another process binds it first, the
+// instance is started again on another port (startOnFreePort).
 func startSendmail(t testing.TB, name string, milterPort int) *sendmailInstance {
 	t.Helper()
 	requireSendmail(t)
+	return startOnFreePort(t, "sendmail "+name, func(port int) (*sendmailInstance, error) {
+		return tryStartSendmail(t, name, milterPort, port)
+	})
+}
+
+func tryStartSendmail(t testing.TB, name string, milterPort, port int) (*sendmailInstance, error) {
+	t.Helper()
 	dir := instanceDir(t, "sendmail-"+name)
 	s := &sendmailInstance{
 		dir:     dir,
-		port:    freePort(t),
+		port:    port,
 		maildir: filepath.Join(dir, "mail", "sink"),
 		logPath: filepath.Join(dir, "maillog"),
 	}
@@ -124,11 +133,43 @@ mv `+s.maildir+`/tmp/$n `+s.maildir+`/new/$n
 		"exec " + sendmailBinary() + " -C " + dir + "/sendmail.cf -bD -X " + dir + "/traffic.log",
 	}, "\n")
 	s.daemon = startProc(t, "sendmail", filepath.Join(dir, "output"), nil, "unshare", "--mount", "--uts", "--propagation", "private", "sh", "-c", script)
-	if err := waitGreeting(s.smtpAddr(), s.daemon, 20*time.Second); err != nil {
-		t.Fatalf("sendmail: %v\noutput: %s\nlog:\n%s", err, s.daemon.output(), s.log())
+	if err := waitGreeting(s.smtpAddr(), s.daemon, 20*time.Second, s.banner()); err != nil {
+		log := s.log()
+		s.shutdown(t)
+		if portTakenIn(log) {
+			err = fmt.Errorf("%w: %v", errPortTaken, err)
+		}
+		return nil, fmt.Errorf("%w\noutput: %s\nlog:\n%s", err, s.daemon.output(), log)
 	}
-	return s
+	return s, nil
 }
+
+// banner is the instance's own text in its SMTP greeting, telling it apart
+// from any other server on the port.
+func (s *sendmailInstance) banner() string {
+	return fmt.Sprintf("e2e-%d-%s", os.Getpid(), filepath.Base(s.dir))
+}
+
+// queueEmpty reports whether the queue directory holds no file: Sendmail
+// writes every accepted message there before its 250 and removes it once
+// delivered (or bounced), so an empty queue means the Maildir can change no
+// more.
+func (s *sendmailInstance) queueEmpty() (bool, string) {
+	ents, err := os.ReadDir(filepath.Join(s.dir, "queue"))
+	if err != nil {
+		return false, err.Error()
+	}
+	var left []string
+	for _, e := range ents {
+		left = append(left, e.Name())
+	}
+	if len(left) == 0 {
+		return true, ""
+	}
+	return false, "queue files: " + strings.Join(left, " ")
+}
+
+func (s *sendmailInstance) stop(t testing.TB) { s.shutdown(t) }
 
 func (s *sendmailInstance) mc(milterPort int) string {
 	d := s.dir
@@ -159,6 +200,7 @@ func (s *sendmailInstance) mc(milterPort int) string {
 		{"confCONNECTION_RATE_THROTTLE", "0"},
 		{"confMAX_DAEMON_CHILDREN", "0"},
 		{"confDONT_PROBE_INTERFACES", "True"},
+		{"confSMTP_LOGIN_MSG", "$j Sendmail $v/$Z; $b; " + s.banner()},
 		{"confMILTER_MACROS_CONNECT", "j, _, {daemon_name}, {if_name}, {if_addr}, {client_addr}, {client_port}"},
 		{"confMILTER_MACROS_HELO", "{tls_version}, {cipher}, {cipher_bits}, {cert_subject}, {cert_issuer}"},
 		{"confMILTER_MACROS_ENVFROM", "i, {auth_type}, {auth_authen}, {auth_ssf}, {auth_author}, {mail_mailer}, {mail_host}, {mail_addr}, {client_addr}"},

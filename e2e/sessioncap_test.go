@@ -6,6 +6,7 @@ import (
 	"io"
 	"net/http"
 	"path/filepath"
+	"regexp"
 	"sort"
 	"strconv"
 	"strings"
@@ -34,23 +35,49 @@ networks = []
 authenticated = false
 `
 
-// startSessioncap writes config, followed by baseConfig, and runs the daemon
-// with its milter on milterPort and metrics on a free loopback port, until
-// both accept connections.
-func startSessioncap(t testing.TB, milterPort int, config string) *daemon {
+// startBehindSessioncap starts an MTA with startMTA, whose milter is
+// sessioncap on milterPort, then sessioncap there with config. The MTA comes
+// first so that its start-up probe connection does not count as a session
+// in sessioncap's frequency limit; so the milter port is picked before
+// sessioncap binds it, and if another process takes it meanwhile both are
+// started again on another port.
+func startBehindSessioncap[M mta](t testing.TB, config string, startMTA func(milterPort int) M) (M, *daemon) {
 	t.Helper()
 	requireSessioncap(t)
+	type pair struct {
+		m M
+		d *daemon
+	}
+	p := startOnFreePort(t, "sessioncap behind an MTA", func(milterPort int) (pair, error) {
+		m := startMTA(milterPort)
+		d, err := tryStartSessioncap(t, milterPort, config)
+		if err != nil {
+			m.stop(t)
+			return pair{}, err
+		}
+		return pair{m, d}, nil
+	})
+	return p.m, p.d
+}
+
+var listeningRe = regexp.MustCompile(`msg=listening milter=inet:(\S+) metrics=(\S+)`)
+
+// tryStartSessioncap writes config, followed by baseConfig, to a file of
+// its own and runs the daemon with its milter on milterPort and metrics on
+// 127.0.0.1:0, until it logs where it listens (after binding both).
+// errPortTaken means milterPort was bound by another process.
+func tryStartSessioncap(t testing.TB, milterPort int, config string) (*daemon, error) {
+	t.Helper()
 	dir := instanceDir(t, "sessioncap")
 	d := &daemon{
-		milterPort:  milterPort,
-		metricsAddr: fmt.Sprintf("127.0.0.1:%d", freePort(t)),
-		configPath:  filepath.Join(dir, "sessioncap.toml"),
+		milterPort: milterPort,
+		configPath: filepath.Join(dir, "sessioncap.toml"),
 	}
 	writeFile(t, d.configPath, config+"\n"+baseConfig, 0o644)
 	d.p = startProc(t, "sessioncap", filepath.Join(dir, "output"), nil, sessioncapBin,
 		"-config", d.configPath,
 		"-listen", inetSpec(d.milterPort),
-		"-metrics-listen", d.metricsAddr)
+		"-metrics-listen", "127.0.0.1:0")
 	t.Cleanup(func() {
 		d.p.stop(t, 5*time.Second)
 		if t.Failed() {
@@ -58,13 +85,28 @@ func startSessioncap(t testing.TB, milterPort int, config string) *daemon {
 			logTail(t, "sessioncap.toml", config+"\n"+baseConfig, 8<<10)
 		}
 	})
-	if err := waitListening(fmt.Sprintf("127.0.0.1:%d", d.milterPort), d.p, 15*time.Second); err != nil {
-		t.Fatalf("sessioncap: %v\n%s", err, d.p.output())
+	err := waitFor(15*time.Second, func() error {
+		out := d.p.output()
+		if m := listeningRe.FindStringSubmatch(out); m != nil {
+			if m[1] != fmt.Sprintf("127.0.0.1:%d", milterPort) {
+				return fmt.Errorf("listening on milter %s, want port %d", m[1], milterPort)
+			}
+			d.metricsAddr = m[2]
+			return nil
+		}
+		if d.p.exited() {
+			if portTakenIn(out) {
+				return fmt.Errorf("%w: %v\n%s", errPortTaken, d.p.err, out)
+			}
+			return fmt.Errorf("sessioncap exited before listening: %v\n%s", d.p.err, out)
+		}
+		return fmt.Errorf("%w: no listening line yet", errNotYet)
+	})
+	if err != nil {
+		d.p.stop(t, 5*time.Second)
+		return nil, err
 	}
-	if err := waitListening(d.metricsAddr, d.p, 5*time.Second); err != nil {
-		t.Fatalf("sessioncap metrics: %v\n%s", err, d.p.output())
-	}
-	return d
+	return d, nil
 }
 
 // metrics scrapes /metrics into "name{k="v",…}" → value, labels sorted.

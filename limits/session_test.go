@@ -5,96 +5,116 @@ import (
 	"testing"
 )
 
-// step is one SMTP event of a session script.
-type step struct {
-	op    string // "mail", "rcpt", "bytes", "eom"
-	n     int64  // SIZE= for mail (-1: none), byte count for bytes
-	limit Limit  // expected refusal, "" for none
-	code  int
-}
+// The scenarios (message, byte and recipient caps over whole sessions) are
+// driven through the real milter server in package milter
+// (TestSessionCapScripts); here each SessionState method is checked alone.
 
-func runSession(t *testing.T, p Session, steps []step) SessionState {
-	t.Helper()
+func TestCheckMailFirstMessageRule(t *testing.T) {
+	p := Session{MaxBytes: 100}
 	var s SessionState
-	replies := DefaultReplies()
-	for i, st := range steps {
-		var r *Refusal
-		switch st.op {
-		case "mail":
-			s.EndTransaction()
-			r = s.CheckMail(p, replies, st.n)
-		case "rcpt":
-			r = s.CheckRcpt(p, replies)
-			if r == nil {
-				s.AcceptRecipient()
-			}
-		case "bytes":
-			s.AddBytes(int(st.n))
-		case "eom":
-			r = s.CheckEOM(p, replies)
-			if r == nil {
-				s.AcceptMessage()
-			}
-			s.EndTransaction()
-		default:
-			t.Fatalf("bad op %q", st.op)
-		}
-		switch {
-		case st.limit == "" && r != nil:
-			t.Fatalf("step %d (%s): unexpected refusal %v", i, st.op, r)
-		case st.limit != "" && r == nil:
-			t.Fatalf("step %d (%s): want refusal by %s, got none (state %+v)", i, st.op, st.limit, s)
-		case r != nil && (r.Limit != st.limit || r.Code != st.code):
-			t.Fatalf("step %d (%s): got %s %d, want %s %d", i, st.op, r.Limit, r.Code, st.limit, st.code)
+	s.AddBytes(5000)
+	for _, size := range []int64{-1, 0, 100, 101, 1 << 40} {
+		if r := s.CheckMail(p, DefaultReplies(), size); r != nil {
+			t.Errorf("no message accepted yet, 5000 bytes, SIZE %d: refused %v", size, r)
 		}
 	}
-	return s
+	s.AcceptMessage()
+	s.EndTransaction()
+	r := s.CheckMail(p, DefaultReplies(), -1)
+	if r == nil || r.Limit != LimitSessionBytes || r.Code != 421 || r.Value != 5000 || r.Cap != 100 || r.Stage != StageMail {
+		t.Fatalf("after an accepted message over the cap: %+v, want session_bytes 421 value 5000 cap 100 at mail", r)
+	}
 }
 
-func TestSessionCaps(t *testing.T) {
-	msg := func(size, body int64) []step {
-		return []step{{op: "mail", n: size}, {op: "rcpt"}, {op: "bytes", n: body}, {op: "eom"}}
-	}
-	cat := func(parts ...[]step) []step {
-		var out []step
-		for _, p := range parts {
-			out = append(out, p...)
+func TestCheckMailSize(t *testing.T) {
+	p := Session{MaxBytes: 100}
+	replies := DefaultReplies()
+	s := SessionState{Messages: 1, Bytes: 60}
+	for _, tt := range []struct {
+		size    int64
+		refused bool
+	}{{-1, false}, {0, false}, {40, false}, {41, true}, {1 << 62, true}} {
+		r := s.CheckMail(p, replies, tt.size)
+		if (r != nil) != tt.refused {
+			t.Errorf("60 of 100 bytes used, SIZE %d: refusal %v, want refused %v", tt.size, r, tt.refused)
+			continue
 		}
-		return out
+		if r != nil && (r.Limit != LimitSessionBytes || r.Code != 421 || r.Value != 60+tt.size ||
+			r.Reason() != "4.7.0 Message would exceed this session's data limit (limit 100 bytes); reconnect to send it") {
+			t.Errorf("SIZE %d: %+v %q", tt.size, r, r.Reason())
+		}
 	}
-	tests := []struct {
-		name  string
-		p     Session
-		steps []step
+	if r := (&SessionState{Messages: 1, Bytes: 100}).CheckMail(p, replies, -1); r == nil || r.Code != 421 {
+		t.Errorf("cap used up exactly: %v, want 421", r)
+	}
+	if r := (&SessionState{Messages: 5, Bytes: 1 << 40}).CheckMail(Session{}, replies, 1<<40); r != nil {
+		t.Errorf("no caps: %v", r)
+	}
+}
+
+func TestCheckMailMessages(t *testing.T) {
+	p := Session{MaxMessages: 2}
+	if r := (&SessionState{Messages: 1}).CheckMail(p, DefaultReplies(), -1); r != nil {
+		t.Errorf("1 of 2 messages: %v", r)
+	}
+	r := (&SessionState{Messages: 2}).CheckMail(p, DefaultReplies(), -1)
+	if r == nil || r.Limit != LimitSessionMessages || r.Code != 421 || r.Value != 2 || r.Cap != 2 {
+		t.Errorf("2 of 2 messages: %+v", r)
+	}
+}
+
+func TestCheckRcpt(t *testing.T) {
+	p := Session{MaxRecipients: 2}
+	var s SessionState
+	for i := 0; i < 2; i++ {
+		if r := s.CheckRcpt(p, DefaultReplies()); r != nil {
+			t.Fatalf("recipient %d: %v", i+1, r)
+		}
+		s.AcceptRecipient()
+	}
+	s.EndTransaction() // the recipient cap is per session, not per transaction
+	r := s.CheckRcpt(p, DefaultReplies())
+	if r == nil || r.Limit != LimitSessionRecipients || r.Code != 452 || r.Stage != StageRcpt {
+		t.Fatalf("third recipient: %+v, want session_recipients 452 at rcpt", r)
+	}
+}
+
+func TestCheckEOM(t *testing.T) {
+	replies := DefaultReplies()
+	tempfail := Session{MaxBytes: 100, Overrun: OverrunTempfail}
+	for _, tt := range []struct {
+		name    string
+		p       Session
+		s       SessionState
+		refused bool
 	}{
-		{"message cap refuses the N+1th MAIL", Session{MaxMessages: 2},
-			cat(msg(-1, 10), msg(-1, 10), []step{{op: "mail", n: -1, limit: LimitSessionMessages, code: 421}})},
-		{"message cap off", Session{},
-			cat(msg(-1, 10), msg(-1, 10), msg(-1, 10), msg(-1, 10))},
-		{"first message bigger than the byte cap passes", Session{MaxBytes: 100},
-			cat([]step{{op: "mail", n: 5000}, {op: "bytes", n: 5000}, {op: "eom"}},
-				[]step{{op: "mail", n: -1, limit: LimitSessionBytes, code: 421}})},
-		{"first message passes even with tempfail overrun", Session{MaxBytes: 100, Overrun: OverrunTempfail},
-			cat([]step{{op: "mail", n: -1}, {op: "bytes", n: 5000}, {op: "eom"}})},
-		{"SIZE predicts the overflow at MAIL", Session{MaxBytes: 100},
-			cat(msg(-1, 60), []step{{op: "mail", n: 41, limit: LimitSessionBytes, code: 421}})},
-		{"SIZE that fits exactly passes", Session{MaxBytes: 100},
-			cat(msg(-1, 60), msg(40, 40), []step{{op: "mail", n: -1, limit: LimitSessionBytes, code: 421}})},
-		{"overrun accept takes the crossing message", Session{MaxBytes: 100, Overrun: OverrunAccept},
-			cat(msg(-1, 60), msg(-1, 60), []step{{op: "mail", n: -1, limit: LimitSessionBytes, code: 421}})},
-		{"overrun tempfail answers 452 after the dot", Session{MaxBytes: 100, Overrun: OverrunTempfail},
-			cat(msg(-1, 60), []step{{op: "mail", n: -1}, {op: "bytes", n: 60}, {op: "eom", limit: LimitSessionBytes, code: 452}},
-				[]step{{op: "mail", n: -1, limit: LimitSessionBytes, code: 421}})},
-		{"recipient cap is per session", Session{MaxRecipients: 3},
-			[]step{{op: "mail", n: -1}, {op: "rcpt"}, {op: "rcpt"}, {op: "bytes", n: 1}, {op: "eom"},
-				{op: "mail", n: -1}, {op: "rcpt"}, {op: "rcpt", limit: LimitSessionRecipients, code: 452}}},
-		{"aborted transaction bytes still count once a message was accepted", Session{MaxBytes: 100},
-			cat(msg(-1, 10), []step{{op: "mail", n: -1}, {op: "bytes", n: 95}, {op: "mail", n: -1, limit: LimitSessionBytes, code: 421}})},
-		{"no byte refusal while nothing was accepted", Session{MaxBytes: 100},
-			[]step{{op: "mail", n: -1}, {op: "bytes", n: 500}, {op: "mail", n: 500}, {op: "bytes", n: 500}, {op: "eom"}}},
+		{"first message over the cap", tempfail, SessionState{Bytes: 500}, false},
+		{"second message within the cap", tempfail, SessionState{Messages: 1, Bytes: 100}, false},
+		{"second message over the cap", tempfail, SessionState{Messages: 1, Bytes: 101}, true},
+		{"overrun accept", Session{MaxBytes: 100, Overrun: OverrunAccept}, SessionState{Messages: 1, Bytes: 500}, false},
+		{"no byte cap", Session{Overrun: OverrunTempfail}, SessionState{Messages: 1, Bytes: 500}, false},
+	} {
+		r := tt.s.CheckEOM(tt.p, replies)
+		if (r != nil) != tt.refused {
+			t.Errorf("%s: %v, want refused %v", tt.name, r, tt.refused)
+		}
+		if r != nil && (r.Limit != LimitSessionBytes || r.Code != 452 || r.Stage != StageEOM) {
+			t.Errorf("%s: %+v, want session_bytes 452 at eom", tt.name, r)
+		}
 	}
-	for _, tt := range tests {
-		t.Run(tt.name, func(t *testing.T) { runSession(t, tt.p, tt.steps) })
+}
+
+func TestAddBytesAndEndTransaction(t *testing.T) {
+	var s SessionState
+	s.AddBytes(10)
+	s.AddBytes(5)
+	if s.Bytes != 15 || s.TxBytes != 15 {
+		t.Fatalf("after 10+5 bytes: %+v", s)
+	}
+	s.EndTransaction()
+	s.AddBytes(7)
+	if s.Bytes != 22 || s.TxBytes != 7 {
+		t.Fatalf("after a new transaction of 7 bytes: %+v, want Bytes 22 TxBytes 7", s)
 	}
 }
 

@@ -210,9 +210,9 @@ set +e
 as_sessioncap /usr/bin/sessioncap check-config -config "$WORK/bad.toml" >"$WORK/bad-config.log" 2>&1
 rc=$?
 set -e
-[ "$rc" = 2 ] || fail "check-config of a bad file exited $rc, want 2"
+[ "$rc" = 78 ] || fail "check-config of a bad file exited $rc, want 78 (EX_CONFIG)"
 grep -q "bad.toml:[0-9]*:" "$WORK/bad-config.log" || fail "check-config errors lack FILE:LINE: $(cat "$WORK/bad-config.log")"
-ok "check-config of a bad file: exit 2, $(wc -l <"$WORK/bad-config.log") error line(s) with FILE:LINE"
+ok "check-config of a bad file: exit 78, $(wc -l <"$WORK/bad-config.log") error line(s) with FILE:LINE"
 
 # ---------------------------------------------------------------------------
 log "run the installed daemon as sessioncap (shipped config; systemd's notify protocol emulated)"

@@ -6,7 +6,6 @@ import (
 	"encoding/json"
 	"fmt"
 	"io"
-	"net"
 	"net/http"
 	"os"
 	"os/exec"
@@ -14,6 +13,7 @@ import (
 	"regexp"
 	"slices"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 )
@@ -134,17 +134,6 @@ func parseSample(line string) (series, error) {
 	}
 }
 
-// freePort returns a loopback TCP port that was free a moment ago.
-func freePort(t *testing.T) int {
-	t.Helper()
-	ln, err := net.Listen("tcp", "127.0.0.1:0")
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer ln.Close()
-	return ln.Addr().(*net.TCPAddr).Port
-}
-
 // scrape returns the daemon's /metrics: from $SESSIONCAP_SCRAPE_FILE if set,
 // else by building ./cmd/sessioncap, starting it on free loopback ports with
 // built-in defaults, and fetching /metrics once it answers.
@@ -180,50 +169,70 @@ func scrape(t *testing.T) *exposition {
 	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
 		t.Fatal(err)
 	}
-	metricsAddr := fmt.Sprintf("127.0.0.1:%d", freePort(t))
+	// Both listeners on port 0: the daemon logs the addresses it bound, so
+	// no port is picked here that another process could take first.
 	ctx, cancel := context.WithTimeout(context.Background(), 30*time.Second)
 	defer cancel()
 	cmd := exec.CommandContext(ctx, bin, "-config", cfg,
-		"-listen", fmt.Sprintf("inet:127.0.0.1:%d", freePort(t)), "-metrics-listen", metricsAddr)
-	var stderr strings.Builder
-	cmd.Stderr = &stderr
+		"-listen", "inet:127.0.0.1:0", "-metrics-listen", "127.0.0.1:0")
+	stderr, err := cmd.StderrPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
+	var (
+		logMu   sync.Mutex
+		logText strings.Builder
+	)
+	listening := make(chan string, 1)
 	exited := make(chan error, 1)
-	go func() { exited <- cmd.Wait() }()
+	go func() {
+		re := regexp.MustCompile(`msg=listening milter=\S+ metrics=(\S+)`)
+		sc := bufio.NewScanner(stderr)
+		for sc.Scan() {
+			logMu.Lock()
+			logText.WriteString(sc.Text() + "\n")
+			logMu.Unlock()
+			if m := re.FindStringSubmatch(sc.Text()); m != nil {
+				listening <- m[1]
+			}
+		}
+		exited <- cmd.Wait()
+	}()
+	daemonLog := func() string { logMu.Lock(); defer logMu.Unlock(); return logText.String() }
 	defer func() {
 		_ = cmd.Process.Signal(os.Interrupt)
 		<-exited
 		if t.Failed() {
-			t.Logf("daemon log:\n%s", stderr.String())
+			t.Logf("daemon log:\n%s", daemonLog())
 		}
 	}()
-	client := &http.Client{Timeout: 2 * time.Second}
-	for deadline := time.Now().Add(15 * time.Second); ; {
-		select {
-		case err := <-exited:
-			exited <- err
-			t.Fatalf("daemon exited before serving /metrics: %v", err)
-		default:
-		}
-		resp, err := client.Get("http://" + metricsAddr + "/metrics")
-		if err == nil {
-			body, rerr := io.ReadAll(resp.Body)
-			resp.Body.Close()
-			if rerr == nil && resp.StatusCode == http.StatusOK {
-				e, perr := parseExposition(strings.NewReader(string(body)))
-				if perr != nil {
-					t.Fatalf("/metrics: %v", perr)
-				}
-				return e
-			}
-		}
-		if time.Now().After(deadline) {
-			t.Fatalf("no /metrics on %s after 15s: %v", metricsAddr, err)
-		}
-		time.Sleep(100 * time.Millisecond)
+	var metricsAddr string
+	select {
+	case metricsAddr = <-listening:
+	case err := <-exited:
+		exited <- err
+		t.Fatalf("daemon exited before listening: %v\n%s", err, daemonLog())
+	case <-time.After(15 * time.Second):
+		t.Fatalf("daemon did not log where it listens after 15s:\n%s", daemonLog())
 	}
+	client := &http.Client{Timeout: 5 * time.Second}
+	resp, err := client.Get("http://" + metricsAddr + "/metrics")
+	if err != nil {
+		t.Fatalf("/metrics on %s: %v", metricsAddr, err)
+	}
+	defer resp.Body.Close()
+	body, err := io.ReadAll(resp.Body)
+	if err != nil || resp.StatusCode != http.StatusOK {
+		t.Fatalf("/metrics on %s: %s %v", metricsAddr, resp.Status, err)
+	}
+	e, err := parseExposition(strings.NewReader(string(body)))
+	if err != nil {
+		t.Fatalf("/metrics: %v", err)
+	}
+	return e
 }
 
 var (

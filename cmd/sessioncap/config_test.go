@@ -258,8 +258,8 @@ func TestCheckConfigCommand(t *testing.T) {
 	}
 	out.Reset()
 	errOut.Reset()
-	if code := run([]string{"check-config", "-config", "../../testdata/config/bad-values.toml"}, &out, &errOut); code != exitConfig {
-		t.Fatalf("exit %d, want %d", code, exitConfig)
+	if code := run([]string{"check-config", "-config", "../../testdata/config/bad-values.toml"}, &out, &errOut); code != 78 {
+		t.Fatalf("exit %d, want 78 (EX_CONFIG)", code)
 	}
 	if n := strings.Count(errOut.String(), "bad-values.toml:"); n != 8 {
 		t.Errorf("%d errors reported, want 8:\n%s", n, errOut.String())
@@ -268,7 +268,7 @@ func TestCheckConfigCommand(t *testing.T) {
 	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "sessioncap dev (go") {
 		t.Errorf("version: %d %q", code, out.String())
 	}
-	if code := run([]string{"-no-such-flag"}, &out, &errOut); code != exitConfig {
+	if code := run([]string{"-no-such-flag"}, &out, &errOut); code != 78 {
 		t.Errorf("bad flag: exit %d", code)
 	}
 }

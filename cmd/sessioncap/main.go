@@ -25,7 +25,8 @@ var version = "dev"
 const (
 	exitOK      = 0
 	exitRuntime = 1
-	exitConfig  = 2 // bad configuration or usage; systemd must not restart
+	exitConfig  = 78 // EX_CONFIG (sysexits.h): bad configuration or usage; systemd must not restart.
+	// Not 2: the Go runtime exits 2 on a panic, and a crash must be restarted.
 )
 
 func main() {
@@ -68,8 +69,8 @@ Signals:
   SIGTERM, SIGINT  stop accepting, let sessions finish (bounded), exit 0;
                    a second signal exits at once
 
-Exit status: 0 on success, 1 on a runtime error, 2 on a configuration or
-usage error.
+Exit status: 0 on success, 1 on a runtime error, 78 (EX_CONFIG) on a
+configuration or usage error.
 `
 
 func run(args []string, stdout, stderr io.Writer) int {
