@@ -227,10 +227,10 @@ func TestFrequencyBan(t *testing.T) {
 				t.Errorf("%s refusals at connect = %v, want %v", c.limit, v, c.want)
 			}
 		}
-		if v := m["sessioncap_bans_total"]; v != 1 {
+		if v := m[`sessioncap_bans_total{mode="enforce"}`]; v != 1 {
 			t.Errorf("sessioncap_bans_total = %v, want 1", v)
 		}
-		if v := m["sessioncap_bans_active"]; v != 1 {
+		if v := m[`sessioncap_bans_active{mode="enforce"}`]; v != 1 {
 			t.Errorf("sessioncap_bans_active = %v, want 1", v)
 		}
 	})
@@ -291,7 +291,7 @@ func TestFrequencyBanExpires(t *testing.T) {
 		if v := refusals(t, m, "banned", "connect", "enforce"); v != float64(refused) {
 			t.Errorf("banned refusals at connect = %v, want %d (the refused polls)", v, refused)
 		}
-		if v := m["sessioncap_bans_total"]; v != 1 {
+		if v := m[`sessioncap_bans_total{mode="enforce"}`]; v != 1 {
 			t.Errorf("sessioncap_bans_total = %v, want 1", v)
 		}
 	})

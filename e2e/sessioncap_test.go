@@ -73,7 +73,9 @@ func tryStartSessioncap(t testing.TB, milterPort int, config string) (*daemon, e
 		milterPort: milterPort,
 		configPath: filepath.Join(dir, "sessioncap.toml"),
 	}
-	writeFile(t, d.configPath, config+"\n"+baseConfig, 0o644)
+	// an admin socket of its own: never the host's /run/sessioncap/admin.sock
+	config += "\n" + baseConfig + "\n[admin]\nlisten = \"unix:" + filepath.Join(dir, "admin.sock") + "\"\n"
+	writeFile(t, d.configPath, config, 0o644)
 	d.p = startProc(t, "sessioncap", filepath.Join(dir, "output"), nil, sessioncapBin,
 		"-config", d.configPath,
 		"-listen", inetSpec(d.milterPort),
@@ -82,7 +84,7 @@ func tryStartSessioncap(t testing.TB, milterPort int, config string) (*daemon, e
 		d.p.stop(t, 5*time.Second)
 		if t.Failed() {
 			logTail(t, "sessioncap output", d.p.output(), 64<<10)
-			logTail(t, "sessioncap.toml", config+"\n"+baseConfig, 8<<10)
+			logTail(t, "sessioncap.toml", config, 8<<10)
 		}
 	})
 	err := waitFor(15*time.Second, func() error {
