@@ -1,7 +1,9 @@
 package e2e
 
 import (
+	"errors"
 	"fmt"
+	"net"
 	"testing"
 	"time"
 )
@@ -40,4 +42,47 @@ func TestHarnessDelivery(t *testing.T) {
 			assertDelivered(t, m, want, 20*time.Second)
 		})
 	}
+}
+
+// TestPortTakenIsDetected checks the harness's defence against freePort's
+// race: when another process holds the port picked for an instance,
+// starting it reports errPortTaken (so startOnFreePort tries another port)
+// instead of talking to the other process.
+func TestPortTakenIsDetected(t *testing.T) {
+	requireSessioncap(t)
+	other, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer other.Close()
+	// The other process greets like an SMTP server, but is not ours.
+	go func() {
+		for {
+			c, err := other.Accept()
+			if err != nil {
+				return
+			}
+			_, _ = c.Write([]byte("220 someone.else ESMTP\r\n"))
+			c.Close()
+		}
+	}()
+	port := other.Addr().(*net.TCPAddr).Port
+
+	t.Run("sessioncap", func(t *testing.T) {
+		if _, err := tryStartSessioncap(t, port, ""); !errors.Is(err, errPortTaken) {
+			t.Fatalf("sessioncap on a taken port: %v, want errPortTaken", err)
+		}
+	})
+	t.Run("postfix", func(t *testing.T) {
+		requirePostfix(t)
+		if _, err := tryStartPostfix(t, "taken", postfixConfig{}, port); !errors.Is(err, errPortTaken) {
+			t.Fatalf("postfix on a taken port: %v, want errPortTaken", err)
+		}
+	})
+	t.Run("sendmail", func(t *testing.T) {
+		requireSendmail(t)
+		if _, err := tryStartSendmail(t, "taken", 0, port); !errors.Is(err, errPortTaken) {
+			t.Fatalf("sendmail on a taken port: %v, want errPortTaken", err)
+		}
+	})
 }

@@ -87,23 +87,28 @@ func tryStartSessioncap(t testing.TB, milterPort int, config string) (*daemon, e
 			logTail(t, "sessioncap.toml", config, 8<<10)
 		}
 	})
-	err := waitFor(15*time.Second, func() error {
+	var err error
+	for deadline := time.Now().Add(15 * time.Second); ; time.Sleep(50 * time.Millisecond) {
 		out := d.p.output()
 		if m := listeningRe.FindStringSubmatch(out); m != nil {
 			if m[1] != fmt.Sprintf("127.0.0.1:%d", milterPort) {
-				return fmt.Errorf("listening on milter %s, want port %d", m[1], milterPort)
+				err = fmt.Errorf("listening on milter %s, want port %d", m[1], milterPort)
 			}
 			d.metricsAddr = m[2]
-			return nil
+			break
 		}
 		if d.p.exited() {
+			err = fmt.Errorf("sessioncap exited before listening: %v\n%s", d.p.err, out)
 			if portTakenIn(out) {
-				return fmt.Errorf("%w: %v\n%s", errPortTaken, d.p.err, out)
+				err = fmt.Errorf("%w: %v", errPortTaken, err)
 			}
-			return fmt.Errorf("sessioncap exited before listening: %v\n%s", d.p.err, out)
+			break
 		}
-		return fmt.Errorf("%w: no listening line yet", errNotYet)
-	})
+		if time.Now().After(deadline) {
+			err = fmt.Errorf("sessioncap logged no listening line within 15s:\n%s", out)
+			break
+		}
+	}
 	if err != nil {
 		d.p.stop(t, 5*time.Second)
 		return nil, err
