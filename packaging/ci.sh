@@ -20,6 +20,7 @@ MILTER=inet:127.0.0.1:10029
 # The second daemon (unix socket, low caps) listens here.
 METRICS2=127.0.0.1:19829
 SOCK2=/run/sessioncap/milter.sock
+ADMIN2=/run/sessioncap/admin2.sock
 # Daemons this script started, recorded so a rerun after a killed run can
 # stop exactly those (and nothing else).
 PIDFILE=/tmp/sessioncap-ci.pids
@@ -280,6 +281,8 @@ cat >"$WORK/small.toml" <<EOF
 listen = "unix:$SOCK2"
 [metrics]
 listen = "$METRICS2"
+[admin]
+listen = "unix:$ADMIN2"
 [session]
 max_messages = 2
 [frequency]
@@ -311,7 +314,8 @@ v=$(metric "$WORK/metrics3.txt" 'sessioncap_refusals_total{limit="session_messag
 ok "message 3 refused at MAIL with 421; refusal logged: $(grep -m1 'msg=refused' "$WORK/daemon2.log")"
 
 # Frequency ban for another client: 2 connections pass, the 3rd is refused
-# and bans the address, the 4th is refused as banned; POST /-/unban lifts it.
+# and bans the address, the 4th is refused as banned; "sessioncap unban" on
+# the admin socket lifts it; the metrics listener takes no admin action.
 mc() { "$WORK/bin/miltercheck" -addr "unix:$SOCK2" -client-ip 198.51.100.7 "$@" >>"$WORK/miltercheck-ban.log" 2>&1; }
 mc || fail "connection 1 of 198.51.100.7 refused"
 mc || fail "connection 2 of 198.51.100.7 refused"
@@ -319,10 +323,16 @@ mc -connect-refusal 421 || fail "connection 3 of 198.51.100.7 (over max_connecti
 mc -connect-refusal 421 || fail "connection 4 of 198.51.100.7 (banned) not refused with 421"
 grep -q 'msg=banned.*client_ip=198.51.100.7' "$WORK/daemon2.log" || fail "no 'msg=banned' log line"
 scrape $METRICS2 "$WORK/metrics4.txt"
-[ "$(metric "$WORK/metrics4.txt" sessioncap_bans_active)" = 1 ] || fail "sessioncap_bans_active is not 1"
-unban=$(curl -fsS --max-time 5 -X POST "http://$METRICS2/-/unban?address=198.51.100.7") || fail "POST /-/unban"
-mc || fail "198.51.100.7 still refused after POST /-/unban ($unban)"
-ok "frequency ban: 3rd connection refused 421 and banned (bans_active 1); POST /-/unban said '$unban'; next connection accepted"
+[ "$(metric "$WORK/metrics4.txt" 'sessioncap_bans_active{mode="enforce"}')" = 1 ] || fail "sessioncap_bans_active is not 1"
+perm=$(stat -c '%A %U:%G' $ADMIN2)
+case $perm in "srw-rw---- sessioncap:sessioncap") ;; *) fail "admin socket $ADMIN2 is $perm, want srw-rw---- sessioncap:sessioncap" ;; esac
+/usr/bin/sessioncap bans -admin "unix:$ADMIN2" >"$WORK/bans.txt" 2>&1 || fail "sessioncap bans: $(cat "$WORK/bans.txt")"
+grep -q '198.51.100.7/32' "$WORK/bans.txt" || fail "sessioncap bans does not list 198.51.100.7: $(cat "$WORK/bans.txt")"
+code=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code}' -X POST "http://$METRICS2/-/unban?address=198.51.100.7")
+case $code in 2*) fail "POST /-/unban on the metrics listener answered $code" ;; esac
+unban=$(/usr/bin/sessioncap unban 198.51.100.7 -admin "unix:$ADMIN2" 2>&1) || fail "sessioncap unban: $unban"
+mc || fail "198.51.100.7 still refused after sessioncap unban ($unban)"
+ok "frequency ban: 3rd connection refused 421 and banned (bans_active 1, listed by sessioncap bans); admin socket $perm; sessioncap unban said '$unban'; next connection accepted"
 
 cp "$WORK/small.toml" "$WORK/small.toml.good"
 printf 'listen = "unix:%s"\n[metrics]\nlisten = "%s"\n[session]\nmax_messages = "many"\n' "$SOCK2" "$METRICS2" >"$WORK/small.toml"
