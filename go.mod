@@ -3,13 +3,13 @@ module github.com/sessioncap/sessioncap
 go 1.26
 
 require (
+	github.com/BurntSushi/toml v1.6.0
 	github.com/d--j/go-milter v0.10.1
 	github.com/prometheus/client_golang v1.23.2
 	github.com/redis/go-redis/v9 v9.17.3
 )
 
 require (
-	github.com/BurntSushi/toml v1.6.0 // indirect
 	github.com/beorn7/perks v1.0.1 // indirect
 	github.com/cespare/xxhash/v2 v2.3.0 // indirect
 	github.com/dgryski/go-rendezvous v0.0.0-20200823014737-9f7001d12a5f // indirect
