@@ -4,6 +4,7 @@ import (
 	"slices"
 	"strconv"
 	"sync"
+	"sync/atomic"
 	"testing"
 	"time"
 
@@ -100,7 +101,19 @@ func TestFallbackRedisHangs(t *testing.T) {
 	srv := redistest.Standalone(t)
 	s := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: newPrefix(), Host: "mx1"})
 	st := &states{}
-	f := fallback(t, s, st)
+	var failedPings atomic.Int64
+	f, err := counters.NewFallback(s, counters.NewMemory(counters.MemoryOptions{Host: "mx1"}), counters.FallbackOptions{
+		Timeout: timeout, ProbeInterval: 50 * time.Millisecond, OnStateChange: st.change,
+		Observe: func(op string, _ time.Duration, err error) {
+			if op == "ping" && err != nil {
+				failedPings.Add(1)
+			}
+		},
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { f.Close() })
 	hitWithin(t, f, "a")
 	srv.Pause()
 	t.Cleanup(srv.Resume) // before the Kill of the server's own cleanup
@@ -111,11 +124,15 @@ func TestFallbackRedisHangs(t *testing.T) {
 	for i := 0; i < 20; i++ {
 		start := time.Now()
 		hitWithin(t, f, "a")
-		if d := time.Since(start); d > timeout/2 {
-			t.Fatalf("a hit with the breaker open took %v (timeout %v)", d, timeout)
+		if d := time.Since(start); d >= timeout {
+			t.Fatalf("a hit with the breaker open took %v: it waited for the hung Redis (timeout %v)", d, timeout)
 		}
 	}
-	time.Sleep(3 * 50 * time.Millisecond) // a few probes time out
+	for deadline := time.Now().Add(10 * time.Second); failedPings.Load() < 3; time.Sleep(5 * time.Millisecond) {
+		if time.Now().After(deadline) {
+			t.Fatalf("only %d probes of the hung Redis failed in 10s", failedPings.Load())
+		}
+	}
 	if f.Up() {
 		t.Fatal("a probe of a hung Redis closed the breaker")
 	}
