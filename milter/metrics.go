@@ -21,15 +21,25 @@ type Metrics struct {
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
 
+	sizeSource     *prometheus.CounterVec
+
 	protocolErrors *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	refusedConns   prometheus.Counter
 }
 
+// The values of the "source" label of sessioncap_message_size_source_total.
+const (
+	sizeFromStream = "stream"   // headers and body were sent to the milter and counted
+	sizeFromMacro  = "msg_size" // Sendmail's {msg_size} at end of message
+	sizeUnknown    = "unknown"  // no stream and no {msg_size}: counted as 0 bytes
+)
+
 // The values of the "what" label of sessioncap_malformed_input_total.
 const (
 	malformedClientAddr = "client_addr"
 	malformedSize       = "size_param"
+	malformedMsgSize    = "msg_size"
 )
 
 // NewMetrics registers the milter's metrics on reg and pre-initialises every
@@ -62,12 +72,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"mode"}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
-			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).",
+			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).",
 		}, []string{"what"}),
 		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_store_errors_total",
 			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"}),
+		sizeSource: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessioncap_message_size_source_total",
+			Help: "Messages whose size counted toward a byte cap, by where the size came from (stream: headers and body sent to the milter; msg_size: Sendmail's {msg_size} macro at end of message, no stream; unknown: neither, the message counted 0 bytes).",
+		}, []string{"source"}),
 		duration: make(map[limits.Stage]prometheus.Observer),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_milter_protocol_errors_total",
@@ -97,7 +111,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			}
 		}
 	}
-	for _, w := range []string{malformedClientAddr, malformedSize} {
+	for _, w := range []string{malformedClientAddr, malformedSize, malformedMsgSize} {
 		m.malformed.WithLabelValues(w)
 	}
 	m.storeErrors.WithLabelValues("hit")
@@ -107,8 +121,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range protocolErrorReasons {
 		m.protocolErrors.WithLabelValues(r)
 	}
+	for _, src := range []string{sizeFromStream, sizeFromMacro, sizeUnknown} {
+		m.sizeSource.WithLabelValues(src)
+	}
 	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist,
-		m.protocolErrors, m.acceptErrors, m.refusedConns)
+		m.sizeSource, m.protocolErrors, m.acceptErrors, m.refusedConns)
 	return m
 }
 

@@ -45,13 +45,13 @@ func (s *session) NewConnection(gomilter.Modifier) error {
 	s.end()
 	prev := s.rules
 	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.rules.Load()}
-	if enforceable(s.rules, s.proto) {
+	if s.srv.enforceable(s.rules, s.proto) {
 		return nil
 	}
 	if prev == nil { // a reload between negotiation and the first session
 		prev = s.srv.prevRules.Load()
 	}
-	if prev != nil && enforceable(prev, s.proto) {
+	if prev != nil && s.srv.enforceable(prev, s.proto) {
 		s.rules = prev
 		s.srv.log.Info("reloaded rules need milter events this connection did not negotiate; it keeps the previous rules until it closes")
 	}
@@ -215,6 +215,9 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) 
 	if id := m.Get(gomilter.MacroQueueId); id != "" {
 		s.queueID = id
 	}
+	if s.rules != nil && s.rules.NeedsBodies() {
+		s.countSize(m.Get(macroMsgSize))
+	}
 	if s.state.TxBytes > 0 {
 		s.srv.metrics.messageBytes.Add(float64(s.state.TxBytes))
 	}
@@ -230,6 +233,28 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) 
 	}
 	s.state.EndTransaction()
 	return resp, nil
+}
+
+// countSize takes the message's size from {msg_size} when headers and body
+// were not sent, and learns whether the MTA reports it.
+func (s *session) countSize(raw string) {
+	n, err := strconv.ParseInt(raw, 10, 64)
+	ok := err == nil && n >= 0
+	if raw != "" && !ok {
+		s.srv.metrics.malformed.WithLabelValues(malformedMsgSize).Inc()
+		s.srv.log.Warn("ignoring unparseable {msg_size}", "client_ip", s.client, "queue_id", s.queueID, "value", raw)
+	}
+	s.srv.learnSizeMacro(ok)
+	switch {
+	case !sizeByMacro(s.proto):
+		s.srv.metrics.sizeSource.WithLabelValues(sizeFromStream).Inc()
+	case ok:
+		s.state.AddBytes(int(min(n, 1<<40)))
+		s.srv.metrics.sizeSource.WithLabelValues(sizeFromMacro).Inc()
+	default:
+		s.srv.metrics.sizeSource.WithLabelValues(sizeUnknown).Inc()
+		s.srv.log.Warn("no message size: neither headers and body nor {msg_size} were sent; the message counts 0 bytes", "client_ip", s.client, "queue_id", s.queueID)
+	}
 }
 
 // Abort ends the transaction (go-milter also synthesises it before a new
