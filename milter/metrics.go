@@ -21,7 +21,7 @@ type Metrics struct {
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
 
-	sizeSource     *prometheus.CounterVec
+	sizeSource *prometheus.CounterVec
 
 	protocolErrors *prometheus.CounterVec
 	acceptErrors   prometheus.Counter

@@ -82,9 +82,9 @@ type Server struct {
 // the stream for good (sizeAbsent), so a server shared by both MTAs counts
 // bodies, after at most one message counted as 0 bytes.
 const (
-	sizeUnseen  int32 = iota // no end of message yet: stream
-	sizeMacro                // every end of message so far carried {msg_size}: no stream
-	sizeAbsent               // an MTA without {msg_size} connects: stream
+	sizeUnseen int32 = iota // no end of message yet: stream
+	sizeMacro               // every end of message so far carried {msg_size}: no stream
+	sizeAbsent              // an MTA without {msg_size} connects: stream
 )
 
 // macroMsgSize is Sendmail's message size macro: at MAIL the SIZE= value, at
