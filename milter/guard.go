@@ -130,8 +130,7 @@ func (g *guard) allowed(remote net.Addr) bool {
 
 // guardListener accepts MTA connections for go-milter: it retries accept
 // errors that pass (out of file descriptors, aborted handshakes), refuses
-// peers outside the allow list, and wraps every connection in a guardConn
-// over quickAck.
+// peers outside the allow list, and wraps every connection in a guardConn.
 type guardListener struct {
 	net.Listener
 	g         *guard
@@ -183,7 +182,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 			_ = c.Close()
 			continue
 		}
-		return newGuardConn(quickAck(c), l.g), nil
+		return newGuardConn(c, l.g), nil
 	}
 }
 
@@ -207,20 +206,43 @@ func retryableAcceptError(err error) bool {
 
 // guardConn hands go-milter one validated packet at a time. It owns the read
 // deadlines: go-milter's own calls to SetReadDeadline are ignored.
+//
+// It also keeps go-milter's I/O cheap. Reads go through a small buffer, so
+// the macros and the command an MTA writes together, or the headers it
+// streams, cost one read system call instead of two per packet; packets
+// larger than the buffer (body chunks, long headers) are read into a pooled
+// buffer that goes back to the pool as soon as go-milter has consumed it, so
+// an idle connection holds only the small one. The kernel is told to
+// acknowledge at once (TCP_QUICKACK) only where a delayed ACK would stall
+// the MTA, see ackNeeded. go-milter writes each reply as a 5-byte head and
+// its data in two writes: Write joins them into one.
 type guardConn struct {
 	net.Conn
 	g      *guard
 	remote string
+	ack    func() // TCP_QUICKACK now; nil when not a Linux TCP socket
 
-	hdr     [4]byte
-	buf     []byte // reused; grows to the largest packet seen, at most 4+maxFrame
-	pending []byte // the part of the current packet go-milter has not read
-	err     error  // sticky: once set, every Read returns it
+	rbuf    [readBufSize]byte
+	r, w    int     // rbuf[r:w] is read but not yet framed
+	big     *[]byte // pooled buffer holding the current oversized packet
+	pending []byte  // the part of the current packet go-milter has not read
+	err     error   // sticky: once set, every Read returns it
 	state   protoState
+
+	head [5]byte // a reply head held back until its data is written
+	held bool
+	wbuf []byte // head and data joined; reused
 
 	closeOnce sync.Once
 	closeErr  error
 }
+
+// readBufSize holds a command with its macros, or a run of headers.
+const readBufSize = 4096
+
+// bigBufs are the buffers of packets larger than readBufSize, shared by all
+// connections.
+var bigBufs = sync.Pool{New: func() any { b := make([]byte, 4+maxFrame); return &b }}
 
 func newGuardConn(c net.Conn, g *guard) *guardConn {
 	remote := ""
@@ -230,7 +252,7 @@ func newGuardConn(c net.Conn, g *guard) *guardConn {
 	if remote == "" || remote == "@" {
 		remote = "unix"
 	}
-	return &guardConn{Conn: c, g: g, remote: remote}
+	return &guardConn{Conn: c, g: g, remote: remote, ack: quickAcker(c)}
 }
 
 // Read serves the current packet; when it is used up, it reads and checks
@@ -242,6 +264,7 @@ func (c *guardConn) Read(p []byte) (int, error) {
 		}
 		if err := c.next(); err != nil {
 			c.err = err
+			c.releaseBig()
 			return 0, err
 		}
 	}
@@ -250,20 +273,41 @@ func (c *guardConn) Read(p []byte) (int, error) {
 	return n, nil
 }
 
-// next reads one whole packet within the timeout that applies.
-func (c *guardConn) next() error {
+// fill reads more bytes into rbuf after the w mark, within the timeout
+// that applies. It moves unframed bytes to the front first.
+func (c *guardConn) fill() error {
+	if c.r > 0 {
+		c.w = copy(c.rbuf[:], c.rbuf[c.r:c.w])
+		c.r = 0
+	}
 	timeout := c.g.readTimeout
 	if !c.state.negotiated {
 		timeout = negotiationTimeout
 	}
 	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
-	if n, err := io.ReadFull(c.Conn, c.hdr[:]); err != nil {
-		if n == 0 && errors.Is(err, io.EOF) {
-			return io.EOF // the MTA hung up between packets
-		}
-		return c.readFailed(err)
+	n, err := c.Conn.Read(c.rbuf[c.w:])
+	c.w += n
+	if n > 0 {
+		return nil
 	}
-	length := binary.BigEndian.Uint32(c.hdr[:])
+	if err == nil {
+		err = io.ErrNoProgress
+	}
+	return err
+}
+
+// next frames one whole packet.
+func (c *guardConn) next() error {
+	c.releaseBig()
+	for c.w-c.r < 4 {
+		if err := c.fill(); err != nil {
+			if c.w == c.r && errors.Is(err, io.EOF) {
+				return io.EOF // the MTA hung up between packets
+			}
+			return c.readFailed(err)
+		}
+	}
+	length := binary.BigEndian.Uint32(c.rbuf[c.r:])
 	switch {
 	case length == 0:
 		return c.reject(reasonEmptyFrame, "length", 0)
@@ -271,19 +315,77 @@ func (c *guardConn) next() error {
 		return c.reject(reasonOversizedFrame, "length", length)
 	}
 	size := 4 + int(length)
-	if cap(c.buf) < size {
-		c.buf = make([]byte, size)
-	}
-	frame := c.buf[:size]
-	copy(frame, c.hdr[:])
-	if _, err := io.ReadFull(c.Conn, frame[4:]); err != nil {
-		return c.readFailed(err)
+	var frame []byte
+	if size <= readBufSize {
+		for c.w-c.r < size {
+			if err := c.fill(); err != nil {
+				return c.readFailed(err)
+			}
+		}
+		frame = c.rbuf[c.r : c.r+size]
+		c.r += size
+	} else {
+		c.big = bigBufs.Get().(*[]byte)
+		frame = (*c.big)[:size]
+		got := copy(frame, c.rbuf[c.r:c.w])
+		c.r, c.w = 0, 0
+		if _, err := io.ReadFull(c.Conn, frame[got:]); err != nil {
+			return c.readFailed(err)
+		}
 	}
 	if reason := c.state.check(frame[4], frame[5:]); reason != "" {
 		return c.reject(reason, "command", string(rune(frame[4])))
 	}
+	if c.ack != nil && c.r == c.w && ackNeeded(frame[4]) {
+		c.ack()
+	}
 	c.pending = frame
 	return nil
+}
+
+// releaseBig returns the buffer of an oversized packet to the pool once
+// go-milter has read all of it.
+func (c *guardConn) releaseBig() {
+	if c.big != nil && len(c.pending) == 0 {
+		bigBufs.Put(c.big)
+		c.big = nil
+	}
+}
+
+// ackNeeded reports whether the MTA writes again after a packet without
+// waiting for a reply (macros, abort, QUIT_NC, headers and body chunks when
+// negotiated without replies). The MTA then has unacknowledged data in
+// flight and, with Nagle's algorithm, holds its next small packet until the
+// ACK comes: a delayed ACK would stall it up to 40 ms. A packet that gets a
+// reply needs no extra ACK: the reply carries it. It is asked only when the
+// packet is the last one read, since a packet that follows in the same read
+// has already arrived.
+func ackNeeded(cmd byte) bool {
+	switch cmd {
+	case cmdMacro, cmdAbort, cmdQuitNC, cmdHeader, cmdBody, cmdEOH:
+		return true
+	}
+	return false
+}
+
+// Write passes go-milter's writes on, joining the 5-byte head of a reply
+// with its data into one write.
+func (c *guardConn) Write(p []byte) (int, error) {
+	if !c.held && len(p) == 5 && binary.BigEndian.Uint32(p) > 1 {
+		copy(c.head[:], p)
+		c.held = true
+		return 5, nil
+	}
+	if !c.held {
+		return c.Conn.Write(p)
+	}
+	c.held = false
+	c.wbuf = append(append(c.wbuf[:0], c.head[:]...), p...)
+	n, err := c.Conn.Write(c.wbuf)
+	if n -= 5; n < 0 {
+		n = 0
+	}
+	return n, err
 }
 
 // readFailed classifies a read error inside a packet or a timeout.

@@ -7,35 +7,24 @@ import (
 	"syscall"
 )
 
-// quickAck makes the kernel acknowledge received data at once instead of
-// delaying the ACK by up to 40 ms. Sendmail writes a macro packet and then the
-// command as two small writes with Nagle's algorithm on: the command waits for
-// the ACK of the macros, and a delayed ACK made every MAIL, RCPT and end of
-// message take about 44 ms. Linux resets the flag by itself, so it is set
-// again after every read.
-func quickAck(c net.Conn) net.Conn {
+// quickAcker returns a function that makes the kernel acknowledge the data
+// received so far at once instead of delaying the ACK by up to 40 ms, nil
+// for connections other than TCP. Sendmail writes a macro packet and then the
+// command as two small writes with Nagle's algorithm on: the command waits
+// for the ACK of the macros, and a delayed ACK made every MAIL, RCPT and end
+// of message take about 44 ms. Linux clears the flag by itself, so the guard
+// sets it again each time it is needed (see ackNeeded).
+func quickAcker(c net.Conn) func() {
 	tc, ok := c.(*net.TCPConn)
 	if !ok {
-		return c
+		return nil
 	}
 	raw, err := tc.SyscallConn()
 	if err != nil {
-		return c
+		return nil
 	}
-	return &quickAckConn{TCPConn: tc, raw: raw}
-}
-
-type quickAckConn struct {
-	*net.TCPConn
-	raw syscall.RawConn
-}
-
-func (c *quickAckConn) Read(p []byte) (int, error) {
-	n, err := c.TCPConn.Read(p)
-	if n > 0 {
-		_ = c.raw.Control(func(fd uintptr) {
-			_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
-		})
+	set := func(fd uintptr) {
+		_ = syscall.SetsockoptInt(int(fd), syscall.IPPROTO_TCP, syscall.TCP_QUICKACK, 1)
 	}
-	return n, err
+	return func() { _ = raw.Control(set) }
 }
