@@ -39,6 +39,19 @@ func (h *harness) sizeSource(src string) float64 {
 	return value(h.t, h.reg, "sessioncap_message_size_source_total", "source", src)
 }
 
+// connectAfterMsgSize runs a session whose end of message carries
+// {msg_size}, then connects from addr: that connection must not stream.
+func (h *harness) connectAfterMsgSize(addr string) *mta {
+	h.t.Helper()
+	learn, _ := h.connect("192.0.2.10")
+	learn.sendSized(sendmailLike, 10)
+	m, _ := h.connect(addr)
+	if m.streamed() {
+		h.t.Fatal("still streaming after {msg_size} was seen")
+	}
+	return m
+}
+
 func byteCap(n int64) *limits.Rules {
 	return rulesWith(func(r *limits.Rules) { r.Default.Session.MaxBytes = n })
 }
@@ -88,12 +101,7 @@ func TestMsgSizeOverrunTempfail(t *testing.T) {
 		r.Default.Session.MaxBytes = 100000
 		r.Default.Session.Overrun = limits.OverrunTempfail
 	}))
-	learn, _ := h.connect("192.0.2.10")
-	learn.sendSized(sendmailLike, 10)
-	m, _ := h.connect("192.0.2.11")
-	if m.streamed() {
-		t.Fatal("still streaming after {msg_size} was seen")
-	}
+	m := h.connectAfterMsgSize("192.0.2.11")
 	if act, _ := m.sendSized(sendmailLike, 60000); act != nil {
 		t.Fatalf("first message refused: %+v", act)
 	}
@@ -109,13 +117,7 @@ func TestMsgSizeOverrunTempfail(t *testing.T) {
 // without the stream counts 0 bytes and is logged and counted as unknown.
 func TestMsgSizeAbsentPinsTheStream(t *testing.T) {
 	h := start(t, byteCap(100000))
-	learn, _ := h.connect("192.0.2.10")
-	learn.sendSized(sendmailLike, 10)
-
-	p, _ := h.connect("192.0.2.20")
-	if p.streamed() {
-		t.Fatal("still streaming after {msg_size} was seen")
-	}
+	p := h.connectAfterMsgSize("192.0.2.20")
 	if act, stage := p.sendSized(postfixLike, 5000); act != nil {
 		t.Fatalf("refused at %s: %+v", stage, act)
 	}
