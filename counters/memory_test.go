@@ -183,7 +183,8 @@ func ExampleMemory() {
 }
 
 // BenchmarkMemoryPerKey reports the heap each tracked key costs: run with
-// -benchtime=1x (it tracks 1M keys once, each key string included).
+// -benchtime=1x (it tracks 1M keys once, each key as the store keeps it).
+// go run ./bench/memory measures more (IPv6 keys, a flood).
 func BenchmarkMemoryPerKey(b *testing.B) {
 	const n = 1_000_000
 	r := limits.Rate{Max: 100, Window: time.Minute, Ban: time.Minute}

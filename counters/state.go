@@ -36,12 +36,13 @@ func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 	now := m.now()
 	m.mu.Lock()
 	m.pruneBans(now)
-	lines := make([]stateWindow, 0, len(m.windows)+len(m.bans))
-	for e := m.tail; e != nil; e = e.prev {
-		if maxWindow > 0 && now.UnixMilli()-e.w.Start >= 2*maxWindow.Milliseconds() {
+	lines := make([]stateWindow, 0, len(m.slots)+len(m.bans))
+	for i := m.tail; i >= 0; i = m.slots[i].prev {
+		s := &m.slots[i]
+		if maxWindow > 0 && now.UnixMilli()-s.w.Start >= 2*maxWindow.Milliseconds() {
 			continue // would start over anyway
 		}
-		lines = append(lines, stateWindow{Key: e.key, Start: e.w.Start, Prev: e.w.Prev, Curr: e.w.Curr})
+		lines = append(lines, stateWindow{Key: m.keyString(s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
 	}
 	for _, b := range m.bans {
 		c := *b
@@ -105,15 +106,11 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 			}
 			continue
 		}
-		if m.windows[l.Key] != nil {
+		i, name, k := m.find(l.Key)
+		if i >= 0 {
 			continue
 		}
-		e := &entry{key: l.Key, w: limits.Window{Start: l.Start, Prev: l.Prev, Curr: l.Curr}}
-		m.windows[l.Key] = e
-		m.pushFront(e)
-		for len(m.windows) > m.max {
-			m.evict(m.tail)
-		}
+		m.insert(name, k, limits.Window{Start: l.Start, Prev: l.Prev, Curr: l.Curr})
 		windows++
 	}
 	return windows, bans, nil
