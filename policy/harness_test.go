@@ -116,14 +116,17 @@ type pconn struct {
 	br *bufio.Reader
 }
 
-func (h *harness) dial() *pconn {
-	h.t.Helper()
+func (h *harness) dial() *pconn { return h.dialFor(h.t) }
+
+// dialFor is dial for a test other than the harness's (a fuzz target).
+func (h *harness) dialFor(t testing.TB) *pconn {
+	t.Helper()
 	c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
 	if err != nil {
-		h.t.Fatal(err)
+		t.Fatal(err)
 	}
-	h.t.Cleanup(func() { _ = c.Close() })
-	return &pconn{t: h.t, c: c, br: bufio.NewReader(c)}
+	t.Cleanup(func() { _ = c.Close() })
+	return &pconn{t: t, c: c, br: bufio.NewReader(c)}
 }
 
 // ask sends one request (attribute lines, without the empty line) and
