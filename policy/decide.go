@@ -160,7 +160,7 @@ func (s *Server) startTx(st *sessionState, req *request, check bool) *limits.Ref
 
 // endOfMessage counts the message's real size and the recipients Postfix
 // accepted, and with overrun = "tempfail" refuses a message that crossed the
-// byte cap.
+// byte cap, with 421 (see hangUp).
 func (s *Server) endOfMessage(st *sessionState, req *request) *limits.Refusal {
 	if req.size > 0 {
 		st.counts.AddBytes(int(req.size))
@@ -173,7 +173,7 @@ func (s *Server) endOfMessage(st *sessionState, req *request) *limits.Refusal {
 	}
 	var r *limits.Refusal
 	if !st.exempt {
-		r = s.refuse(st, st.counts.CheckEOM(st.policy, st.rules.Replies), req)
+		r = s.refuse(st, hangUp(st.counts.CheckEOM(st.policy, st.rules.Replies)), req)
 	}
 	if r == nil {
 		st.counts.AcceptMessage()
@@ -182,6 +182,23 @@ func (s *Server) endOfMessage(st *sessionState, req *request) *limits.Refusal {
 	st.counts.EndTransaction()
 	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = false, 0, nil, false
 	return r
+}
+
+// hangUp turns a refusal at END-OF-MESSAGE into a 421 with the same
+// enhanced code and text. Postfix from 2.2 until the fix of 20260803 (3.12
+// snapshot) does not reset the transaction when smtpd_end_of_data_restrictions
+// reject: after a 452 the client's next MAIL gets "503 5.5.1 Error: nested
+// MAIL command", a permanent error that would bounce the next message. A
+// 421 ends the session after the reply, so the sender keeps the message and
+// sends it again on a new connection, which is what the overrun reply asks
+// for anyway.
+func hangUp(r *limits.Refusal) *limits.Refusal {
+	if r == nil || r.Code == 421 {
+		return r
+	}
+	c := *r
+	c.Code = 421
+	return &c
 }
 
 // refuse logs and counts r and returns what to answer: r, or nil in monitor
