@@ -49,27 +49,39 @@ func stageOf(st state) (limits.Stage, bool) {
 // connection's endpoints, or the policy connection's own when the request
 // has no usable client address and port.
 func (c *conn) sessionFor(req *request, now time.Time) *session {
-	client, ok := parseAddrPort(req.clientAddr, req.clientPort)
+	client, ok := c.clientAddr.parse(req.clientAddr, req.clientPort)
 	if !ok {
 		if c.fallback == nil {
 			c.fallback = &session{}
 		}
 		return c.fallback
 	}
-	server, _ := parseAddrPort(req.serverAddr, req.serverPort)
+	server, _ := c.serverAddr.parse(req.serverAddr, req.serverPort)
 	return c.srv.sessions.get(sessionKey{client: client, server: server}, now)
 }
 
-func parseAddrPort(addr, port []byte) (netip.AddrPort, bool) {
+// addrCache parses an address attribute, reusing the last result when the
+// bytes are the same: one smtpd process sends the same address in every
+// request of a session.
+type addrCache struct {
+	raw  []byte
+	addr netip.Addr
+	ok   bool
+}
+
+func (a *addrCache) parse(addr, port []byte) (netip.AddrPort, bool) {
 	p, ok := parsePort(port)
 	if !ok {
 		return netip.AddrPort{}, false
 	}
-	a, err := netip.ParseAddr(string(addr))
-	if err != nil {
+	if a.raw == nil || !bytes.Equal(a.raw, addr) {
+		ip, err := netip.ParseAddr(string(addr))
+		a.raw, a.addr, a.ok = append(a.raw[:0], addr...), ip.Unmap().WithZone(""), err == nil
+	}
+	if !a.ok {
 		return netip.AddrPort{}, false
 	}
-	return netip.AddrPortFrom(a.Unmap().WithZone(""), p), true
+	return netip.AddrPortFrom(a.addr, p), true
 }
 
 // decide applies the rules to one request of the session st; ended reports

@@ -324,6 +324,8 @@ type conn struct {
 	idle bool       // waiting for the first line of a request
 
 	fallback *session // for requests without a usable client port
+
+	clientAddr, serverAddr addrCache
 }
 
 func newConn(s *Server, nc net.Conn) *conn {
