@@ -19,6 +19,9 @@ type relayScenario struct {
 	sessioncap string
 	// sender is extra main.cf for the sending relay.
 	sender []string
+	// policy runs sessioncap as the receiving Postfix's policy server
+	// (README's recipe) instead of its milter.
+	policy bool
 }
 
 // relayStats is what a run measured.
@@ -59,9 +62,15 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 	t.Helper()
 	requirePostfix(t)
 	requireSessioncap(t)
-	mx, d := startBehindSessioncap(t, sc.sessioncap, func(milterPort int) *postfixInstance {
-		return startPostfix(t, "mx", postfixConfig{milter: inetSpec(milterPort)})
-	})
+	var mx *postfixInstance
+	var d *daemon
+	if sc.policy {
+		mx, d = startPostfixBehindPolicy(t, "mx", sc.sessioncap)
+	} else {
+		mx, d = startBehindSessioncap(t, sc.sessioncap, func(milterPort int) *postfixInstance {
+			return startPostfix(t, "mx", postfixConfig{milter: inetSpec(milterPort)})
+		})
+	}
 	relay := startPostfix(t, "relay", postfixConfig{
 		relayhost: fmt.Sprintf("[127.0.0.1]:%d", mx.port),
 		main: append([]string{
@@ -142,13 +151,17 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 	if n := strings.Count(sendLog, "status=sent"); n != sc.messages {
 		t.Errorf("%d status=sent in the sending relay's log, want %d", n, sc.messages)
 	}
-	for _, bad := range []string{"lost connection after DATA", "lost connection after END-OF-MESSAGE", "milter-reject: END-OF-MESSAGE"} {
+	for _, bad := range []string{"lost connection after DATA", "lost connection after END-OF-MESSAGE", "reject: END-OF-MESSAGE"} {
 		if n := strings.Count(recvLog, bad); n != 0 {
 			t.Errorf("%d × %q in the receiving log", n, bad)
 		}
 	}
 	st.deferrals = strings.Count(sendLog, "status=deferred")
-	st.refusals421 = len(regexp.MustCompile(`milter-reject: MAIL from [^:]*: 421 `).FindAllString(recvLog, -1))
+	refused := `milter-reject: MAIL from [^:]*: 421 `
+	if sc.policy { // the policy server gives MAIL-stage decisions at the first RCPT
+		refused = `reject: RCPT from [^:]*: 421 `
+	}
+	st.refusals421 = len(regexp.MustCompile(refused).FindAllString(recvLog, -1))
 	for _, m := range regexp.MustCompile(`disconnect from .* mail=(\d+)(?:/\d+)? .*data=(\d+)`).FindAllStringSubmatch(recvLog, -1) {
 		st.sessions++
 		if n, _ := strconv.Atoi(m[2]); n > st.maxPerSession {
@@ -162,7 +175,7 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 		}
 	}
 	if st.metricRefused != float64(st.refusals421) {
-		t.Errorf("sessioncap counted %v refusals, the receiving log has %d 421s at MAIL", st.metricRefused, st.refusals421)
+		t.Errorf("sessioncap counted %v refusals, the receiving log has %d 421s", st.metricRefused, st.refusals421)
 	}
 	t.Logf("relay run: %s", st)
 	return st
@@ -175,13 +188,20 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 // counted, and each costs the sender exactly one deferral.
 //
 // SESSIONCAP_RELAY_MESSAGES=1000 runs the full batch.
-func TestRelayZeroLoss(t *testing.T) {
+func TestRelayZeroLoss(t *testing.T) { relayZeroLoss(t, false) }
+
+// TestPolicyRelayZeroLoss is TestRelayZeroLoss through the policy
+// front-end: the refusals are 421s at RCPT.
+func TestPolicyRelayZeroLoss(t *testing.T) { relayZeroLoss(t, true) }
+
+func relayZeroLoss(t *testing.T, policy bool) {
 	const msgCap, byteCap = 50, 5000000
 	st := runRelay(t, relayScenario{
 		messages: relayMessages(t, 120),
 		size:     300000,
 		sessioncap: fmt.Sprintf("[session]\nmax_messages = %d\nmax_bytes = %d\n"+
 			"[frequency]\nmax_connections = 0\n", msgCap, byteCap),
+		policy: policy,
 	})
 	if st.refusals421 == 0 {
 		t.Errorf("no session reached a cap: the run proves nothing (%s)", st)

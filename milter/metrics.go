@@ -5,6 +5,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -21,11 +22,12 @@ type Metrics struct {
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
 
-	sizeSource *prometheus.CounterVec
-
 	protocolErrors *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	refusedConns   prometheus.Counter
+	sizeSource     *prometheus.CounterVec
+
+	shared *engine.Metrics
 }
 
 // The values of the "source" label of sessioncap_message_size_source_total.
@@ -37,52 +39,30 @@ const (
 
 // The values of the "what" label of sessioncap_malformed_input_total.
 const (
-	malformedClientAddr = "client_addr"
-	malformedSize       = "size_param"
-	malformedMsgSize    = "msg_size"
+	malformedClientAddr = engine.MalformedClientAddr
+	malformedSize       = engine.MalformedSize
+	malformedMsgSize    = engine.MalformedMsgSize
 )
 
 // NewMetrics registers the milter's metrics on reg and pre-initialises every
-// known label combination to zero.
+// known label combination to zero. The counters shared with the policy
+// front-end come from engine.NewMetrics on the same registry.
 func NewMetrics(reg prometheus.Registerer) *Metrics {
+	shared := engine.NewMetrics(reg)
 	m := &Metrics{
-		sessions: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sessioncap_sessions_total",
-			Help: "SMTP sessions the MTA reported, refused ones included.",
-		}),
+		sessions:     shared.Sessions,
+		messages:     shared.Messages,
+		messageBytes: shared.MessageBytes,
+		refusals:     shared.Refusals,
+		bans:         shared.Bans,
+		malformed:    shared.Malformed,
+		storeErrors:  shared.StoreErrors,
+		duration:     shared.Duration,
+		shared:       shared,
 		sessionsActive: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sessioncap_sessions_active",
 			Help: "SMTP sessions open now.",
 		}),
-		messages: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sessioncap_messages_total",
-			Help: "Messages accepted at end of message.",
-		}),
-		messageBytes: prometheus.NewCounter(prometheus.CounterOpts{
-			Name: "sessioncap_message_bytes_total",
-			Help: "Header and body bytes of messages that reached end of message (counted only while a byte cap is configured).",
-		}),
-		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been).",
-		}, []string{"limit", "stage", "mode"}),
-		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_bans_total",
-			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged).",
-		}, []string{"mode"}),
-		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_malformed_input_total",
-			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).",
-		}, []string{"what"}),
-		storeErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_store_errors_total",
-			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
-		}, []string{"op"}),
-		sizeSource: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_message_size_source_total",
-			Help: "Messages whose size counted toward a byte cap, by where the size came from (stream: headers and body sent to the milter; msg_size: Sendmail's {msg_size} macro at end of message, no stream; unknown: neither, the message counted 0 bytes).",
-		}, []string{"source"}),
-		duration: make(map[limits.Stage]prometheus.Observer),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_milter_protocol_errors_total",
 			Help: "Milter connections closed for breaking the protocol, by reason (" + strings.Join(protocolErrorReasons, ", ") + ").",
@@ -95,28 +75,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessioncap_milter_refused_connections_total",
 			Help: "TCP connections to the milter socket from outside [milter] allow, closed at once.",
 		}),
-	}
-	hist := prometheus.NewHistogramVec(prometheus.HistogramOpts{
-		Name:    "sessioncap_callback_duration_seconds",
-		Help:    "Time spent deciding a milter callback that can refuse, by stage (connect, mail, rcpt, eom).",
-		Buckets: []float64{.00001, .000025, .00005, .0001, .00025, .0005, .001, .0025, .005, .01, .05, .25},
-	}, []string{"stage"})
-	for _, s := range limits.AllStages {
-		m.duration[s] = hist.WithLabelValues(string(s))
-	}
-	for _, l := range limits.AllLimits {
-		for _, s := range stagesOf(l) {
-			for _, mode := range limits.AllModes {
-				m.refusals.WithLabelValues(string(l), string(s), string(mode))
-			}
-		}
-	}
-	for _, w := range []string{malformedClientAddr, malformedSize, malformedMsgSize} {
-		m.malformed.WithLabelValues(w)
-	}
-	m.storeErrors.WithLabelValues("hit")
-	for _, mode := range limits.AllModes {
-		m.bans.WithLabelValues(string(mode))
+		sizeSource: prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessioncap_message_size_source_total",
+			Help: "Messages whose size counted toward a byte cap, by where the size came from (stream: headers and body sent to the milter; msg_size: Sendmail's {msg_size} macro at end of message, no stream; unknown: neither, the message counted 0 bytes).",
+		}, []string{"source"}),
 	}
 	for _, r := range protocolErrorReasons {
 		m.protocolErrors.WithLabelValues(r)
@@ -124,21 +86,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, src := range []string{sizeFromStream, sizeFromMacro, sizeUnknown} {
 		m.sizeSource.WithLabelValues(src)
 	}
-	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist,
-		m.sizeSource, m.protocolErrors, m.acceptErrors, m.refusedConns)
+	reg.MustRegister(m.sessionsActive, m.protocolErrors, m.acceptErrors, m.refusedConns, m.sizeSource)
 	return m
-}
-
-// stagesOf lists the stages at which a limit can refuse.
-func stagesOf(l limits.Limit) []limits.Stage {
-	switch l {
-	case limits.LimitSessionMessages:
-		return []limits.Stage{limits.StageMail}
-	case limits.LimitSessionBytes:
-		return []limits.Stage{limits.StageMail, limits.StageEOM}
-	case limits.LimitSessionRecipients:
-		return []limits.Stage{limits.StageRcpt}
-	default:
-		return []limits.Stage{limits.StageConnect}
-	}
 }

@@ -10,25 +10,21 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync"
 	"sync/atomic"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
 
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
 // Store keeps the state that outlives a session: sliding windows and bans
-// per key. counters.Store implements it (memory, Redis, or Redis with a local
-// fallback). counters.ErrUnavailable from it (store on_error = "tempfail")
-// makes the connection answer 421 at connect; any other error lets the
-// connection through.
-type Store interface {
-	// Hit is the stores' atomic primitive (see counters.Store).
-	Hit(ctx context.Context, key string, n int64, r limits.Rate) (limits.Hit, error)
-}
+// per key (see engine.Store). counters.ErrUnavailable from it (store
+// on_error = "tempfail") makes the connection answer 421 at connect; any
+// other error lets the connection through.
+type Store = engine.Store
 
 // Config is what a Server needs.
 type Config struct {
@@ -48,22 +44,20 @@ type Config struct {
 	// ReadTimeout is how long a negotiated milter connection may stay silent
 	// before it is closed (default DefaultReadTimeout).
 	ReadTimeout time.Duration
+	// Engine, when set, is shared with other front-ends: its rules, store
+	// and clock are used, and Rules, Store, Now and StoreTimeout are ignored.
+	// Its Metrics must come from the same registry as Metrics.
+	Engine *engine.Engine
 }
 
 // Server is a milter server enforcing sessioncap's limits.
 type Server struct {
-	mu           sync.Mutex // serialises SetRules
-	rules        atomic.Pointer[limits.Rules]
-	prevRules    atomic.Pointer[limits.Rules] // the rules before the last SetRules
-	legacy       atomic.Pointer[[]legacyKeys] // prefix lengths of earlier rules whose bans may still be in force
-	store        Store
-	leases       *counters.Leases
-	metrics      *Metrics
-	log          *slog.Logger
-	now          func() time.Time
-	storeTimeout time.Duration
-	srv          *gomilter.Server
-	guard        *guard
+	eng     *engine.Engine // rules, frequency admission, refusal logs
+	leases  *counters.Leases
+	metrics *Metrics
+	log     *slog.Logger
+	srv     *gomilter.Server
+	guard   *guard
 	// sizeMacro is what the MTAs were seen to do with the {msg_size}
 	// macro at end of message (see sizeMacroState).
 	sizeMacro atomic.Int32
@@ -91,14 +85,6 @@ const (
 // end of message the size Sendmail counted, headers included.
 const macroMsgSize gomilter.MacroName = "{msg_size}"
 
-// legacyKeys are the prefix lengths of rules replaced by a reload, kept
-// until the longest ban they could have keyed has ended: a reload that
-// changes addresses.ipv4_prefix or ipv6_prefix must not lift bans.
-type legacyKeys struct {
-	rules *limits.Rules
-	until time.Time
-}
-
 // macros are requested from the MTA. Postfix sends exactly the requested
 // list, and does not send {client_addr} unless asked.
 var macros = map[gomilter.MacroStage][]gomilter.MacroName{
@@ -110,30 +96,25 @@ var macros = map[gomilter.MacroStage][]gomilter.MacroName{
 
 // NewServer returns a server; call Serve to accept MTA connections.
 func NewServer(cfg Config) (*Server, error) {
-	if cfg.Rules == nil || cfg.Store == nil || cfg.Metrics == nil {
-		return nil, errors.New("milter: Rules, Store and Metrics are required")
+	if cfg.Metrics == nil {
+		return nil, errors.New("milter: Metrics are required")
 	}
-	if err := cfg.Rules.Validate(); err != nil {
-		return nil, err
+	eng := cfg.Engine
+	if eng == nil {
+		if cfg.Rules == nil || cfg.Store == nil {
+			return nil, errors.New("milter: Rules and Store are required")
+		}
+		var err error
+		eng, err = engine.New(engine.Config{Rules: cfg.Rules, Store: cfg.Store, Metrics: cfg.Metrics.shared,
+			Logger: cfg.Logger, Now: cfg.Now, StoreTimeout: cfg.StoreTimeout})
+		if err != nil {
+			return nil, err
+		}
 	}
-	s := &Server{
-		store:        cfg.Store,
-		leases:       counters.NewLeases(),
-		metrics:      cfg.Metrics,
-		log:          cfg.Logger,
-		now:          cfg.Now,
-		storeTimeout: cfg.StoreTimeout,
-	}
+	s := &Server{eng: eng, leases: counters.NewLeases(), metrics: cfg.Metrics, log: cfg.Logger}
 	if s.log == nil {
 		s.log = slog.Default()
 	}
-	if s.now == nil {
-		s.now = time.Now
-	}
-	if s.storeTimeout <= 0 {
-		s.storeTimeout = time.Second
-	}
-	s.rules.Store(cfg.Rules)
 	s.guard = newGuard(cfg, s.log)
 	opts := []gomilter.Option{
 		gomilter.WithDynamicMilter(s.newSession),
@@ -151,37 +132,10 @@ func NewServer(cfg Config) (*Server, error) {
 // rules they started with; new sessions get r. When r keys addresses with
 // other prefix lengths, bans keyed under the old lengths stay in force until
 // they end.
-func (s *Server) SetRules(r *limits.Rules) error {
-	if err := r.Validate(); err != nil {
-		return err
-	}
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	old := s.rules.Load()
-	now := s.now()
-	var keep []legacyKeys
-	if l := s.legacy.Load(); l != nil {
-		for _, k := range *l {
-			if k.until.After(now) && !samePrefixes(k.rules, r) {
-				keep = append(keep, k)
-			}
-		}
-	}
-	if !samePrefixes(old, r) && old.LongestBan() > 0 {
-		keep = append(keep, legacyKeys{rules: old, until: now.Add(old.LongestBan())})
-	}
-	s.legacy.Store(&keep)
-	s.prevRules.Store(old)
-	s.rules.Store(r)
-	return nil
-}
-
-func samePrefixes(a, b *limits.Rules) bool {
-	return a.IPv4Prefix == b.IPv4Prefix && a.IPv6Prefix == b.IPv6Prefix
-}
+func (s *Server) SetRules(r *limits.Rules) error { return s.eng.SetRules(r) }
 
 // Rules returns the rules new sessions get.
-func (s *Server) Rules() *limits.Rules { return s.rules.Load() }
+func (s *Server) Rules() *limits.Rules { return s.eng.Rules() }
 
 // Serve accepts MTA connections on ln until Shutdown or Close. Accepted
 // connections pass the guard (see guard.go): peers outside Config.Allow are
@@ -233,7 +187,7 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 	actions := mtaActions & gomilter.OptSetMacros
 	s.log.Debug("milter negotiation", "mta_version", mtaVersion, "mta_actions", fmt.Sprintf("%#x", uint32(mtaActions)), "mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol)))
 	msgSize := s.sizeMacro.Load() == sizeMacro
-	return version, actions, protocolFor(s.rules.Load(), msgSize) & mtaProtocol, gomilter.DataSize64K, nil
+	return version, actions, protocolFor(s.eng.Rules(), msgSize) & mtaProtocol, gomilter.DataSize64K, nil
 }
 
 // sizeByMacro reports whether a connection negotiated under proto counts
@@ -273,53 +227,12 @@ func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol) bool {
 
 // logRefusal writes the one structured line per refusal and counts it.
 func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
-	s.metrics.refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
-	s.log.Warn("refused",
-		"client_ip", client,
-		"queue_id", queueID,
-		"limit", string(r.Limit),
-		"stage", string(r.Stage),
-		"value", r.Value,
-		"cap", r.Cap,
-		"mode", string(mode),
-		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
-	)
+	s.eng.LogRefusal(r, mode, client, queueID)
 }
 
 // observe records how long a callback took; use it as
 // defer s.observe(stage, time.Now()).
-func (s *Server) observe(stage limits.Stage, start time.Time) {
-	s.metrics.duration[stage].Observe(time.Since(start).Seconds())
-}
-
-// admitFrequency asks the store about key under the frequency rule f, after
-// checking the keys of replaced prefix lengths for bans still in force. One
-// store round trip unless a reload changed the prefix lengths.
-func (s *Server) admitFrequency(r *limits.Rules, addr netip.Addr, scope, key string, f limits.Frequency) (limits.Admission, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), s.storeTimeout)
-	defer cancel()
-	if l := s.legacy.Load(); l != nil {
-		now := s.now()
-		for _, k := range *l {
-			old := limits.StoreKey(limits.KeyFrequency, scope, k.rules.Key(addr))
-			if !k.until.After(now) || old == key {
-				continue
-			}
-			h, err := s.store.Hit(ctx, old, 0, limits.Rate{})
-			if err != nil {
-				return limits.Admission{}, err
-			}
-			if !h.BannedUntil.IsZero() {
-				return limits.FrequencyVerdict(h), nil
-			}
-		}
-	}
-	h, err := s.store.Hit(ctx, key, 1, f.Rate())
-	if err != nil {
-		return limits.Admission{}, err
-	}
-	return limits.FrequencyVerdict(h), nil
-}
+func (s *Server) observe(stage limits.Stage, start time.Time) { s.eng.Observe(stage, start) }
 
 // OpenSessions returns the sessions counted against the concurrency caps.
 func (s *Server) OpenSessions() int64 { return s.leases.Total() }

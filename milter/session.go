@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -44,12 +43,12 @@ var _ gomilter.Milter = (*session)(nil)
 func (s *session) NewConnection(gomilter.Modifier) error {
 	s.end()
 	prev := s.rules
-	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.rules.Load()}
+	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.eng.Rules()}
 	if s.srv.enforceable(s.rules, s.proto) {
 		return nil
 	}
 	if prev == nil { // a reload between negotiation and the first session
-		prev = s.srv.prevRules.Load()
+		prev = s.srv.eng.PrevRules()
 	}
 	if prev != nil && s.srv.enforceable(prev, s.proto) {
 		s.rules = prev
@@ -78,7 +77,7 @@ func (s *session) end() {
 func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageConnect, time.Now())
 	if s.rules == nil { // Connect without NewConnection: only in broken call orders
-		s.rules = s.srv.rules.Load()
+		s.rules = s.srv.eng.Rules()
 	}
 	if s.connected {
 		s.end()
@@ -103,30 +102,14 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	}
 	s.addr, s.hasAddr = ip.Unmap().WithZone(""), true
 	s.client = s.addr.String()
-	policy, scope, exempt := s.rules.ForConnect(s.addr)
-	if exempt {
+	adm := s.srv.eng.Admit(s.rules, s.addr, s.client)
+	if adm.Exempt {
 		return gomilter.RespContinue, nil
 	}
-	prefix := s.rules.Key(s.addr)
-	key := limits.StoreKey(limits.KeyFrequency, scope, prefix)
-	a, err := s.srv.admitFrequency(s.rules, s.addr, scope, key, policy.Frequency)
-	if err != nil {
-		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
-		if errors.Is(err, counters.ErrUnavailable) {
-			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
-			return s.refuse(s.rules.Replies.Unavailable())
-		}
-		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", key, "err", err)
-		a = limits.Admission{}
+	if adm.Unavailable {
+		return s.refuse(adm.Refusal(s.rules))
 	}
-	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
-		s.srv.metrics.bans.WithLabelValues(string(s.rules.Mode)).Inc()
-		s.srv.log.Warn("banned",
-			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
-			"value", a.Connections, "cap", policy.Frequency.MaxConnections,
-			"window", policy.Frequency.Window.String(), "ban", policy.Frequency.Ban.String(),
-			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(s.rules.Mode), "reason", string(limits.LimitFrequency))
-	}
+	a, policy, scope, prefix := adm.Admission, adm.Policy, adm.Scope, adm.Prefix
 	monitor := s.rules.Mode == limits.ModeMonitor
 	if a.Verdict == limits.Admitted || monitor {
 		var v limits.Verdict
@@ -144,7 +127,7 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 func (s *session) MailFrom(_ string, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageMail, time.Now())
 	if s.rules == nil {
-		s.rules = s.srv.rules.Load()
+		s.rules = s.srv.eng.Rules()
 	}
 	s.state.EndTransaction()
 	s.queueID = m.Get(gomilter.MacroQueueId)

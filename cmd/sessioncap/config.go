@@ -20,6 +20,7 @@ import (
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
+	"github.com/sessioncap/sessioncap/policy"
 )
 
 // defaultConfigPath is read when -config is not given and the file exists.
@@ -49,14 +50,18 @@ type Config struct {
 	MilterAllow   []netip.Prefix // TCP peers allowed on the milter socket
 	ReadTimeout   time.Duration  // how long a milter connection may stay silent
 	MetricsListen string
-	LogFormat     string
-	LogLevel      slog.Level
-	MaxTracked    int
-	MaxBans       int
-	Rules         *limits.Rules
-	Store         StoreConfig
-	AdminListen   string
-	AdminToken    string // token file for a TCP admin listener
+	// The Postfix policy front-end: off while PolicyListen is "".
+	PolicyListen      string
+	PolicyAllow       []netip.Prefix // TCP peers allowed on the policy socket
+	PolicyReadTimeout time.Duration  // how long a policy connection may wait for its next request
+	LogFormat         string
+	LogLevel          slog.Level
+	MaxTracked        int
+	MaxBans           int
+	Rules             *limits.Rules
+	Store             StoreConfig
+	AdminListen       string
+	AdminToken        string // token file for a TCP admin listener
 }
 
 // StoreConfig is the [store] table: where windows and bans live.
@@ -89,6 +94,11 @@ type fileConfig struct {
 		Allow       value[prefixList] `toml:"allow"`
 		ReadTimeout value[duration]   `toml:"read_timeout"`
 	} `toml:"milter"`
+	Policy struct {
+		Listen      value[string]     `toml:"listen"`
+		Allow       value[prefixList] `toml:"allow"`
+		ReadTimeout value[duration]   `toml:"read_timeout"`
+	} `toml:"policy"`
 	Metrics struct {
 		Listen value[string] `toml:"listen"`
 	} `toml:"metrics"`
@@ -204,15 +214,17 @@ func (es ConfigErrors) Error() string {
 // DefaultConfig returns the built-in configuration.
 func DefaultConfig() *Config {
 	return &Config{
-		Listen:        defaultListen,
-		MilterAllow:   defaultMilterAllow(),
-		ReadTimeout:   milter.DefaultReadTimeout,
-		MetricsListen: defaultMetricsListen,
-		LogFormat:     "text",
-		LogLevel:      slog.LevelInfo,
-		MaxTracked:    counters.DefaultMaxTracked,
-		MaxBans:       counters.DefaultMaxBans,
-		Rules:         limits.DefaultRules(),
+		Listen:            defaultListen,
+		MilterAllow:       defaultMilterAllow(),
+		ReadTimeout:       milter.DefaultReadTimeout,
+		MetricsListen:     defaultMetricsListen,
+		PolicyAllow:       defaultMilterAllow(),
+		PolicyReadTimeout: policy.DefaultReadTimeout,
+		LogFormat:         "text",
+		LogLevel:          slog.LevelInfo,
+		MaxTracked:        counters.DefaultMaxTracked,
+		MaxBans:           counters.DefaultMaxBans,
+		Rules:             limits.DefaultRules(),
 		Store: StoreConfig{
 			Backend:   "memory",
 			Timeout:   100 * time.Millisecond,
@@ -349,6 +361,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 		v.add("milter.read_timeout", "must be at least 1s, got %q: MTAs stay silent for minutes while their SMTP client types (the default is \"1h\")", cfg.ReadTimeout.String())
 	}
 	cfg.MetricsListen = fc.Metrics.Listen.get(cfg.MetricsListen)
+	v.buildPolicy(cfg, fc)
 	r := cfg.Rules
 	switch mode := fc.Mode.get(string(r.Mode)); mode {
 	case string(limits.ModeEnforce), string(limits.ModeMonitor):
@@ -418,6 +431,25 @@ func (v *validator) build(fc *fileConfig) *Config {
 	}
 	v.applyReplies(r.Replies, fc)
 	return cfg
+}
+
+// buildPolicy validates the [policy] table.
+func (v *validator) buildPolicy(cfg *Config, fc *fileConfig) {
+	pt := &fc.Policy
+	cfg.PolicyListen = pt.Listen.get(cfg.PolicyListen)
+	if cfg.PolicyListen != "" {
+		if _, _, err := parseListen(cfg.PolicyListen); err != nil {
+			v.add("policy.listen", "%s", err.Error())
+		}
+	}
+	cfg.PolicyAllow = pt.Allow.get(cfg.PolicyAllow)
+	if pt.Allow.set && pt.Allow.err == nil && len(cfg.PolicyAllow) == 0 {
+		v.add("policy.allow", "must list at least one network, or no MTA could connect over TCP (the default is [\"127.0.0.0/8\", \"::1/128\"])")
+	}
+	cfg.PolicyReadTimeout = time.Duration(pt.ReadTimeout.get(duration(cfg.PolicyReadTimeout)))
+	if cfg.PolicyReadTimeout < time.Second {
+		v.add("policy.read_timeout", "must be at least 1s, got %q: Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is \"1h\")", cfg.PolicyReadTimeout.String())
+	}
 }
 
 // applyPolicy overwrites p with the values set in t.

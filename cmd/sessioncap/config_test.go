@@ -24,6 +24,12 @@ func TestBadConfigs(t *testing.T) {
 bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
 		"bad-milter-values.toml": `bad-milter-values.toml:3: milter.allow: network "127.0.0.1/8" has host bits set; did you mean "127.0.0.0/8"?
 bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
+		"bad-policy.toml": `bad-policy.toml:3: policy.listen: listen "tcp:127.0.0.1:10030": unknown socket type "tcp" (want inet, inet6 or unix)
+bad-policy.toml:4: policy.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
+bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
+bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
+bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
 		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values
 bad-override.toml:11: override[2]: must set networks or authenticated (an override that matches everyone belongs in the top-level tables)`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
@@ -171,8 +177,8 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 47 {
-		t.Errorf("%d settings found, want 47", uncommented)
+	if uncommented != 50 {
+		t.Errorf("%d settings found, want 50", uncommented)
 	}
 }
 

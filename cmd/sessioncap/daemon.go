@@ -23,9 +23,11 @@ import (
 
 	"github.com/sessioncap/sessioncap/admin"
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/internal/socket"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
+	"github.com/sessioncap/sessioncap/policy"
 )
 
 // shutdownTimeout bounds how long open SMTP sessions may go on after
@@ -53,7 +55,9 @@ type daemon struct {
 	level    *slog.LevelVar
 	local    *counters.Memory // the in-memory store (the fallback with Redis)
 	store    counters.Store   // what the milter asks: local, or Redis with local as fallback
+	eng      *engine.Engine   // rules and admissions, shared by the front-ends
 	srv      *milter.Server
+	pol      *policy.Server // nil unless [policy] listen is set
 	reloadOK prometheus.Gauge
 	reloadTS prometheus.Gauge
 	loadedAt time.Time
@@ -100,15 +104,31 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	}
 	defer d.store.Close()
 	d.registerMetrics(reg)
-	d.srv, err = milter.NewServer(milter.Config{
+	d.eng, err = engine.New(engine.Config{
 		Rules:        cfg.Rules,
 		Store:        d.store,
-		Metrics:      milter.NewMetrics(reg),
+		Metrics:      engine.NewMetrics(reg),
 		Logger:       log,
-		Allow:        cfg.MilterAllow,
-		ReadTimeout:  cfg.ReadTimeout,
 		StoreTimeout: cfg.Store.Timeout,
 	})
+	if err == nil {
+		d.srv, err = milter.NewServer(milter.Config{
+			Engine:      d.eng,
+			Metrics:     milter.NewMetrics(reg),
+			Logger:      log,
+			Allow:       cfg.MilterAllow,
+			ReadTimeout: cfg.ReadTimeout,
+		})
+	}
+	if err == nil && cfg.PolicyListen != "" {
+		d.pol, err = policy.NewServer(policy.Config{
+			Engine:      d.eng,
+			Metrics:     policy.NewMetrics(reg),
+			Logger:      log,
+			Allow:       cfg.PolicyAllow,
+			ReadTimeout: cfg.PolicyReadTimeout,
+		})
+	}
 	if err != nil {
 		log.Error("cannot start", "err", err)
 		return exitConfig
@@ -121,12 +141,35 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		log.Error("cannot listen for the MTA", "listen", listen, "err", err)
 		return exitRuntime
 	}
+	var pln net.Listener
+	policySpec := ""
+	if d.pol != nil {
+		pnet, paddr, _ := parseListen(cfg.PolicyListen) // validated with the config
+		if pln, err = listenMilter(pnet, paddr); err != nil {
+			ln.Close()
+			log.Error("cannot listen for Postfix policy requests", "policy_listen", cfg.PolicyListen, "err", err)
+			return exitRuntime
+		}
+		policySpec = listenSpec(pnet, pln.Addr().String())
+		if pnet == "unix" {
+			defer os.Remove(paddr)
+		}
+		if concurrencyConfigured(cfg.Rules) {
+			log.Info("concurrency caps apply to milter sessions only: Postfix tells a policy server nothing when a session ends (use smtpd_client_connection_count_limit)")
+		}
+	}
+	closeListeners := func() {
+		ln.Close()
+		if pln != nil {
+			pln.Close()
+		}
+	}
 	var metricsSrv *http.Server
 	metricsAddr := ""
 	if metricsListen != "" {
 		mln, err := net.Listen("tcp", metricsListen)
 		if err != nil {
-			ln.Close()
+			closeListeners()
 			log.Error("cannot listen for metrics", "metrics_listen", metricsListen, "err", err)
 			return exitRuntime
 		}
@@ -140,17 +183,27 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	}
 	adminSrv, adminSpec, err := d.startAdmin()
 	if err != nil {
-		ln.Close()
+		closeListeners()
 		if metricsSrv != nil {
 			metricsSrv.Close()
 		}
 		log.Error("cannot listen for admin requests", "admin_listen", cfg.AdminListen, "err", err)
 		return exitRuntime
 	}
-	served := make(chan error, 1)
+	served := make(chan error, 2)
 	go func() { served <- d.srv.Serve(ln) }()
-	log.Info("listening", "milter", listenSpec(network, ln.Addr().String()), "metrics", metricsAddr, "admin", adminSpec,
-		"config", cfg.Path, "mode", string(cfg.Rules.Mode), "store", cfg.Store.Backend, "version", version)
+	if d.pol != nil {
+		go func() {
+			if err := d.pol.Serve(pln); err != nil {
+				served <- fmt.Errorf("policy: %w", err)
+			}
+		}()
+	}
+	attrs := []any{"milter", listenSpec(network, ln.Addr().String()), "metrics", metricsAddr, "admin", adminSpec}
+	if policySpec != "" {
+		attrs = append(attrs, "policy", policySpec)
+	}
+	log.Info("listening", append(attrs, "config", cfg.Path, "mode", string(cfg.Rules.Mode), "store", cfg.Store.Backend, "version", version)...)
 	sdNotify("READY=1")
 
 	code := exitOK
@@ -166,7 +219,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 			log.Info("shutting down; waiting for open sessions", "signal", sig.String(), "timeout", shutdownTimeout.String())
 			stop = true
 		case err := <-served:
-			log.Error("milter server stopped", "err", err)
+			log.Error("server stopped", "err", err)
 			code, stop = exitRuntime, true
 		case <-ctx.Done():
 			stop = true
@@ -176,7 +229,17 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	sctx, cancel := context.WithTimeout(context.Background(), shutdownTimeout)
 	defer cancel()
 	done := make(chan error, 1)
-	go func() { done <- d.srv.Shutdown(sctx) }()
+	go func() {
+		var perr error
+		var wg sync.WaitGroup
+		if d.pol != nil {
+			wg.Add(1)
+			go func() { defer wg.Done(); perr = d.pol.Shutdown(sctx) }()
+		}
+		err := d.srv.Shutdown(sctx)
+		wg.Wait()
+		done <- errors.Join(err, perr)
+	}()
 	for drained := false; !drained; {
 		select {
 		case err := <-done:
@@ -223,7 +286,7 @@ func (d *daemon) reload() error {
 	defer d.reloadMu.Unlock()
 	cfg, err := LoadConfig(d.opts.configPath, d.opts.configRequired)
 	if err == nil {
-		err = d.srv.SetRules(cfg.Rules)
+		err = d.eng.SetRules(cfg.Rules) // both front-ends
 	}
 	if err != nil {
 		d.reloadOK.Set(0)
@@ -237,6 +300,9 @@ func (d *daemon) reload() error {
 		{"milter.allow", fmt.Sprint(d.cfg.MilterAllow), fmt.Sprint(cfg.MilterAllow)},
 		{"milter.read_timeout", d.cfg.ReadTimeout.String(), cfg.ReadTimeout.String()},
 		{"metrics.listen", d.cfg.MetricsListen, cfg.MetricsListen},
+		{"policy.listen", d.cfg.PolicyListen, cfg.PolicyListen},
+		{"policy.allow", fmt.Sprint(d.cfg.PolicyAllow), fmt.Sprint(cfg.PolicyAllow)},
+		{"policy.read_timeout", d.cfg.PolicyReadTimeout.String(), cfg.PolicyReadTimeout.String()},
 		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
 		{"admin.listen", d.cfg.AdminListen, cfg.AdminListen},
 		{"store", fmt.Sprintf("%+v", d.cfg.Store), fmt.Sprintf("%+v", cfg.Store)},
@@ -462,6 +528,11 @@ func summary(cfg *Config) string {
 	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
 	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
 	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
+	if cfg.PolicyListen == "" {
+		b.WriteString("policy: off\n")
+	} else {
+		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s\n", cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout)
+	}
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
 		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s\n",
@@ -495,6 +566,20 @@ func summary(cfg *Config) string {
 	}
 	fmt.Fprintf(&b, "admin: %q\n", cfg.AdminListen)
 	return b.String()
+}
+
+// concurrencyConfigured reports whether any policy has a concurrency cap.
+func concurrencyConfigured(r *limits.Rules) bool {
+	c := func(p limits.Policy) bool { return p.Concurrency.MaxPerAddress > 0 || p.Concurrency.MaxTotal > 0 }
+	if c(r.Default) {
+		return true
+	}
+	for _, o := range r.Overrides {
+		if c(o.Policy) {
+			return true
+		}
+	}
+	return false
 }
 
 func capString(n int64) string {

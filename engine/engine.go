@@ -1,0 +1,249 @@
+// Package engine is what sessioncap's front-ends (the milter and the Postfix
+// policy server) share between the pure decisions of package limits and
+// their protocols: the rules in force, the connection-frequency admission
+// against the store (with the keys of replaced prefix lengths), and the one
+// log line and the counters of every refusal and ban.
+package engine
+
+import (
+	"context"
+	"errors"
+	"fmt"
+	"log/slog"
+	"net/netip"
+	"sync"
+	"sync/atomic"
+	"time"
+
+	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// Store keeps the state that outlives a session: sliding windows and bans
+// per key. counters.Store implements it (memory, Redis, or Redis with a local
+// fallback). counters.ErrUnavailable from it (store on_error = "tempfail")
+// makes a front-end refuse the new session with the store_unavailable reply;
+// any other error lets the session through.
+type Store interface {
+	// Hit is the stores' atomic primitive (see counters.Store).
+	Hit(ctx context.Context, key string, n int64, r limits.Rate) (limits.Hit, error)
+}
+
+// Config is what an Engine needs.
+type Config struct {
+	Rules   *limits.Rules
+	Store   Store
+	Metrics *Metrics
+	Logger  *slog.Logger
+	Now     func() time.Time // time.Now when nil
+	// StoreTimeout bounds one store call (default 1s).
+	StoreTimeout time.Duration
+}
+
+// Engine holds the rules in force and decides admissions; it is safe for
+// concurrent use. One Engine may serve several front-ends, so that a reload
+// reaches all of them at once.
+type Engine struct {
+	mu           sync.Mutex // serialises SetRules
+	rules        atomic.Pointer[limits.Rules]
+	prevRules    atomic.Pointer[limits.Rules] // the rules before the last SetRules
+	legacy       atomic.Pointer[[]legacyKeys] // prefix lengths of earlier rules whose bans may still be in force
+	store        Store
+	metrics      *Metrics
+	log          *slog.Logger
+	now          func() time.Time
+	storeTimeout time.Duration
+}
+
+// legacyKeys are the prefix lengths of rules replaced by a reload, kept
+// until the longest ban they could have keyed has ended: a reload that
+// changes addresses.ipv4_prefix or ipv6_prefix must not lift bans.
+type legacyKeys struct {
+	rules *limits.Rules
+	until time.Time
+}
+
+// New returns an engine with cfg.Rules in force.
+func New(cfg Config) (*Engine, error) {
+	if cfg.Rules == nil || cfg.Store == nil || cfg.Metrics == nil {
+		return nil, errors.New("engine: Rules, Store and Metrics are required")
+	}
+	if err := cfg.Rules.Validate(); err != nil {
+		return nil, err
+	}
+	e := &Engine{store: cfg.Store, metrics: cfg.Metrics, log: cfg.Logger, now: cfg.Now, storeTimeout: cfg.StoreTimeout}
+	if e.log == nil {
+		e.log = slog.Default()
+	}
+	if e.now == nil {
+		e.now = time.Now
+	}
+	if e.storeTimeout <= 0 {
+		e.storeTimeout = time.Second
+	}
+	e.rules.Store(cfg.Rules)
+	return e, nil
+}
+
+// Rules returns the rules new sessions get.
+func (e *Engine) Rules() *limits.Rules { return e.rules.Load() }
+
+// PrevRules returns the rules replaced by the last SetRules, nil before the
+// first.
+func (e *Engine) PrevRules() *limits.Rules { return e.prevRules.Load() }
+
+// Metrics returns the shared counters.
+func (e *Engine) Metrics() *Metrics { return e.metrics }
+
+// Now reads the engine's clock.
+func (e *Engine) Now() time.Time { return e.now() }
+
+// SetRules atomically replaces the rules. Sessions already connected keep the
+// rules they started with; new sessions get r. When r keys addresses with
+// other prefix lengths, bans keyed under the old lengths stay in force until
+// they end.
+func (e *Engine) SetRules(r *limits.Rules) error {
+	if err := r.Validate(); err != nil {
+		return err
+	}
+	e.mu.Lock()
+	defer e.mu.Unlock()
+	old := e.rules.Load()
+	now := e.now()
+	var keep []legacyKeys
+	if l := e.legacy.Load(); l != nil {
+		for _, k := range *l {
+			if k.until.After(now) && !samePrefixes(k.rules, r) {
+				keep = append(keep, k)
+			}
+		}
+	}
+	if !samePrefixes(old, r) && old.LongestBan() > 0 {
+		keep = append(keep, legacyKeys{rules: old, until: now.Add(old.LongestBan())})
+	}
+	e.legacy.Store(&keep)
+	e.prevRules.Store(old)
+	e.rules.Store(r)
+	return nil
+}
+
+func samePrefixes(a, b *limits.Rules) bool {
+	return a.IPv4Prefix == b.IPv4Prefix && a.IPv6Prefix == b.IPv6Prefix
+}
+
+// AdmitFrequency asks the store about key under the frequency rule f, after
+// checking the keys of replaced prefix lengths for bans still in force. One
+// store round trip unless a reload changed the prefix lengths.
+func (e *Engine) AdmitFrequency(addr netip.Addr, scope, key string, f limits.Frequency) (limits.Admission, error) {
+	ctx, cancel := context.WithTimeout(context.Background(), e.storeTimeout)
+	defer cancel()
+	if l := e.legacy.Load(); l != nil {
+		now := e.now()
+		for _, k := range *l {
+			old := limits.StoreKey(limits.KeyFrequency, scope, k.rules.Key(addr))
+			if !k.until.After(now) || old == key {
+				continue
+			}
+			h, err := e.store.Hit(ctx, old, 0, limits.Rate{})
+			if err != nil {
+				return limits.Admission{}, err
+			}
+			if !h.BannedUntil.IsZero() {
+				return limits.FrequencyVerdict(h), nil
+			}
+		}
+	}
+	h, err := e.store.Hit(ctx, key, 1, f.Rate())
+	if err != nil {
+		return limits.Admission{}, err
+	}
+	return limits.FrequencyVerdict(h), nil
+}
+
+// LogRefusal writes the one structured line per refusal and counts it.
+func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
+	e.metrics.Refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
+	e.log.Warn("refused",
+		"client_ip", client,
+		"queue_id", queueID,
+		"limit", string(r.Limit),
+		"stage", string(r.Stage),
+		"value", r.Value,
+		"cap", r.Cap,
+		"mode", string(mode),
+		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
+	)
+}
+
+// LogBan writes the one structured line of a ban that admission a started,
+// and counts it. It does nothing unless a started a ban.
+func (e *Engine) LogBan(a limits.Admission, f limits.Frequency, mode limits.Mode, client string, prefix netip.Prefix, key string) {
+	if a.Verdict != limits.RefusedFrequency || a.BanUntil.IsZero() {
+		return
+	}
+	e.metrics.Bans.WithLabelValues(string(mode)).Inc()
+	e.log.Warn("banned",
+		"client_ip", client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
+		"value", a.Connections, "cap", f.MaxConnections,
+		"window", f.Window.String(), "ban", f.Ban.String(),
+		"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(mode), "reason", string(limits.LimitFrequency))
+}
+
+// Observe records how long deciding an event at stage took; use it as
+// defer e.Observe(stage, time.Now()).
+func (e *Engine) Observe(stage limits.Stage, start time.Time) {
+	e.metrics.Duration[stage].Observe(time.Since(start).Seconds())
+}
+
+// Admission is the decision on a new session from an IP client under the
+// frequency rule: the policy that applies, where it is counted, and the
+// verdict. Concurrency is left to the caller (only the milter sees sessions
+// end).
+type Admission struct {
+	limits.Admission
+	Policy limits.Policy
+	Scope  string       // "" or "override<N>", see limits.StoreKey
+	Prefix netip.Prefix // the address prefix counted
+	Key    string       // the frequency store key
+	Exempt bool         // addr is exempt from every limit; nothing was counted
+	// Unavailable is set when the store is down and store.on_error is
+	// tempfail: refuse with Rules.Replies.Unavailable().
+	Unavailable bool
+}
+
+// Refusal renders the reply of the admission, nil when admitted.
+func (a *Admission) Refusal(r *limits.Rules) *limits.Refusal {
+	if a.Unavailable {
+		return r.Replies.Unavailable()
+	}
+	return a.Admission.Refusal(a.Policy, r.Replies)
+}
+
+// Admit counts a new session of addr (client is its log form) under the
+// frequency rule of r, logs and counts a ban it starts, and handles store
+// errors: counters.ErrUnavailable (on_error = tempfail) sets Unavailable,
+// any other error lets the session through. Both are counted in
+// sessioncap_store_errors_total and logged.
+func (e *Engine) Admit(r *limits.Rules, addr netip.Addr, client string) Admission {
+	var a Admission
+	a.Policy, a.Scope, a.Exempt = r.ForConnect(addr)
+	if a.Exempt {
+		return a
+	}
+	a.Prefix = r.Key(addr)
+	a.Key = limits.StoreKey(limits.KeyFrequency, a.Scope, a.Prefix)
+	adm, err := e.AdmitFrequency(addr, a.Scope, a.Key, a.Policy.Frequency)
+	if err != nil {
+		e.metrics.StoreErrors.WithLabelValues("hit").Inc()
+		if errors.Is(err, counters.ErrUnavailable) {
+			e.log.Debug("store unavailable; refusing the connection for now", "client_ip", client, "err", err)
+			a.Unavailable = true
+			return a
+		}
+		e.log.Error("store call failed; letting the connection through", "client_ip", client, "key", a.Key, "err", err)
+		adm = limits.Admission{}
+	}
+	a.Admission = adm
+	e.LogBan(adm, a.Policy.Frequency, r.Mode, client, a.Prefix, a.Key)
+	return a
+}

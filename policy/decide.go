@@ -1,0 +1,296 @@
+package policy
+
+import (
+	"bytes"
+	"net/netip"
+	"time"
+
+	"github.com/sessioncap/sessioncap/engine"
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// handle decides one request; nil means DUNNO.
+func (s *Server) handle(req *request, c *conn) *limits.Refusal {
+	s.metrics.requests[req.state].Inc()
+	if stage, ok := stageOf(req.state); ok {
+		defer s.eng.Observe(stage, time.Now())
+	}
+	if req.state == stateOther {
+		return nil
+	}
+	sess := c.sessionFor(req, s.eng.Now())
+	sess.mu.Lock()
+	defer sess.mu.Unlock()
+	r, ended := s.decide(&sess.st, req)
+	if ended {
+		s.sessions.drop(sess)
+		sess.st = sessionState{}
+	}
+	return r
+}
+
+// stageOf maps the protocol states that can refuse to the stage label of
+// sessioncap_callback_duration_seconds.
+func stageOf(st state) (limits.Stage, bool) {
+	switch st {
+	case stateConnect:
+		return limits.StageConnect, true
+	case stateMail:
+		return limits.StageMail, true
+	case stateRcpt:
+		return limits.StageRcpt, true
+	case stateEOM:
+		return limits.StageEOM, true
+	}
+	return "", false
+}
+
+// sessionFor finds the session of req: in the server-wide table by the SMTP
+// connection's endpoints, or the policy connection's own when the request
+// has no usable client address and port.
+func (c *conn) sessionFor(req *request, now time.Time) *session {
+	client, ok := c.clientAddr.parse(req.clientAddr, req.clientPort)
+	if !ok {
+		if c.fallback == nil {
+			c.fallback = &session{}
+		}
+		return c.fallback
+	}
+	server, _ := c.serverAddr.parse(req.serverAddr, req.serverPort)
+	return c.srv.sessions.get(sessionKey{client: client, server: server}, now)
+}
+
+// addrCache parses an address attribute, reusing the last result when the
+// bytes are the same: one smtpd process sends the same address in every
+// request of a session.
+type addrCache struct {
+	raw  []byte
+	addr netip.Addr
+	ok   bool
+}
+
+func (a *addrCache) parse(addr, port []byte) (netip.AddrPort, bool) {
+	p, ok := parsePort(port)
+	if !ok {
+		return netip.AddrPort{}, false
+	}
+	if a.raw == nil || !bytes.Equal(a.raw, addr) {
+		ip, err := netip.ParseAddr(string(addr))
+		a.raw, a.addr, a.ok = append(a.raw[:0], addr...), ip.Unmap().WithZone(""), err == nil
+	}
+	if !a.ok {
+		return netip.AddrPort{}, false
+	}
+	return netip.AddrPortFrom(a.addr, p), true
+}
+
+// decide applies the rules to one request of the session st; ended reports
+// that the answer ends the SMTP session (an enforced 421).
+func (s *Server) decide(st *sessionState, req *request) (r *limits.Refusal, ended bool) {
+	if st.newSession(req) {
+		*st = sessionState{}
+	}
+	changed := st.track(req.instance)
+	if !st.started {
+		if r := s.start(st, req); r != nil {
+			if r.Code == 421 {
+				return r, true
+			}
+			st.sticky = r
+			return r, false
+		}
+	} else if st.sticky != nil {
+		return st.sticky, false
+	}
+	switch req.state {
+	case stateMail:
+		r = s.startTx(st, req, true)
+		st.pendingMail = true
+	case stateRcpt:
+		if !st.inTx || changed && !st.pendingMail {
+			r = s.startTx(st, req, true)
+		} else if st.txSticky != nil {
+			r = st.txSticky
+		}
+		st.pendingMail = false
+		if r == nil && !st.exempt {
+			if r = s.refuse(st, st.counts.CheckRcpt(st.policy, st.rules.Replies), req); r == nil {
+				st.counts.AcceptRecipient()
+				st.txRcpts++
+			}
+		}
+	case stateEOM:
+		if !st.inTx || changed && !st.pendingMail {
+			s.startTx(st, req, false)
+		}
+		r = s.endOfMessage(st, req)
+	}
+	return r, r != nil && r.Code == 421
+}
+
+// start counts a new session against the frequency rule.
+func (s *Server) start(st *sessionState, req *request) *limits.Refusal {
+	st.started = true
+	st.rules = s.eng.Rules()
+	s.metrics.shared.Sessions.Inc()
+	if ip, err := netip.ParseAddr(string(req.clientAddr)); err == nil {
+		st.addr, st.hasAddr = ip.Unmap().WithZone(""), true
+		st.client = st.addr.String()
+	} else if len(req.clientAddr) > 0 && string(req.clientAddr) != "unknown" {
+		s.metrics.shared.Malformed.WithLabelValues(engine.MalformedClientAddr).Inc()
+		if ok, suppressed := s.inputLog.Allow(time.Now()); ok {
+			s.log.Warn("unparseable client_address; applying session caps only", "client_ip", string(req.clientAddr), "suppressed", suppressed)
+		}
+	}
+	if !st.hasAddr {
+		return nil
+	}
+	adm := s.eng.Admit(st.rules, st.addr, st.client)
+	return s.refuse(st, adm.Refusal(st.rules), req)
+}
+
+// startTx begins a transaction: it resolves the caps for this client
+// (authentication may have happened since the session began) and, with
+// check, applies the message and byte caps as the milter does at MAIL FROM.
+func (s *Server) startTx(st *sessionState, req *request, check bool) *limits.Refusal {
+	st.counts.EndTransaction()
+	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = true, 0, nil, false
+	st.policy, st.exempt = st.rules.ForTransaction(st.addr, st.hasAddr, len(req.saslUsername) > 0)
+	if st.exempt || !check {
+		return nil
+	}
+	size := req.size
+	if size <= 0 { // Postfix sends 0 for no SIZE=
+		size = -1
+	}
+	r := s.refuse(st, st.counts.CheckMail(st.policy, st.rules.Replies, size), req)
+	if r != nil && r.Code != 421 {
+		st.txSticky = r
+	}
+	return r
+}
+
+// endOfMessage counts the message's real size and the recipients Postfix
+// accepted, and with overrun = "tempfail" refuses a message that crossed the
+// byte cap, with 421 (see hangUp).
+func (s *Server) endOfMessage(st *sessionState, req *request) *limits.Refusal {
+	if req.size > 0 {
+		st.counts.AddBytes(int(req.size))
+		if st.rules.NeedsBodies() {
+			s.metrics.shared.MessageBytes.Add(float64(req.size))
+		}
+	}
+	if req.rcptCount > 0 {
+		st.counts.Recipients = max(0, st.counts.Recipients+req.rcptCount-st.txRcpts)
+	}
+	var r *limits.Refusal
+	if !st.exempt {
+		r = s.refuse(st, hangUp(st.counts.CheckEOM(st.policy, st.rules.Replies)), req)
+	}
+	if r == nil {
+		st.counts.AcceptMessage()
+		s.metrics.shared.Messages.Inc()
+	}
+	st.counts.EndTransaction()
+	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = false, 0, nil, false
+	return r
+}
+
+// hangUp turns a refusal at END-OF-MESSAGE into a 421 with the same
+// enhanced code and text. Postfix from 2.2 until the fix of 20260803 (3.12
+// snapshot) does not reset the transaction when smtpd_end_of_data_restrictions
+// reject: after a 452 the client's next MAIL gets "503 5.5.1 Error: nested
+// MAIL command", a permanent error that would bounce the next message. A
+// 421 ends the session after the reply, so the sender keeps the message and
+// sends it again on a new connection, which is what the overrun reply asks
+// for anyway.
+func hangUp(r *limits.Refusal) *limits.Refusal {
+	if r == nil || r.Code == 421 {
+		return r
+	}
+	c := *r
+	c.Code = 421
+	return &c
+}
+
+// refuse logs and counts r and returns what to answer: r, or nil in monitor
+// mode or when r is nil.
+func (s *Server) refuse(st *sessionState, r *limits.Refusal, req *request) *limits.Refusal {
+	if r == nil {
+		return nil
+	}
+	mode := st.rules.Mode
+	s.eng.LogRefusal(r, mode, st.client, string(req.queueID))
+	if mode == limits.ModeMonitor {
+		return nil
+	}
+	return r
+}
+
+// newSession reports whether req belongs to another SMTP session than the
+// one st counts (see the package documentation).
+func (st *sessionState) newSession(req *request) bool {
+	if !st.started {
+		return false
+	}
+	if req.state == stateConnect {
+		return true
+	}
+	if len(req.instance) == 0 || !st.seqOK {
+		return false
+	}
+	pid, seq, ok := parseInstance(req.instance)
+	if !ok {
+		return false
+	}
+	if string(pid) != st.pid || seq < st.seqno {
+		return true
+	}
+	return seq == st.seqno && string(req.instance) != st.instance
+}
+
+// track records the instance of req; it reports whether it changed.
+func (st *sessionState) track(instance []byte) bool {
+	if len(instance) == 0 || string(instance) == st.instance {
+		return false
+	}
+	st.instance = string(instance)
+	pid, seq, ok := parseInstance(instance)
+	st.seqOK = ok
+	if ok {
+		if string(pid) != st.pid {
+			st.pid = string(pid)
+		}
+		st.seqno = seq
+	}
+	return true
+}
+
+// parseInstance splits Postfix's instance "pid.sec.usec.seqno" (hex).
+func parseInstance(v []byte) (pid []byte, seqno uint64, ok bool) {
+	i, j := bytes.IndexByte(v, '.'), bytes.LastIndexByte(v, '.')
+	if i <= 0 || j <= i || j == len(v)-1 || len(v)-j-1 > 16 {
+		return nil, 0, false
+	}
+	var n uint64
+	for _, c := range v[j+1:] {
+		d, ok := hexDigit(c)
+		if !ok {
+			return nil, 0, false
+		}
+		n = n<<4 | uint64(d)
+	}
+	return v[:i], n, true
+}
+
+func hexDigit(c byte) (byte, bool) {
+	switch {
+	case c >= '0' && c <= '9':
+		return c - '0', true
+	case c >= 'a' && c <= 'f':
+		return c - 'a' + 10, true
+	case c >= 'A' && c <= 'F':
+		return c - 'A' + 10, true
+	}
+	return 0, false
+}

@@ -1,0 +1,179 @@
+package policy_test
+
+import (
+	"context"
+	"log/slog"
+	"net"
+	"net/netip"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+	"github.com/sessioncap/sessioncap/policy"
+)
+
+const goodRequest = "request=smtpd_access_policy\nprotocol_state=RCPT\nclient_address=192.0.2.1\nclient_port=1234\nserver_address=127.0.0.1\nserver_port=25\ninstance=1.2.3.0\nsize=0\n\n"
+
+// malformedCases are requests that break the protocol: each closes its
+// connection, counted under reason, and nothing else. They are also the
+// seed corpus of FuzzPolicySocket.
+var malformedCases = []struct {
+	name, send, reason string
+}{
+	{"line without =", "request=smtpd_access_policy\nprotocol_state\n\n", "malformed_line"},
+	{"empty name", "=x\n\n", "malformed_line"},
+	{"NUL in a value", "request=smtpd_access_policy\nsender=a\x00b\n\n", "malformed_line"},
+	{"line too long", "request=smtpd_access_policy\nsender=" + strings.Repeat("a", 9000) + "\n\n", "line_too_long"},
+	{"too many attributes", "request=smtpd_access_policy\n" + strings.Repeat("x=y\n", 300) + "\n", "request_too_large"},
+	{"request too large", "request=smtpd_access_policy\n" + strings.Repeat("x="+strings.Repeat("y", 8000)+"\n", 9) + "\n", "request_too_large"},
+	{"empty request", "\n", "bad_request"},
+	{"no request attribute", "protocol_state=RCPT\nclient_address=192.0.2.1\n\n", "bad_request"},
+	{"other request type", "request=junk\nprotocol_state=RCPT\n\n", "bad_request"},
+	{"size not a number", "request=smtpd_access_policy\nprotocol_state=RCPT\nsize=12a\n\n", "malformed_number"},
+	{"negative size", "request=smtpd_access_policy\nprotocol_state=RCPT\nsize=-1\n\n", "malformed_number"},
+	{"huge recipient_count", "request=smtpd_access_policy\nprotocol_state=END-OF-MESSAGE\nrecipient_count=99999999999999999999\n\n", "malformed_number"},
+	{"hang-up inside a request", "request=smtpd_access_policy\nprotocol_state=RCPT\n", "truncated_request"},
+	{"hang-up inside a line", "request=smtpd_access_po", "truncated_request"},
+	{"HTTP", "GET / HTTP/1.1\r\nHost: x\r\n\r\n", "malformed_line"},
+}
+
+func TestMalformedRequestsCloseTheConnection(t *testing.T) {
+	h := start(t, limits.DefaultRules())
+	for _, tc := range malformedCases {
+		t.Run(tc.name, func(t *testing.T) {
+			before := value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", tc.reason)
+			p := h.dialFor(t)
+			_ = p.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+			_, _ = p.c.Write([]byte(tc.send))
+			_ = p.c.(*net.TCPConn).CloseWrite()
+			waitClosed(t, p.c)
+			eventually(t, "the protocol error to be counted", func() bool {
+				return value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", tc.reason) == before+1
+			})
+			if a := h.dialFor(t).ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+				t.Fatalf("a good request after it: %q", a)
+			}
+		})
+	}
+	if !strings.Contains(h.logs.String(), `"msg":"closing policy connection: protocol error"`) {
+		t.Fatalf("no log line:\n%s", h.logs)
+	}
+}
+
+func TestUnknownAttributesAndStatesAreIgnored(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) { r.Default.Session.MaxMessages = 1 }))
+	p := h.dial()
+	s := newSMTP("192.0.2.2", 100)
+	if a := p.ask(append(s.attrs("RCPT"), "attribute_of_postfix_9=x", "tls_sni=", "x-y.z=1=2")); a != "DUNNO" {
+		t.Fatalf("unknown attributes: %q", a)
+	}
+	if a := p.ask(s.attrs("SOMETHING-NEW")); a != "DUNNO" {
+		t.Fatalf("unknown protocol_state: %q", a)
+	}
+	if got := value(t, h.reg, "sessioncap_policy_requests_total", "protocol_state", "other"); got != 1 {
+		t.Fatalf("requests{other} = %v", got)
+	}
+	// CRLF line ends, as typed into telnet, are taken too
+	if a := p.ask([]string{"request=smtpd_access_policy\r", "protocol_state=VRFY\r"}); a != "DUNNO" {
+		t.Fatalf("CRLF: %q", a)
+	}
+}
+
+func TestAllowList(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) {
+		c.Allow = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	})
+	p := h.dial()
+	waitClosed(t, p.c)
+	eventually(t, "the refusal to be counted", func() bool {
+		return value(t, h.reg, "sessioncap_policy_refused_connections_total", "reason", "allow") == 1
+	})
+}
+
+func TestConnectionLimit(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.MaxConnections = 1 })
+	p := h.dial()
+	if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("first connection: %q", a)
+	}
+	q := h.dial()
+	waitClosed(t, q.c)
+	if got := value(t, h.reg, "sessioncap_policy_refused_connections_total", "reason", "limit"); got != 1 {
+		t.Fatalf("refused{limit} = %v", got)
+	}
+	_ = p.c.Close()
+	eventually(t, "a connection to be taken again", func() bool {
+		r := h.dial()
+		return r.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")) == "DUNNO"
+	})
+}
+
+func TestReadTimeout(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.ReadTimeout = 50 * time.Millisecond })
+	p := h.dial()
+	waitClosed(t, p.c)
+	eventually(t, "the timeout to be counted", func() bool {
+		return value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", "read_timeout") == 1
+	})
+}
+
+func TestShutdownClosesIdleConnections(t *testing.T) {
+	h := start(t, limits.DefaultRules())
+	p := h.dial()
+	if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("request: %q", a)
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+	defer cancel()
+	if err := h.srv.Shutdown(ctx); err != nil {
+		t.Fatalf("shutdown with an idle connection: %v", err)
+	}
+	waitClosed(t, p.c)
+	if _, err := net.DialTimeout("tcp", h.addr, time.Second); err == nil {
+		t.Fatal("the listener is still open")
+	}
+	if got := value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", "read_timeout"); got != 0 {
+		t.Fatalf("shutdown counted as a read timeout")
+	}
+}
+
+// FuzzPolicySocket sends arbitrary bytes to a real server over a socket and
+// then checks that the server still answers a good request and holds no
+// connection open.
+func FuzzPolicySocket(f *testing.F) {
+	for _, tc := range malformedCases {
+		f.Add([]byte(tc.send))
+	}
+	f.Add([]byte(goodRequest + goodRequest))
+	f.Add([]byte(strings.Replace(goodRequest, "RCPT", "END-OF-MESSAGE", 1) + "request=smtpd_access_policy\n"))
+	h := startWith(f, rulesWith(func(r *limits.Rules) {
+		r.Default.Session = limits.Session{MaxMessages: 2, MaxBytes: 1000, MaxRecipients: 3, Overrun: limits.OverrunTempfail}
+	}), func(c *policy.Config) { c.Logger = slog.New(slog.DiscardHandler) })
+	f.Fuzz(func(t *testing.T, data []byte) {
+		p := h.dialFor(t)
+		_ = p.c.SetWriteDeadline(time.Now().Add(5 * time.Second))
+		_, _ = p.c.Write(data) // the server may hang up before taking it all
+		_ = p.c.(*net.TCPConn).CloseWrite()
+		// every reply is action=... and an empty line, until the server closes
+		_ = p.c.SetReadDeadline(time.Now().Add(5 * time.Second))
+		for {
+			line, err := p.br.ReadString('\n')
+			if err != nil {
+				if ne, ok := err.(net.Error); ok && ne.Timeout() {
+					t.Fatal("the server did not close the connection")
+				}
+				break
+			}
+			if !strings.HasPrefix(line, "action=") {
+				t.Fatalf("reply line %q", line)
+			}
+			if end, err := p.br.ReadString('\n'); err != nil || end != "\n" {
+				t.Fatalf("reply %q not ended by an empty line", line)
+			}
+		}
+		if a := h.dialFor(t).ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a == "" {
+			t.Fatal("the server stopped answering")
+		}
+	})
+}

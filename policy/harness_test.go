@@ -1,0 +1,307 @@
+package policy_test
+
+import (
+	"bufio"
+	"bytes"
+	"context"
+	"fmt"
+	"io"
+	"log/slog"
+	"net"
+	"strings"
+	"sync"
+	"sync/atomic"
+	"testing"
+	"time"
+
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/limits"
+	"github.com/sessioncap/sessioncap/policy"
+)
+
+// clock is a settable time source shared by the test and the server.
+type clock struct {
+	mu sync.Mutex
+	t  time.Time
+}
+
+func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
+func (c *clock) Add(d time.Duration) {
+	c.mu.Lock()
+	c.t = c.t.Add(d)
+	c.mu.Unlock()
+}
+
+// syncBuffer collects log output written from server goroutines.
+type syncBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (s *syncBuffer) Write(p []byte) (int, error) {
+	s.mu.Lock()
+	defer s.mu.Unlock()
+	return s.b.Write(p)
+}
+func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+
+type harness struct {
+	t     testing.TB
+	srv   *policy.Server
+	addr  string
+	reg   *prometheus.Registry
+	store *counters.Memory
+	clock *clock
+	logs  *syncBuffer
+}
+
+func rulesWith(f func(r *limits.Rules)) *limits.Rules {
+	r := limits.DefaultRules()
+	f(r)
+	return r
+}
+
+func start(t testing.TB, rules *limits.Rules) *harness {
+	t.Helper()
+	return startWith(t, rules, nil)
+}
+
+// startWith runs a real policy server on 127.0.0.1:0 with edit applied to
+// its Config.
+func startWith(t testing.TB, rules *limits.Rules, edit func(*policy.Config)) *harness {
+	t.Helper()
+	h := &harness{t: t, reg: prometheus.NewRegistry(),
+		clock: &clock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}, logs: &syncBuffer{}}
+	h.store = counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000, Now: h.clock.Now})
+	cfg := policy.Config{
+		Rules:   rules,
+		Store:   h.store,
+		Metrics: policy.NewMetrics(h.reg),
+		Logger:  slog.New(slog.NewJSONHandler(h.logs, &slog.HandlerOptions{Level: slog.LevelDebug})),
+		Now:     h.clock.Now,
+	}
+	if edit != nil {
+		edit(&cfg)
+	}
+	srv, err := policy.NewServer(cfg)
+	if err != nil {
+		t.Fatal(err)
+	}
+	ln, err := net.Listen("tcp", "127.0.0.1:0")
+	if err != nil {
+		t.Fatal(err)
+	}
+	h.srv, h.addr = srv, ln.Addr().String()
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		ctx, cancel := context.WithTimeout(context.Background(), 5*time.Second)
+		defer cancel()
+		if err := srv.Shutdown(ctx); err != nil {
+			t.Errorf("shutdown: %v", err)
+		}
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	return h
+}
+
+// pconn is one policy connection, as one Postfix smtpd process keeps it.
+type pconn struct {
+	t  testing.TB
+	c  net.Conn
+	br *bufio.Reader
+}
+
+func (h *harness) dial() *pconn { return h.dialFor(h.t) }
+
+// dialFor is dial for a test other than the harness's (a fuzz target).
+func (h *harness) dialFor(t testing.TB) *pconn {
+	t.Helper()
+	c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	t.Cleanup(func() { _ = c.Close() })
+	return &pconn{t: t, c: c, br: bufio.NewReader(c)}
+}
+
+// ask sends one request (attribute lines, without the empty line) and
+// returns the action, or "" when the server closed the connection.
+func (p *pconn) ask(attrs []string) string {
+	p.t.Helper()
+	_ = p.c.SetDeadline(time.Now().Add(5 * time.Second))
+	if _, err := io.WriteString(p.c, strings.Join(attrs, "\n")+"\n\n"); err != nil {
+		return ""
+	}
+	line, err := p.br.ReadString('\n')
+	if err != nil {
+		return ""
+	}
+	if end, err := p.br.ReadString('\n'); err != nil || end != "\n" {
+		p.t.Fatalf("reply %q not ended by an empty line (%q, %v)", line, end, err)
+	}
+	action, ok := strings.CutPrefix(strings.TrimSuffix(line, "\n"), "action=")
+	if !ok {
+		p.t.Fatalf("reply %q has no action", line)
+	}
+	return action
+}
+
+// smtp is one SMTP session as Postfix's smtpd describes it in policy
+// requests: its endpoints, smtpd's pid, and the instance of the current
+// transaction.
+type smtp struct {
+	client, server string
+	cport, sport   int
+	pid            int
+	seq            int // transactions begun (MAIL commands)
+	instance       string
+	sasl           string
+	arrival        int64
+}
+
+var nextPort atomic.Int32
+
+func init() { nextPort.Store(40000) }
+
+// newSMTP is a new SMTP connection from client to 127.0.0.1:25, served by
+// smtpd process pid.
+func newSMTP(client string, pid int) *smtp {
+	return &smtp{client: client, server: "127.0.0.1", cport: int(nextPort.Add(1)), sport: 25, pid: pid, arrival: 1_790_000_000}
+}
+
+func (s *smtp) attrs(state string, extra ...string) []string {
+	a := []string{
+		"request=smtpd_access_policy",
+		"protocol_state=" + state,
+		"protocol_name=ESMTP",
+		"client_address=" + s.client,
+		"client_name=unknown",
+		"reverse_client_name=unknown",
+		fmt.Sprintf("client_port=%d", s.cport),
+		"server_address=" + s.server,
+		fmt.Sprintf("server_port=%d", s.sport),
+		"helo_name=client.example",
+		"sender=a@example.org",
+		"queue_id=",
+		"instance=" + s.instance,
+		"sasl_method=",
+		"sasl_username=" + s.sasl,
+		"sasl_sender=",
+		"ccert_subject=",
+		"encryption_protocol=",
+		"encryption_keysize=0",
+		"etrn_domain=",
+		"stress=",
+		"policy_context=",
+		"compatibility_level=3.6",
+		"mail_version=3.7.11",
+	}
+	return append(a, extra...)
+}
+
+// mail begins a transaction as Postfix does at MAIL FROM: a new instance.
+func (s *smtp) mail() {
+	s.arrival++
+	s.instance = fmt.Sprintf("%x.%x.%x.%x", s.pid, s.arrival, 12345, s.seq)
+	s.seq++
+}
+
+func (s *smtp) connect() []string { return s.attrs("CONNECT", "size=0", "recipient_count=0") }
+
+// rcpt is a RCPT request; size is the SIZE= of MAIL FROM (0 for none).
+func (s *smtp) rcpt(n int, size int64) []string {
+	return s.attrs("RCPT", fmt.Sprintf("recipient=r%d@example.net", n), fmt.Sprintf("size=%d", size), "recipient_count=0")
+}
+
+// eom is an END-OF-MESSAGE request with the real size and the recipients
+// Postfix accepted.
+func (s *smtp) eom(size int64, rcpts int) []string {
+	return s.attrs("END-OF-MESSAGE", "recipient=", fmt.Sprintf("size=%d", size), fmt.Sprintf("recipient_count=%d", rcpts), "queue_id=4ABCDEF012")
+}
+
+// send runs one transaction (RCPT for each recipient, END-OF-MESSAGE) and
+// returns the first refusal and its state, or "" when all passed.
+func (p *pconn) send(s *smtp, rcpts int, size int64, sizeParam int64) (action, state string) {
+	p.t.Helper()
+	s.mail()
+	for i := 0; i < rcpts; i++ {
+		if a := p.ask(s.rcpt(i, sizeParam)); a != "DUNNO" {
+			return a, "RCPT"
+		}
+	}
+	if a := p.ask(s.eom(size, rcpts)); a != "DUNNO" {
+		return a, "END-OF-MESSAGE"
+	}
+	return "", ""
+}
+
+// value returns the value of the series name{labels...} from reg.
+func value(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
+	t.Helper()
+	mfs, err := reg.Gather()
+	if err != nil {
+		t.Fatal(err)
+	}
+	for _, mf := range mfs {
+		if mf.GetName() != name {
+			continue
+		}
+	series:
+		for _, m := range mf.GetMetric() {
+			have := map[string]string{}
+			for _, l := range m.GetLabel() {
+				have[l.GetName()] = l.GetValue()
+			}
+			for i := 0; i+1 < len(labels); i += 2 {
+				if have[labels[i]] != labels[i+1] {
+					continue series
+				}
+			}
+			switch {
+			case m.Counter != nil:
+				return m.Counter.GetValue()
+			case m.Gauge != nil:
+				return m.Gauge.GetValue()
+			}
+		}
+	}
+	t.Fatalf("no series %s%v", name, labels)
+	return 0
+}
+
+func (h *harness) refusals(limit, stage, mode string) float64 {
+	h.t.Helper()
+	return value(h.t, h.reg, "sessioncap_refusals_total", "limit", limit, "stage", stage, "mode", mode)
+}
+
+// eventually polls cond until it holds or 5 seconds pass.
+func eventually(t testing.TB, what string, cond func() bool) {
+	t.Helper()
+	deadline := time.Now().Add(5 * time.Second)
+	for !cond() {
+		if time.Now().After(deadline) {
+			t.Fatalf("timed out waiting for %s", what)
+		}
+		time.Sleep(5 * time.Millisecond)
+	}
+}
+
+// waitClosed waits for the server to close c.
+func waitClosed(t testing.TB, c net.Conn) {
+	t.Helper()
+	_ = c.SetReadDeadline(time.Now().Add(5 * time.Second))
+	buf := make([]byte, 4096)
+	for {
+		if _, err := c.Read(buf); err != nil {
+			if ne, ok := err.(net.Error); ok && ne.Timeout() {
+				t.Fatal("the server did not close the connection")
+			}
+			return
+		}
+	}
+}

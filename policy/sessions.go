@@ -1,0 +1,148 @@
+package policy
+
+import (
+	"net/netip"
+	"sync"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// sessionKey identifies one SMTP session across policy connections: the
+// TCP endpoints of the SMTP connection as Postfix reports them. While a
+// connection is open no other one has the same four values; a later
+// connection that happens to reuse them is told apart by the instance
+// attribute (see session.newSession).
+type sessionKey struct {
+	client, server netip.AddrPort
+}
+
+// session is an entry of the table: the key and list links, guarded by the
+// table's lock, and the session's counts, guarded by mu.
+type session struct {
+	key        sessionKey
+	prev, next *session
+	seen       time.Time
+	inTable    bool
+
+	mu sync.Mutex
+	st sessionState
+}
+
+// sessionState is what sessioncap knows of one SMTP session. The zero value
+// is a session of which no request was seen yet.
+type sessionState struct {
+	started bool          // a request of this session was seen
+	rules   *limits.Rules // the rules the session started with
+	addr    netip.Addr
+	hasAddr bool
+	client  string // client address for logs ("" for none)
+
+	// instance tracking: Postfix's smtpd sends "pid.sec.usec.seqno" in
+	// hex, where seqno counts MAIL commands within one SMTP session.
+	instance string
+	pid      string
+	seqno    uint64
+	seqOK    bool // pid and seqno were parsed
+
+	counts      limits.SessionState
+	inTx        bool            // a transaction is in progress
+	pendingMail bool            // it began with a MAIL request (whose instance is still the previous one's)
+	policy      limits.Session  // caps of the current transaction
+	exempt      bool            // the current transaction is exempt from session caps
+	txRcpts     int64           // recipients let through in the current transaction
+	sticky      *limits.Refusal // a non-421 refusal at the session's start: every later request of the session gets it
+	txSticky    *limits.Refusal // a non-421 refusal at the transaction's start: every RCPT of it gets it
+}
+
+// table holds sessions by key, bounded by max with least-recently-seen
+// eviction, and forgets sessions idle for longer than idle.
+type table struct {
+	mu         sync.Mutex
+	m          map[sessionKey]*session
+	head, tail *session // most and least recently seen
+	max        int
+	idle       time.Duration
+	metrics    *Metrics
+}
+
+func newTable(max int, idle time.Duration, m *Metrics) *table {
+	return &table{m: make(map[sessionKey]*session), max: max, idle: idle, metrics: m}
+}
+
+// get returns the session of k, a new one when k is unknown. Sessions idle
+// for longer than t.idle are dropped from the tail on the way (so an idle
+// key comes back new), and the least recently seen one when the table is
+// full.
+func (t *table) get(k sessionKey, now time.Time) *session {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	for t.tail != nil && now.Sub(t.tail.seen) > t.idle {
+		t.remove(t.tail)
+	}
+	if s := t.m[k]; s != nil {
+		if s != t.head {
+			t.unlink(s)
+			t.pushFront(s)
+		}
+		s.seen = now
+		return s
+	}
+	s := &session{key: k, seen: now, inTable: true}
+	t.m[k] = s
+	t.pushFront(s)
+	for len(t.m) > t.max {
+		t.remove(t.tail)
+		t.metrics.evictions.Inc()
+	}
+	t.metrics.tracked.Set(float64(len(t.m)))
+	return s
+}
+
+// drop forgets s (its SMTP session ended) unless a new session took its key.
+func (t *table) drop(s *session) {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	if s.inTable && t.m[s.key] == s {
+		t.remove(s)
+	}
+}
+
+// len returns the number of sessions held.
+func (t *table) len() int {
+	t.mu.Lock()
+	defer t.mu.Unlock()
+	return len(t.m)
+}
+
+func (t *table) remove(s *session) {
+	delete(t.m, s.key)
+	t.unlink(s)
+	s.inTable = false
+	t.metrics.tracked.Set(float64(len(t.m)))
+}
+
+func (t *table) pushFront(s *session) {
+	s.prev, s.next = nil, t.head
+	if t.head != nil {
+		t.head.prev = s
+	}
+	t.head = s
+	if t.tail == nil {
+		t.tail = s
+	}
+}
+
+func (t *table) unlink(s *session) {
+	if s.prev != nil {
+		s.prev.next = s.next
+	} else {
+		t.head = s.next
+	}
+	if s.next != nil {
+		s.next.prev = s.prev
+	} else {
+		t.tail = s.prev
+	}
+	s.prev, s.next = nil, nil
+}
