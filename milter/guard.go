@@ -11,8 +11,9 @@ import (
 	"os"
 	"strings"
 	"sync"
-	"syscall"
 	"time"
+
+	"github.com/sessioncap/sessioncap/internal/netguard"
 )
 
 // The guard sits between the listener and go-milter. go-milter v0.10.1
@@ -67,16 +68,6 @@ var protocolErrorReasons = []string{
 	reasonOutOfOrder, reasonOptneg, reasonConnect, reasonMacro, reasonCommand,
 }
 
-// defaultAllow is who may speak the milter protocol over TCP when
-// Config.Allow is nil: the loopback networks.
-var defaultAllow = []netip.Prefix{netip.MustParsePrefix("127.0.0.0/8"), netip.MustParsePrefix("::1/128")}
-
-// Accept backoff, as net/http's Server.Serve does it.
-const (
-	acceptBackoffMin = 5 * time.Millisecond
-	acceptBackoffMax = time.Second
-)
-
 // guard is the server-wide part: policy, metrics and log limits.
 type guard struct {
 	metrics     *Metrics
@@ -84,9 +75,9 @@ type guard struct {
 	allow       []netip.Prefix
 	readTimeout time.Duration
 
-	protoLog  logLimiter
-	refuseLog logLimiter
-	acceptLog logLimiter
+	protoLog  netguard.LogLimiter
+	refuseLog netguard.LogLimiter
+	acceptLog netguard.LogLimiter
 }
 
 func newGuard(cfg Config, log *slog.Logger) *guard {
@@ -95,12 +86,12 @@ func newGuard(cfg Config, log *slog.Logger) *guard {
 		log:         log.With("component", "milter-guard"),
 		allow:       cfg.Allow,
 		readTimeout: cfg.ReadTimeout,
-		protoLog:    logLimiter{every: time.Second},
-		refuseLog:   logLimiter{every: 10 * time.Second},
-		acceptLog:   logLimiter{every: 10 * time.Second},
+		protoLog:    netguard.LogLimiter{Every: time.Second},
+		refuseLog:   netguard.LogLimiter{Every: 10 * time.Second},
+		acceptLog:   netguard.LogLimiter{Every: 10 * time.Second},
 	}
 	if g.allow == nil {
-		g.allow = defaultAllow
+		g.allow = netguard.Loopback
 	}
 	if g.readTimeout <= 0 {
 		g.readTimeout = DefaultReadTimeout
@@ -110,23 +101,7 @@ func newGuard(cfg Config, log *slog.Logger) *guard {
 
 // allowed reports whether a TCP peer's address is in the allow list. Unix
 // socket peers are governed by the socket file's mode and always pass.
-func (g *guard) allowed(remote net.Addr) bool {
-	ta, ok := remote.(*net.TCPAddr)
-	if !ok {
-		return true
-	}
-	a, ok := netip.AddrFromSlice(ta.IP)
-	if !ok {
-		return false
-	}
-	a = a.Unmap()
-	for _, p := range g.allow {
-		if p.Contains(a) {
-			return true
-		}
-	}
-	return false
-}
+func (g *guard) allowed(remote net.Addr) bool { return netguard.Allowed(g.allow, remote) }
 
 // guardListener accepts MTA connections for go-milter: it retries accept
 // errors that pass (out of file descriptors, aborted handshakes), refuses
@@ -156,12 +131,12 @@ func (l *guardListener) Accept() (net.Conn, error) {
 	for {
 		c, err := l.Listener.Accept()
 		if err != nil {
-			if errors.Is(err, net.ErrClosed) || !retryableAcceptError(err) {
+			if errors.Is(err, net.ErrClosed) || !netguard.RetryableAcceptError(err) {
 				return nil, err
 			}
-			delay = min(max(2*delay, acceptBackoffMin), acceptBackoffMax)
+			delay = min(max(2*delay, netguard.AcceptBackoffMin), netguard.AcceptBackoffMax)
 			l.g.metrics.acceptErrors.Inc()
-			if ok, suppressed := l.g.acceptLog.allow(time.Now()); ok {
+			if ok, suppressed := l.g.acceptLog.Allow(time.Now()); ok {
 				l.g.log.Error("accept failed; retrying", "err", err, "retry_in", delay.String(), "suppressed", suppressed)
 			}
 			t := time.NewTimer(delay)
@@ -176,7 +151,7 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		delay = 0
 		if !l.g.allowed(c.RemoteAddr()) {
 			l.g.metrics.refusedConns.Inc()
-			if ok, suppressed := l.g.refuseLog.allow(time.Now()); ok {
+			if ok, suppressed := l.g.refuseLog.Allow(time.Now()); ok {
 				l.g.log.Warn("refused milter connection from outside [milter] allow", "remote", c.RemoteAddr().String(), "suppressed", suppressed)
 			}
 			_ = c.Close()
@@ -184,24 +159,6 @@ func (l *guardListener) Accept() (net.Conn, error) {
 		}
 		return newGuardConn(c, l.g), nil
 	}
-}
-
-// retryableAcceptError reports whether accept may succeed if tried again:
-// resource exhaustion (EMFILE, ENFILE, ENOBUFS, ENOMEM), a connection that
-// died before it was accepted (ECONNABORTED, EPROTO), a firewall verdict
-// (EPERM on Linux), an interrupted call, or anything the net package marks
-// temporary.
-func retryableAcceptError(err error) bool {
-	var errno syscall.Errno
-	if errors.As(err, &errno) {
-		switch errno {
-		case syscall.EMFILE, syscall.ENFILE, syscall.ENOBUFS, syscall.ENOMEM,
-			syscall.ECONNABORTED, syscall.EPROTO, syscall.EPERM, syscall.EINTR, syscall.EAGAIN:
-			return true
-		}
-	}
-	var te interface{ Temporary() bool }
-	return errors.As(err, &te) && te.Temporary()
 }
 
 // guardConn hands go-milter one validated packet at a time. It owns the read
@@ -410,7 +367,7 @@ func (c *guardConn) timeoutString() string {
 // go-milter sees a plain end of stream and runs the session's Cleanup.
 func (c *guardConn) reject(reason string, attrs ...any) error {
 	c.g.metrics.protocolErrors.WithLabelValues(reason).Inc()
-	if ok, suppressed := c.g.protoLog.allow(time.Now()); ok {
+	if ok, suppressed := c.g.protoLog.Allow(time.Now()); ok {
 		args := append([]any{"reason", reason, "remote", c.remote, "suppressed", suppressed}, attrs...)
 		c.g.log.Warn("closing milter connection: protocol error", args...)
 	}
@@ -559,27 +516,4 @@ func validHeader(data []byte) bool {
 		data = data[:len(data)-1]
 	}
 	return bytes.Count(data, []byte{0}) == 1
-}
-
-// logLimiter lets one log line through per interval and counts the rest.
-// It reads the wall clock only to space out log lines.
-type logLimiter struct {
-	every      time.Duration
-	mu         sync.Mutex
-	next       time.Time
-	suppressed int
-}
-
-// allow reports whether to log now and how many lines were held back since
-// the last one.
-func (l *logLimiter) allow(now time.Time) (bool, int) {
-	l.mu.Lock()
-	defer l.mu.Unlock()
-	if now.Before(l.next) {
-		l.suppressed++
-		return false, 0
-	}
-	n := l.suppressed
-	l.suppressed, l.next = 0, now.Add(l.every)
-	return true, n
 }
