@@ -47,18 +47,39 @@ const (
 // AllStages lists every Stage in SMTP order.
 var AllStages = []Stage{StageConnect, StageMail, StageRcpt, StageEOM}
 
-// Mode says whether refusals are given (enforce) or only logged and counted
-// (monitor).
+// Mode says what a rule does when it would refuse: give the reply
+// (enforce), only log and count it (monitor), let the mail through with a
+// header that says which limit it crossed (tag), or nothing at all, the rule
+// being neither counted nor decided (off). The empty Mode in a Policy means
+// the top-level Rules.Mode.
 type Mode string
 
 // The modes.
 const (
 	ModeEnforce Mode = "enforce"
 	ModeMonitor Mode = "monitor"
+	ModeTag     Mode = "tag"
+	ModeOff     Mode = "off"
 )
 
-// AllModes lists every Mode.
-var AllModes = []Mode{ModeEnforce, ModeMonitor}
+// AllModes lists the modes under which a refusal is counted (the values of
+// the metrics' "mode" label); ModeOff decides nothing, so counts nothing.
+var AllModes = []Mode{ModeEnforce, ModeMonitor, ModeTag}
+
+// Valid reports whether m is one of the four modes.
+func (m Mode) Valid() bool {
+	switch m {
+	case ModeEnforce, ModeMonitor, ModeTag, ModeOff:
+		return true
+	}
+	return false
+}
+
+// Refuses reports whether a refusal under m is given to the client.
+func (m Mode) Refuses() bool { return m == ModeEnforce }
+
+// Decides reports whether a rule under m is counted and decided at all.
+func (m Mode) Decides() bool { return m != ModeOff }
 
 // Overrun says what happens to a message whose real size crosses the session
 // byte cap when MAIL FROM gave no SIZE warning.
@@ -79,6 +100,7 @@ type Session struct {
 	MaxBytes      int64
 	MaxRecipients int64
 	Overrun       Overrun
+	Mode          Mode // "" for Rules.Mode
 }
 
 // Frequency is the connection-frequency rule: more than MaxConnections
@@ -88,6 +110,7 @@ type Frequency struct {
 	MaxConnections int64
 	Window         time.Duration
 	Ban            time.Duration
+	Mode           Mode // "" for Rules.Mode; it also governs the bans the rule started
 }
 
 // Concurrency caps open sessions per address prefix and in total. Zero
@@ -95,6 +118,7 @@ type Frequency struct {
 type Concurrency struct {
 	MaxPerAddress int64
 	MaxTotal      int64
+	Mode          Mode // "" for Rules.Mode
 }
 
 // Policy is the full set of caps that applies to one client.
@@ -162,7 +186,13 @@ type Rules struct {
 	IPv4Prefix          int // bits kept of an IPv4 address to form its key
 	IPv6Prefix          int // bits kept of an IPv6 address to form its key
 	Replies             Replies
+	// TagHeader is the header added to the messages of a session that a
+	// limit in tag mode would have refused.
+	TagHeader string
 }
+
+// DefaultTagHeader is the built-in Rules.TagHeader.
+const DefaultTagHeader = "X-Sessioncap"
 
 // DefaultRules returns the built-in rules.
 func DefaultRules() *Rules {
@@ -172,13 +202,30 @@ func DefaultRules() *Rules {
 		IPv4Prefix: 32,
 		IPv6Prefix: 64,
 		Replies:    DefaultReplies(),
+		TagHeader:  DefaultTagHeader,
 	}
 }
 
 // Validate reports the first inconsistency in r, for rules built in code.
 func (r *Rules) Validate() error {
-	if r.Mode != ModeEnforce && r.Mode != ModeMonitor {
+	if !r.Mode.Valid() {
 		return fmt.Errorf("limits: unknown mode %q", r.Mode)
+	}
+	bad := ""
+	r.any(func(p *Policy) bool {
+		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode} {
+			if m != "" && !m.Valid() {
+				bad = string(m)
+				return true
+			}
+		}
+		return false
+	})
+	if bad != "" {
+		return fmt.Errorf("limits: unknown mode %q", bad)
+	}
+	if r.NeedsTagging() && !ValidHeaderName(r.TagHeader) {
+		return fmt.Errorf("limits: tag header %q is not a valid header name", r.TagHeader)
 	}
 	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
 		return fmt.Errorf("limits: ipv4 prefix %d out of range 1..32", r.IPv4Prefix)
@@ -238,12 +285,69 @@ func (r *Rules) overrideFor(addr netip.Addr, hasAddr, authenticated bool) int {
 // NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
 // must send headers and body chunks at all.
 func (r *Rules) NeedsBodies() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 })
+	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() })
 }
 
 // NeedsRecipients reports whether any policy has a recipient cap.
 func (r *Rules) NeedsRecipients() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 })
+	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() })
+}
+
+// ModeOf resolves a rule's mode: its own, or the top-level one when unset.
+func (r *Rules) ModeOf(m Mode) Mode {
+	if m == "" {
+		return r.Mode
+	}
+	return m
+}
+
+// LimitMode resolves the mode of limit l under policy p. A ban is governed
+// by the frequency rule's mode, or, when that rule is off, by the top-level
+// mode, so that manual bans still hold; the shared store's unavailability by
+// the top-level mode.
+func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
+	switch l {
+	case LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients:
+		return r.ModeOf(p.Session.Mode)
+	case LimitFrequency:
+		return r.ModeOf(p.Frequency.Mode)
+	case LimitBanned:
+		if m := r.ModeOf(p.Frequency.Mode); m != ModeOff {
+			return m
+		}
+	case LimitConcurrencyAddress, LimitConcurrencyTotal:
+		return r.ModeOf(p.Concurrency.Mode)
+	}
+	return r.Mode
+}
+
+// NeedsTagging reports whether any rule is in tag mode, i.e. whether the MTA
+// must let sessioncap add headers.
+func (r *Rules) NeedsTagging() bool {
+	return r.Mode == ModeTag || r.any(func(p *Policy) bool {
+		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
+			r.ModeOf(p.Concurrency.Mode) == ModeTag
+	})
+}
+
+// ValidHeaderName reports whether s is a header field name (RFC 5322 ftext:
+// printable ASCII but colon).
+func ValidHeaderName(s string) bool {
+	if s == "" || len(s) > 76 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// Tag is what a limit in tag mode records instead of refusing: the header
+// value "limit=<limit> value=<n> cap=<n>".
+func (r *Refusal) Tag() string {
+	return "limit=" + string(r.Limit) + " value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
 }
 
 func (r *Rules) any(f func(*Policy) bool) bool {

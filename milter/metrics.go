@@ -17,6 +17,7 @@ type Metrics struct {
 	messageBytes   prometheus.Counter
 	refusals       *prometheus.CounterVec
 	bans           *prometheus.CounterVec
+	tags           prometheus.Counter
 	malformed      *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
@@ -64,12 +65,16 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
 		}, []string{"limit", "stage", "mode"}),
 		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
-			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged).",
+			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged; tag: its connections' messages get a header).",
 		}, []string{"mode"}),
+		tags: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessioncap_tag_headers_total",
+			Help: "Headers added to accepted messages by limits in tag mode, one per limit and message.",
+		}),
 		malformed: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
 			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).",
@@ -124,7 +129,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, src := range []string{sizeFromStream, sizeFromMacro, sizeUnknown} {
 		m.sizeSource.WithLabelValues(src)
 	}
-	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.malformed, m.storeErrors, hist,
+	reg.MustRegister(m.sessions, m.sessionsActive, m.messages, m.messageBytes, m.refusals, m.bans, m.tags, m.malformed, m.storeErrors, hist,
 		m.sizeSource, m.protocolErrors, m.acceptErrors, m.refusedConns)
 	return m
 }

@@ -231,6 +231,9 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 	}
 	version := min(mtaVersion, milterVersion)
 	actions := mtaActions & gomilter.OptSetMacros
+	if s.rules.Load().NeedsTagging() {
+		actions |= mtaActions & gomilter.OptAddHeader
+	}
 	s.log.Debug("milter negotiation", "mta_version", mtaVersion, "mta_actions", fmt.Sprintf("%#x", uint32(mtaActions)), "mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol)))
 	msgSize := s.sizeMacro.Load() == sizeMacro
 	return version, actions, protocolFor(s.rules.Load(), msgSize) & mtaProtocol, gomilter.DataSize64K, nil
@@ -256,14 +259,18 @@ func (s *Server) learnSizeMacro(present bool) {
 	}
 }
 
-func (s *Server) newSession(_ uint32, _ gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
-	return &session{srv: s, proto: proto}
+func (s *Server) newSession(_ uint32, actions gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
+	return &session{srv: s, proto: proto, actions: actions}
 }
 
 // enforceable reports whether the MTA sends every event r needs under the
-// negotiated protocol. A connection without headers and body serves a byte
-// cap only while the MTAs are known to report {msg_size}.
-func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol) bool {
+// negotiated protocol, and allows adding headers when r tags. A connection
+// without headers and body serves a byte cap only while the MTAs are known
+// to report {msg_size}.
+func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, actions gomilter.OptAction) bool {
+	if r.NeedsTagging() && actions&gomilter.OptAddHeader == 0 {
+		return false
+	}
 	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 &&
 		!(sizeByMacro(proto) && s.sizeMacro.Load() == sizeMacro) {
 		return false

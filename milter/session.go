@@ -17,9 +17,10 @@ import (
 // at a time, so its counters are plain fields.
 type session struct {
 	gomilter.NoOpMilter
-	srv   *Server
-	proto gomilter.OptProtocol // negotiated for this milter connection
-	rules *limits.Rules        // the rules of this SMTP session, enforceable under proto
+	srv     *Server
+	proto   gomilter.OptProtocol // negotiated for this milter connection
+	actions gomilter.OptAction   // negotiated for this milter connection
+	rules   *limits.Rules        // the rules of this SMTP session, enforceable under proto and actions
 
 	connected bool   // Connect was seen and counted in sessions_active
 	client    string // client address for logs ("" for none)
@@ -29,8 +30,14 @@ type session struct {
 
 	state   limits.SessionState
 	policy  limits.Session // caps of the current transaction
+	smode   limits.Mode    // resolved mode of policy
 	exempt  bool           // the current transaction is exempt from session caps
 	queueID string
+
+	// Header values of limits in tag mode that would have refused: at
+	// connect (every message of the session gets them) and in the current
+	// transaction.
+	connTags, txTags []string
 }
 
 var _ gomilter.Milter = (*session)(nil)
@@ -44,14 +51,14 @@ var _ gomilter.Milter = (*session)(nil)
 func (s *session) NewConnection(gomilter.Modifier) error {
 	s.end()
 	prev := s.rules
-	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.rules.Load()}
-	if s.srv.enforceable(s.rules, s.proto) {
+	*s = session{srv: s.srv, proto: s.proto, actions: s.actions, rules: s.srv.rules.Load()}
+	if s.srv.enforceable(s.rules, s.proto, s.actions) {
 		return nil
 	}
 	if prev == nil { // a reload between negotiation and the first session
 		prev = s.srv.prevRules.Load()
 	}
-	if prev != nil && s.srv.enforceable(prev, s.proto) {
+	if prev != nil && s.srv.enforceable(prev, s.proto, s.actions) {
 		s.rules = prev
 		s.srv.log.Info("reloaded rules need milter events this connection did not negotiate; it keeps the previous rules until it closes")
 	}
@@ -83,6 +90,7 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	if s.connected {
 		s.end()
 		s.state, s.addr, s.hasAddr, s.client = limits.SessionState{}, netip.Addr{}, false, ""
+		s.connTags, s.txTags = nil, nil
 	}
 	s.connected = true
 	s.srv.metrics.sessions.Inc()
@@ -108,34 +116,59 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 		return gomilter.RespContinue, nil
 	}
 	prefix := s.rules.Key(s.addr)
+	if resp, refused := s.admitFrequency(&policy, scope, prefix); refused {
+		return resp, nil
+	}
+	cmode := s.rules.LimitMode(&policy, limits.LimitConcurrencyAddress)
+	if !cmode.Decides() {
+		return gomilter.RespContinue, nil
+	}
+	var a limits.Admission
+	s.lease, a.Verdict, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, !cmode.Refuses())
+	return s.refuse(a.Refusal(policy, s.rules.Replies), cmode)
+}
+
+// admitFrequency applies the frequency rule and the bans at connect. It
+// reports whether the connection was refused (and the reply); a refusal in
+// monitor or tag mode lets it go on to the concurrency caps. With the
+// frequency rule off, the store is still asked for bans (manual ones) unless
+// the top-level mode is off too.
+func (s *session) admitFrequency(policy *limits.Policy, scope string, prefix netip.Prefix) (*gomilter.Response, bool) {
+	fmode := s.rules.LimitMode(policy, limits.LimitFrequency)
+	bmode := s.rules.LimitMode(policy, limits.LimitBanned)
+	if !bmode.Decides() {
+		return nil, false
+	}
+	f := policy.Frequency
+	if !fmode.Decides() {
+		f = limits.Frequency{} // only ask whether the prefix is banned
+	}
 	key := limits.StoreKey(limits.KeyFrequency, scope, prefix)
-	a, err := s.srv.admitFrequency(s.rules, s.addr, scope, key, policy.Frequency)
+	a, err := s.srv.admitFrequency(s.rules, s.addr, scope, key, f)
 	if err != nil {
 		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
 		if errors.Is(err, counters.ErrUnavailable) {
 			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
-			return s.refuse(s.rules.Replies.Unavailable())
+			resp, _ := s.refuse(s.rules.Replies.Unavailable(), s.rules.Mode)
+			return resp, resp != gomilter.RespContinue
 		}
 		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", key, "err", err)
-		a = limits.Admission{}
+		return nil, false
 	}
 	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
-		s.srv.metrics.bans.WithLabelValues(string(s.rules.Mode)).Inc()
+		s.srv.metrics.bans.WithLabelValues(string(fmode)).Inc()
 		s.srv.log.Warn("banned",
 			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
-			"value", a.Connections, "cap", policy.Frequency.MaxConnections,
-			"window", policy.Frequency.Window.String(), "ban", policy.Frequency.Ban.String(),
-			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(s.rules.Mode), "reason", string(limits.LimitFrequency))
+			"value", a.Connections, "cap", f.MaxConnections,
+			"window", f.Window.String(), "ban", f.Ban.String(),
+			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(fmode), "reason", string(limits.LimitFrequency))
 	}
-	monitor := s.rules.Mode == limits.ModeMonitor
-	if a.Verdict == limits.Admitted || monitor {
-		var v limits.Verdict
-		s.lease, v, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, monitor)
-		if a.Verdict == limits.Admitted {
-			a.Verdict = v
-		}
+	r := a.Refusal(*policy, s.rules.Replies)
+	if r == nil {
+		return nil, false
 	}
-	return s.refuse(a.Refusal(policy, s.rules.Replies))
+	resp, _ := s.refuse(r, s.rules.LimitMode(policy, r.Limit))
+	return resp, resp != gomilter.RespContinue
 }
 
 // MailFrom starts a transaction: it resolves the session caps for this
@@ -148,11 +181,16 @@ func (s *session) MailFrom(_ string, esmtpArgs string, m gomilter.Modifier) (*go
 	}
 	s.state.EndTransaction()
 	s.queueID = m.Get(gomilter.MacroQueueId)
+	s.txTags = s.txTags[:0]
 	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, m.Get(gomilter.MacroAuthAuthen) != "")
+	s.smode = s.rules.ModeOf(s.policy.Mode)
+	if !s.smode.Decides() {
+		s.exempt = true
+	}
 	if s.exempt {
 		return gomilter.RespContinue, nil
 	}
-	return s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)))
+	return s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)), s.smode)
 }
 
 // sizeParam returns the SIZE= value of MAIL FROM, -1 when absent or invalid.
@@ -186,7 +224,7 @@ func (s *session) RcptTo(_ string, _ string, m gomilter.Modifier) (*gomilter.Res
 		s.queueID = id
 	}
 	if r := s.state.CheckRcpt(s.policy, s.rules.Replies); r != nil {
-		return s.refuse(r)
+		return s.refuse(r, s.smode)
 	}
 	s.state.AcceptRecipient()
 	return gomilter.RespContinue, nil
@@ -225,14 +263,41 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) 
 	if !s.exempt && s.rules != nil {
 		r = s.state.CheckEOM(s.policy, s.rules.Replies)
 	}
-	resp, _ := s.refuse(r)
+	resp, _ := s.refuse(r, s.smode)
 	if resp == gomilter.RespContinue {
+		s.addTags(m)
 		s.state.AcceptMessage()
 		s.srv.metrics.messages.Inc()
 		resp = gomilter.RespAccept
 	}
 	s.state.EndTransaction()
+	s.txTags = s.txTags[:0]
 	return resp, nil
+}
+
+// addTags adds one header per limit in tag mode that would have refused
+// this message: those of the session (at connect) and of this transaction.
+func (s *session) addTags(m gomilter.Modifier) {
+	if len(s.connTags) == 0 && len(s.txTags) == 0 {
+		return
+	}
+	name := s.rules.TagHeader
+	if s.actions&gomilter.OptAddHeader == 0 {
+		// enforceable() keeps rules with tag modes off connections that
+		// cannot add headers; this is only reached after a reload raced.
+		s.srv.log.Warn("cannot tag: the MTA did not allow adding headers on this milter connection", "client_ip", s.client, "queue_id", s.queueID)
+		return
+	}
+	for _, tags := range [][]string{s.connTags, s.txTags} {
+		for _, v := range tags {
+			if err := m.AddHeader(name, v); err != nil {
+				s.srv.log.Error("cannot add the tag header", "client_ip", s.client, "queue_id", s.queueID, "header", name, "err", err)
+				return
+			}
+			s.srv.metrics.tags.Inc()
+			s.srv.log.Info("tagged", "client_ip", s.client, "queue_id", s.queueID, "header", name, "value", v, "mode", string(limits.ModeTag))
+		}
+	}
 }
 
 // countSize takes the message's size from {msg_size} when headers and body
@@ -262,19 +327,30 @@ func (s *session) countSize(raw string) {
 func (s *session) Abort(gomilter.Modifier) error {
 	s.state.EndTransaction()
 	s.exempt = false
+	s.txTags = s.txTags[:0]
 	return nil
 }
 
-// refuse logs and counts r and turns it into the reply, or into continue in
-// monitor mode or when r is nil. It never returns a Go error: that would make
-// the MTA apply milter_default_action to the whole session.
-func (s *session) refuse(r *limits.Refusal) (*gomilter.Response, error) {
-	if r == nil {
+// refuse logs and counts r under mode and turns it into the reply; into
+// continue when r is nil or in monitor and tag mode (tag mode records the
+// header the message gets at its end: for the whole session when the
+// refusal was at connect, else for this transaction). It never returns a Go
+// error: that would make the MTA apply milter_default_action to the whole
+// session.
+func (s *session) refuse(r *limits.Refusal, mode limits.Mode) (*gomilter.Response, error) {
+	if r == nil || !mode.Decides() {
 		return gomilter.RespContinue, nil
 	}
-	mode := s.rules.Mode
 	s.srv.logRefusal(r, mode, s.client, s.queueID)
-	if mode == limits.ModeMonitor {
+	switch mode {
+	case limits.ModeMonitor:
+		return gomilter.RespContinue, nil
+	case limits.ModeTag:
+		if r.Stage == limits.StageConnect {
+			s.connTags = setTag(s.connTags, r)
+		} else {
+			s.txTags = setTag(s.txTags, r)
+		}
 		return gomilter.RespContinue, nil
 	}
 	resp, err := gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Reason())
@@ -283,4 +359,17 @@ func (s *session) refuse(r *limits.Refusal) (*gomilter.Response, error) {
 		return gomilter.RespTempFail, nil
 	}
 	return resp, nil
+}
+
+// setTag records r's tag in tags, replacing an earlier one of the same limit
+// (a later recipient over the cap updates the value): one header per limit.
+func setTag(tags []string, r *limits.Refusal) []string {
+	prefix := "limit=" + string(r.Limit) + " "
+	for i, t := range tags {
+		if strings.HasPrefix(t, prefix) {
+			tags[i] = r.Tag()
+			return tags
+		}
+	}
+	return append(tags, r.Tag())
 }

@@ -127,6 +127,9 @@ type fileConfig struct {
 		Networks      value[prefixList] `toml:"networks"`
 		Authenticated value[bool]       `toml:"authenticated"`
 	} `toml:"exempt"`
+	Tag struct {
+		Header value[string] `toml:"header"`
+	} `toml:"tag"`
 	Override []overrideTable `toml:"override"`
 	Replies  struct {
 		SessionMessages    value[string] `toml:"session_messages"`
@@ -150,15 +153,18 @@ type PolicyTables struct {
 		MaxBytes      value[byteSize] `toml:"max_bytes"`
 		MaxRecipients value[count]    `toml:"max_recipients"`
 		Overrun       value[string]   `toml:"overrun"`
+		Mode          value[string]   `toml:"mode"`
 	} `toml:"session"`
 	Frequency struct {
 		MaxConnections value[count]    `toml:"max_connections"`
 		Window         value[duration] `toml:"window"`
 		Ban            value[duration] `toml:"ban"`
+		Mode           value[string]   `toml:"mode"`
 	} `toml:"frequency"`
 	Concurrency struct {
-		MaxPerAddress value[count] `toml:"max_per_address"`
-		MaxTotal      value[count] `toml:"max_total"`
+		MaxPerAddress value[count]  `toml:"max_per_address"`
+		MaxTotal      value[count]  `toml:"max_total"`
+		Mode          value[string] `toml:"mode"`
 	} `toml:"concurrency"`
 }
 
@@ -350,11 +356,14 @@ func (v *validator) build(fc *fileConfig) *Config {
 	}
 	cfg.MetricsListen = fc.Metrics.Listen.get(cfg.MetricsListen)
 	r := cfg.Rules
-	switch mode := fc.Mode.get(string(r.Mode)); mode {
-	case string(limits.ModeEnforce), string(limits.ModeMonitor):
-		r.Mode = limits.Mode(mode)
-	default:
-		v.add("mode", "must be \"enforce\" or \"monitor\", got %q", mode)
+	if m := fc.Mode.get(string(r.Mode)); limits.Mode(m).Valid() {
+		r.Mode = limits.Mode(m)
+	} else {
+		v.add("mode", "%s", badMode(m))
+	}
+	r.TagHeader = fc.Tag.Header.get(r.TagHeader)
+	if !limits.ValidHeaderName(r.TagHeader) {
+		v.add("tag.header", "%q is not a header name (printable ASCII without spaces or colons, at most 76 characters)", r.TagHeader)
 	}
 	switch f := fc.Log.Format.get(cfg.LogFormat); f {
 	case "text", "json":
@@ -420,8 +429,28 @@ func (v *validator) build(fc *fileConfig) *Config {
 	return cfg
 }
 
+// badMode is the message for a mode that is none of the four.
+func badMode(m string) string {
+	return fmt.Sprintf("must be \"enforce\", \"monitor\", \"tag\" or \"off\", got %q", m)
+}
+
+// mode reads a table's mode into dst ("" when unset: the top-level mode).
+func (v *validator) mode(dst *limits.Mode, val *value[string], key string) {
+	if !val.set || val.err != nil {
+		return
+	}
+	if m := limits.Mode(val.v); m.Valid() {
+		*dst = m
+		return
+	}
+	v.add(key, "%s", badMode(val.v))
+}
+
 // applyPolicy overwrites p with the values set in t.
 func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string) {
+	v.mode(&p.Session.Mode, &t.Session.Mode, joinKey(prefix, "session.mode"))
+	v.mode(&p.Frequency.Mode, &t.Frequency.Mode, joinKey(prefix, "frequency.mode"))
+	v.mode(&p.Concurrency.Mode, &t.Concurrency.Mode, joinKey(prefix, "concurrency.mode"))
 	s := &p.Session
 	s.MaxMessages = int64(t.Session.MaxMessages.get(count(s.MaxMessages)))
 	s.MaxBytes = int64(t.Session.MaxBytes.get(byteSize(s.MaxBytes)))

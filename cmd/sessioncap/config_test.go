@@ -31,7 +31,10 @@ bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {v
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
 		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
 bad-unknown-keys.toml:6: frequncy: unknown key`,
-		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce" or "monitor", got "block"
+		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
+bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
+bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
+		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-values.toml:5: session.max_messages: must not be negative (0 disables the limit), got -1
 bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
 bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
@@ -166,13 +169,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 47 {
-		t.Errorf("%d settings found, want 47", uncommented)
+	if uncommented != 48 {
+		t.Errorf("%d settings found, want 48", uncommented)
 	}
 }
 
@@ -270,5 +273,52 @@ func TestCheckConfigCommand(t *testing.T) {
 	}
 	if code := run([]string{"-no-such-flag"}, &out, &errOut); code != 78 {
 		t.Errorf("bad flag: exit %d", code)
+	}
+}
+
+// TestModesConfig: the top-level mode is the default of every table, a
+// table's mode wins, and an override inherits the default policy's modes
+// before applying its own.
+func TestModesConfig(t *testing.T) {
+	cfg, err := ParseConfig("modes.toml", []byte(`
+mode = "monitor"
+[session]
+mode = "tag"
+[tag]
+header = "X-Spam-Sessioncap"
+[[override]]
+networks = ["192.0.2.0/24"]
+[override.frequency]
+mode = "enforce"
+[override.session]
+mode = "off"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules
+	d, o := &r.Default, &r.Overrides[0].Policy
+	for _, c := range []struct {
+		p    *limits.Policy
+		l    limits.Limit
+		want limits.Mode
+	}{
+		{d, limits.LimitSessionMessages, limits.ModeTag},
+		{d, limits.LimitFrequency, limits.ModeMonitor},
+		{d, limits.LimitConcurrencyAddress, limits.ModeMonitor},
+		{o, limits.LimitSessionBytes, limits.ModeOff},
+		{o, limits.LimitFrequency, limits.ModeEnforce},
+		{o, limits.LimitBanned, limits.ModeEnforce},
+		{o, limits.LimitConcurrencyTotal, limits.ModeMonitor},
+	} {
+		if got := r.LimitMode(c.p, c.l); got != c.want {
+			t.Errorf("%s of %p: %s, want %s", c.l, c.p, got, c.want)
+		}
+	}
+	if !r.NeedsTagging() || r.TagHeader != "X-Spam-Sessioncap" {
+		t.Errorf("tagging %v, header %q", r.NeedsTagging(), r.TagHeader)
+	}
+	if s := summary(cfg); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
+		t.Errorf("summary:\n%s", s)
 	}
 }

@@ -364,7 +364,7 @@ type storeCollector struct{ d *daemon }
 
 var (
 	descTracked   = prometheus.NewDesc("sessioncap_tracked_addresses", "Keys (address prefixes) whose connection frequency the store tracks (bounded by addresses.max_tracked in memory; -1 when the store cannot tell).", nil, nil)
-	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Bans in force, by mode (the running mode carries the count; the other is 0): in monitor mode bans only log.", []string{"mode"}, nil)
+	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Bans in force, by mode (the mode of the default [frequency] rule carries the count; the others are 0): in monitor mode bans only log, in tag mode their sessions' messages get a header.", []string{"mode"}, nil)
 	descEvictions = prometheus.NewDesc("sessioncap_tracked_evictions_total", "Windows and bans the in-memory store dropped to stay within addresses.max_tracked and addresses.max_bans.", nil, nil)
 )
 
@@ -381,7 +381,8 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		st, _ = c.d.local.Stats(ctx)
 	}
-	mode := c.d.srv.Rules().Mode
+	r := c.d.srv.Rules()
+	mode := r.LimitMode(&r.Default, limits.LimitBanned)
 	ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(st.Tracked))
 	for _, m := range limits.AllModes {
 		n := 0.0
@@ -461,13 +462,16 @@ func summary(cfg *Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
 	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
+	if r.NeedsTagging() {
+		fmt.Fprintf(&b, "tag: header %s\n", r.TagHeader)
+	}
 	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
-		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s\n",
-			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun)
-		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s\n", capString(f.MaxConnections), f.Window, f.Ban)
-		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal))
+		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s, mode %s\n",
+			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun, r.ModeOf(s.Mode))
+		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s, mode %s\n", capString(f.MaxConnections), f.Window, f.Ban, r.ModeOf(f.Mode))
+		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s, mode %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal), r.ModeOf(c.Mode))
 	}
 	b.WriteString("default:\n")
 	describe(r.Default)

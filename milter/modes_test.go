@@ -1,0 +1,226 @@
+package milter_test
+
+import (
+	"strings"
+	"testing"
+	"time"
+
+	gomilter "github.com/d--j/go-milter"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// sendTagged runs one accepted transaction (one recipient, a small body)
+// and returns the headers sessioncap added, as "Name: value".
+func (m *mta) sendTagged() (added []string, eom *gomilter.Action) {
+	m.t.Helper()
+	if act, err := m.s.Mail("sender@example.org", ""); err != nil || act.StopProcessing() {
+		m.t.Fatalf("mail: %v %v", act, err)
+	}
+	if act, err := m.s.Rcpt("rcpt@example.net", ""); err != nil || act.StopProcessing() {
+		m.t.Fatalf("rcpt: %v %v", act, err)
+	}
+	if _, err := m.s.DataStart(); err != nil {
+		m.t.Fatal(err)
+	}
+	if _, err := m.s.HeaderField("Subject", "test", nil); err != nil {
+		m.t.Fatal(err)
+	}
+	if _, err := m.s.HeaderEnd(); err != nil {
+		m.t.Fatal(err)
+	}
+	if _, err := m.s.BodyChunk([]byte("hello\r\n")); err != nil {
+		m.t.Fatal(err)
+	}
+	mods, act, err := m.s.End()
+	if err != nil {
+		m.t.Fatalf("eom: %v", err)
+	}
+	_ = m.s.Abort(nil)
+	for _, mod := range mods {
+		if mod.Type == gomilter.ActionAddHeader {
+			added = append(added, mod.HeaderName+": "+mod.HeaderValue)
+		}
+	}
+	return added, act
+}
+
+// TestTagMode: limits in tag mode refuse nothing; every message of a
+// session they would have refused gets one header per such limit, the
+// refusals are counted with mode="tag", and a limit in enforce mode beside
+// them still refuses.
+func TestTagMode(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: 0, Mode: limits.ModeTag}
+		r.Default.Session = limits.Session{MaxMessages: 1, Mode: limits.ModeTag}
+		r.Default.Concurrency = limits.Concurrency{MaxPerAddress: 1, Mode: limits.ModeEnforce}
+		r.TagHeader = "X-Test-Cap"
+	}))
+	first, act := h.connect("192.0.2.10")
+	if act.StopProcessing() {
+		t.Fatalf("first connection: %v", act)
+	}
+	if !first.s.ActionOption(gomilter.OptAddHeader) {
+		t.Fatal("tag mode configured but adding headers was not negotiated")
+	}
+	added, eom := first.sendTagged()
+	if eom.Type != gomilter.ActionAccept || len(added) != 0 {
+		t.Fatalf("first message: %v, headers %q", eom, added)
+	}
+	added, _ = first.sendTagged()
+	if want := []string{"X-Test-Cap: limit=session_messages value=1 cap=1"}; strings.Join(added, "|") != strings.Join(want, "|") {
+		t.Fatalf("second message: headers %q, want %q", added, want)
+	}
+	// concurrency is enforced: a second open session from the address is refused
+	_, act = h.connect("192.0.2.10")
+	wantReply(t, act, 421, "421 4.7.0 Too many concurrent connections from your network (limit 1); try again later")
+	if err := first.s.Close(); err != nil {
+		t.Fatal(err)
+	}
+	eventually(t, "first session end", func() bool { return h.srv.OpenSessions() == 0 })
+
+	// over the frequency cap (2 earlier connections in the window): tagged
+	// at connect, so every message of the session gets the header
+	m, act := h.connect("192.0.2.10")
+	if act.StopProcessing() {
+		t.Fatalf("tag mode refused at connect: %v", act)
+	}
+	for i, want := range [][]string{
+		{"X-Test-Cap: limit=frequency value=2 cap=1"},
+		{"X-Test-Cap: limit=frequency value=2 cap=1", "X-Test-Cap: limit=session_messages value=1 cap=1"},
+		{"X-Test-Cap: limit=frequency value=2 cap=1", "X-Test-Cap: limit=session_messages value=2 cap=1"},
+	} {
+		added, eom := m.sendTagged()
+		if eom.Type != gomilter.ActionAccept || strings.Join(added, "|") != strings.Join(want, "|") {
+			t.Errorf("message %d: %v, headers %q, want %q", i+1, eom, added, want)
+		}
+	}
+	for _, c := range []struct {
+		limit, stage, mode string
+		want               float64
+	}{
+		{"frequency", "connect", "tag", 2}, // the refused concurrency connection counted too
+		{"session_messages", "mail", "tag", 3},
+		{"concurrency_address", "connect", "enforce", 1},
+		{"frequency", "connect", "enforce", 0},
+	} {
+		if got := h.refusals(c.limit, c.stage, c.mode); got != c.want {
+			t.Errorf("refusals %s/%s/%s = %v, want %v", c.limit, c.stage, c.mode, got, c.want)
+		}
+	}
+	if got := value(t, h.reg, "sessioncap_tag_headers_total"); got != 6 {
+		t.Errorf("tag headers counted %v, want 6", got)
+	}
+	if !strings.Contains(h.logs.String(), `"msg":"tagged"`) || !strings.Contains(h.logs.String(), `"mode":"tag"`) {
+		t.Errorf("no tag log line:\n%s", h.logs)
+	}
+}
+
+// TestModesPerLimit: the top-level mode is the default of every table; each
+// table's own mode wins, and "off" neither counts nor asks for the events.
+func TestModesPerLimit(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Mode = limits.ModeMonitor
+		r.Default.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Minute, Mode: limits.ModeEnforce}
+		r.Default.Session = limits.Session{MaxMessages: 1, MaxRecipients: 1}
+	}))
+	m, act := h.connect("192.0.2.20")
+	if act.StopProcessing() {
+		t.Fatal(act)
+	}
+	if m.s.ActionOption(gomilter.OptAddHeader) {
+		t.Error("adding headers negotiated without any tag mode")
+	}
+	for i := 0; i < 2; i++ {
+		if act, stage := m.send("", 2, 10); act != nil {
+			t.Fatalf("session caps in monitor mode refused at %s: %v", stage, act)
+		}
+	}
+	_, act = h.connect("192.0.2.20")
+	wantReply(t, act, 421, "421 4.7.0 Too many connections from your network (limit 1 per 1m); banned for 1m, try again later")
+	if got := h.refusals("session_messages", "mail", "monitor"); got != 1 {
+		t.Errorf("session_messages monitor = %v, want 1", got)
+	}
+	if got := h.refusals("frequency", "connect", "enforce"); got != 1 {
+		t.Errorf("frequency enforce = %v, want 1", got)
+	}
+	if got := value(t, h.reg, "sessioncap_bans_total", "mode", "enforce"); got != 1 {
+		t.Errorf("bans enforce = %v, want 1", got)
+	}
+
+	// session caps off: nothing counted, recipients not asked for; the
+	// ban (frequency off → top-level monitor) is only logged
+	if err := h.srv.SetRules(rulesWith(func(r *limits.Rules) {
+		r.Mode = limits.ModeMonitor
+		r.Default.Frequency.Mode = limits.ModeOff
+		r.Default.Session = limits.Session{MaxMessages: 1, MaxRecipients: 1, Mode: limits.ModeOff}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	m2, act := h.connect("192.0.2.20")
+	if act.StopProcessing() {
+		t.Fatalf("banned prefix refused with the ban's mode monitor: %v", act)
+	}
+	if !m2.s.ProtocolOption(gomilter.OptNoRcptTo) {
+		t.Error("recipients asked for with the session caps off")
+	}
+	for i := 0; i < 3; i++ {
+		if act, stage := m2.send("", 1, 10); act != nil {
+			t.Fatalf("session caps off refused at %s: %v", stage, act)
+		}
+	}
+	if got := h.refusals("session_messages", "mail", "monitor"); got != 1 {
+		t.Errorf("session_messages monitor = %v after mode off, want still 1", got)
+	}
+	if got := h.refusals("banned", "connect", "monitor"); got != 1 {
+		t.Errorf("banned monitor = %v, want 1", got)
+	}
+	if got := h.refusals("frequency", "connect", "monitor"); got != 0 {
+		t.Errorf("frequency counted with the rule off: %v", got)
+	}
+}
+
+// TestTagNeedsAddHeader: an MTA that does not allow adding headers cannot
+// serve rules with a tag mode; a connection negotiated before a reload to
+// such rules keeps the rules it negotiated with.
+func TestTagNeedsAddHeader(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) { r.Default.Session.MaxMessages = 1 }))
+	c := gomilter.NewClient("tcp", h.addr, gomilter.WithReadTimeout(5*time.Second),
+		gomilter.WithActions(gomilter.AllClientSupportedActionMasks&^gomilter.OptAddHeader))
+	macros := gomilter.NewMacroBag()
+	s, err := c.Session(macros)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer s.Close()
+	m := &mta{t: t, s: s, macros: macros}
+	session := func() {
+		if act, err := s.Conn("client.example", gomilter.FamilyInet, 40000, "192.0.2.30"); err != nil || act.StopProcessing() {
+			t.Fatalf("conn: %v %v", act, err)
+		}
+		if _, err := s.Helo("client.example"); err != nil {
+			t.Fatal(err)
+		}
+		if act, _ := m.send("", 1, 10); act != nil {
+			t.Fatalf("first message: %v", act)
+		}
+	}
+	session()
+	if err := h.srv.SetRules(rulesWith(func(r *limits.Rules) {
+		r.Default.Session = limits.Session{MaxMessages: 1, Mode: limits.ModeTag}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	// the MTA reuses the milter connection for a new SMTP session
+	if err := s.Reset(nil); err != nil {
+		t.Fatal(err)
+	}
+	session()
+	act, stage := m.send("", 1, 10)
+	if stage != "mail" {
+		t.Fatalf("second message: %v at %q, want the enforced cap of the previous rules", act, stage)
+	}
+	if !strings.Contains(h.logs.String(), "keeps the previous rules") {
+		t.Errorf("no log line about keeping the previous rules:\n%s", h.logs)
+	}
+}
