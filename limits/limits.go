@@ -24,13 +24,14 @@ const (
 	LimitConcurrencyAddress Limit = "concurrency_address"
 	LimitConcurrencyTotal   Limit = "concurrency_total"
 	LimitStoreUnavailable   Limit = "store_unavailable"
+	LimitDeny               Limit = "deny"
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable,
+	LimitStoreUnavailable, LimitDeny,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -176,9 +177,17 @@ func containsAddr(nets []netip.Prefix, addr netip.Addr) bool {
 	return false
 }
 
+// Deny lists networks refused at connect whatever else applies: a policy,
+// not a limit, so its reply may be 5xx.
+type Deny struct {
+	Networks []netip.Prefix
+	Mode     Mode // "" for Rules.Mode
+}
+
 // Rules is a complete, validated configuration of the policy.
 type Rules struct {
 	Mode                Mode
+	Deny                Deny
 	Default             Policy
 	ExemptNetworks      []netip.Prefix
 	ExemptAuthenticated bool
@@ -212,6 +221,9 @@ func (r *Rules) Validate() error {
 		return fmt.Errorf("limits: unknown mode %q", r.Mode)
 	}
 	bad := ""
+	if m := r.Deny.Mode; m != "" && !m.Valid() {
+		bad = string(m)
+	}
 	r.any(func(p *Policy) bool {
 		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode} {
 			if m != "" && !m.Valid() {
@@ -234,6 +246,17 @@ func (r *Rules) Validate() error {
 		return fmt.Errorf("limits: ipv6 prefix %d out of range 1..128", r.IPv6Prefix)
 	}
 	return r.Replies.Validate()
+}
+
+// Denied renders the refusal of a client in [deny] networks, nil for
+// others. It is decided before exemptions: an address both exempt and
+// denied is denied (list the exception narrower in exempt and leave it out
+// of deny).
+func (r *Rules) Denied(addr netip.Addr) *Refusal {
+	if !containsAddr(r.Deny.Networks, addr) {
+		return nil
+	}
+	return r.Replies.refusal(ReplyDeny, LimitDeny, StageConnect, 0, 0, 0, 0)
 }
 
 // ForConnect returns the policy for a new connection from addr, the scope of
@@ -317,6 +340,8 @@ func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
 		}
 	case LimitConcurrencyAddress, LimitConcurrencyTotal:
 		return r.ModeOf(p.Concurrency.Mode)
+	case LimitDeny:
+		return r.ModeOf(r.Deny.Mode)
 	}
 	return r.Mode
 }
@@ -324,7 +349,7 @@ func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
 // NeedsTagging reports whether any rule is in tag mode, i.e. whether the MTA
 // must let sessioncap add headers.
 func (r *Rules) NeedsTagging() bool {
-	return r.Mode == ModeTag || r.any(func(p *Policy) bool {
+	return r.Mode == ModeTag || (len(r.Deny.Networks) > 0 && r.ModeOf(r.Deny.Mode) == ModeTag) || r.any(func(p *Policy) bool {
 		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
 			r.ModeOf(p.Concurrency.Mode) == ModeTag
 	})

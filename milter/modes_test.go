@@ -1,6 +1,7 @@
 package milter_test
 
 import (
+	"net/netip"
 	"strings"
 	"testing"
 	"time"
@@ -222,5 +223,35 @@ func TestTagNeedsAddHeader(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), "keeps the previous rules") {
 		t.Errorf("no log line about keeping the previous rules:\n%s", h.logs)
+	}
+}
+
+// TestDenyList: a client in [deny] networks gets the deny reply (5xx
+// allowed) at connect, even when exempt; monitor mode lets it through.
+func TestDenyList(t *testing.T) {
+	deny := []netip.Prefix{netip.MustParsePrefix("192.0.2.0/28")}
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Deny.Networks = deny
+		r.ExemptNetworks = []netip.Prefix{netip.MustParsePrefix("192.0.2.0/24")}
+	}))
+	_, act := h.connect("192.0.2.5")
+	wantReply(t, act, 554, "554 5.7.1 Access denied")
+	if _, act := h.connect("192.0.2.50"); act.StopProcessing() {
+		t.Fatalf("exempt client outside deny refused: %v", act)
+	}
+	if got := h.refusals("deny", "connect", "enforce"); got != 1 {
+		t.Errorf("deny refusals %v, want 1", got)
+	}
+	if err := h.srv.SetRules(rulesWith(func(r *limits.Rules) {
+		r.Deny = limits.Deny{Networks: deny, Mode: limits.ModeMonitor}
+		r.Replies[limits.ReplyDeny] = limits.Reply{Code: 450, Enhanced: "4.7.1", Text: "Go away for now"}
+	})); err != nil {
+		t.Fatal(err)
+	}
+	if _, act := h.connect("192.0.2.5"); act.StopProcessing() {
+		t.Fatalf("deny in monitor mode refused: %v", act)
+	}
+	if got := h.refusals("deny", "connect", "monitor"); got != 1 {
+		t.Errorf("deny monitor refusals %v, want 1", got)
 	}
 }

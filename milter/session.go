@@ -111,6 +111,11 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	}
 	s.addr, s.hasAddr = ip.Unmap().WithZone(""), true
 	s.client = s.addr.String()
+	if r := s.rules.Denied(s.addr); r != nil {
+		if resp, _ := s.refuse(r, s.rules.LimitMode(&s.rules.Default, limits.LimitDeny)); resp != gomilter.RespContinue {
+			return resp, nil
+		}
+	}
 	policy, scope, exempt := s.rules.ForConnect(s.addr)
 	if exempt {
 		return gomilter.RespContinue, nil

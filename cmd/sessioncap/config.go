@@ -127,6 +127,10 @@ type fileConfig struct {
 		Networks      value[prefixList] `toml:"networks"`
 		Authenticated value[bool]       `toml:"authenticated"`
 	} `toml:"exempt"`
+	Deny struct {
+		Networks value[prefixList] `toml:"networks"`
+		Mode     value[string]     `toml:"mode"`
+	} `toml:"deny"`
 	Tag struct {
 		Header value[string] `toml:"header"`
 	} `toml:"tag"`
@@ -143,6 +147,7 @@ type fileConfig struct {
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
+		Deny               value[string] `toml:"deny"`
 	} `toml:"replies"`
 }
 
@@ -406,6 +411,8 @@ func (v *validator) build(fc *fileConfig) *Config {
 	}
 	r.ExemptNetworks = fc.Exempt.Networks.get(nil)
 	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
+	r.Deny.Networks = fc.Deny.Networks.get(nil)
+	v.mode(&r.Deny.Mode, &fc.Deny.Mode, "deny.mode")
 
 	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
 	for i := range fc.Override {
@@ -484,7 +491,7 @@ func (v *validator) applyReplies(rs limits.Replies, fc *fileConfig) {
 		if !val.set || val.err != nil {
 			continue
 		}
-		reply, err := limits.ParseReply(val.v)
+		reply, err := limits.ParseReplyFor(limits.ReplyKey(key), val.v)
 		if err != nil {
 			v.add("replies."+key, "%s", err.Error())
 			continue

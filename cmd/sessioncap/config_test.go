@@ -31,6 +31,10 @@ bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {v
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
 		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
 bad-unknown-keys.toml:6: frequncy: unknown key`,
+		"bad-deny.toml": `bad-deny.toml:3: deny.networks: network "198.51.100.7/24" has host bits set; did you mean "198.51.100.0/24"?
+bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
+bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
+bad-deny.toml:8: replies.banned: code 554 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
 		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
 bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
 bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
@@ -160,6 +164,7 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		t.Errorf("replies differ from the defaults:\n%v\n%v", cfg.Rules.Replies, def.Rules.Replies)
 	}
 	cfg.Rules.ExemptNetworks = nil // [] in the file, nil built in
+	cfg.Rules.Deny.Networks = nil
 	if !reflect.DeepEqual(cfg, def) {
 		t.Errorf("config %+v\nwant %+v", cfg, def)
 	}
@@ -169,13 +174,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 48 {
-		t.Errorf("%d settings found, want 48", uncommented)
+	if uncommented != 50 {
+		t.Errorf("%d settings found, want 50", uncommented)
 	}
 }
 
@@ -286,6 +291,10 @@ mode = "monitor"
 mode = "tag"
 [tag]
 header = "X-Spam-Sessioncap"
+[deny]
+networks = ["203.0.113.0/24"]
+[replies]
+deny = "550 5.7.1 Not here"
 [[override]]
 networks = ["192.0.2.0/24"]
 [override.frequency]
@@ -314,6 +323,10 @@ mode = "off"
 		if got := r.LimitMode(c.p, c.l); got != c.want {
 			t.Errorf("%s of %p: %s, want %s", c.l, c.p, got, c.want)
 		}
+	}
+	if len(cfg.Rules.Deny.Networks) != 1 || cfg.Rules.ModeOf(cfg.Rules.Deny.Mode) != limits.ModeMonitor ||
+		cfg.Rules.Replies[limits.ReplyDeny].String() != "550 5.7.1 Not here" {
+		t.Errorf("deny: %+v, reply %v", cfg.Rules.Deny, cfg.Rules.Replies[limits.ReplyDeny])
 	}
 	if !r.NeedsTagging() || r.TagHeader != "X-Spam-Sessioncap" {
 		t.Errorf("tagging %v, header %q", r.NeedsTagging(), r.TagHeader)

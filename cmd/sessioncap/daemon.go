@@ -484,6 +484,9 @@ func summary(cfg *Config) string {
 		describe(o.Policy)
 	}
 	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
+	if len(r.Deny.Networks) > 0 {
+		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())
+	}
 	fmt.Fprintf(&b, "addresses: ipv4 /%d, ipv6 /%d, max_tracked %d, max_bans %d\n", r.IPv4Prefix, r.IPv6Prefix, cfg.MaxTracked, cfg.MaxBans)
 	st := cfg.Store
 	fmt.Fprintf(&b, "store: %s, timeout %s, on_error %s, state_file %q\n", st.Backend, st.Timeout, st.OnError, st.StateFile)
