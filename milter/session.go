@@ -166,7 +166,7 @@ func (s *session) admitFrequency(policy *limits.Policy, scope string, prefix net
 			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
 			"value", a.Connections, "cap", f.MaxConnections,
 			"window", f.Window.String(), "ban", f.Ban.String(),
-			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(fmode), "reason", string(limits.LimitFrequency))
+			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(fmode), "origin", string(limits.LimitFrequency))
 	}
 	r := a.Refusal(*policy, s.rules.Replies)
 	if r == nil {
