@@ -98,6 +98,9 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 	if until != 0 {
 		return h, nil // banned: the window is not touched
 	}
+	if n <= 0 && !h.Crossed {
+		return h, nil // a peek: counts nothing, stores nothing, keeps the eviction order
+	}
 	if e == nil {
 		if w == (limits.Window{}) {
 			return h, nil

@@ -19,7 +19,8 @@ type Store interface {
 	// Hit is the atomic primitive: if key is banned, say until when; else
 	// add n to its sliding window and, if that goes over r.Max, ban it for
 	// r.Ban (or, with r.Ban zero, refuse the hit uncounted). With r.Max zero
-	// it only reports a ban.
+	// it only reports a ban. With n zero it is a peek: it reports the
+	// window's count and stores nothing (an unseen key stays unseen).
 	Hit(ctx context.Context, key string, n int64, r limits.Rate) (limits.Hit, error)
 	// Ban bans key for d (a manual ban), replacing a shorter one. reason
 	// is what the ban records: its origin, then optionally ": " and a text

@@ -25,13 +25,14 @@ const (
 	LimitConcurrencyTotal   Limit = "concurrency_total"
 	LimitStoreUnavailable   Limit = "store_unavailable"
 	LimitDeny               Limit = "deny"
+	LimitSenderNetworks     Limit = "sender_networks"
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable, LimitDeny,
+	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -188,6 +189,7 @@ type Deny struct {
 type Rules struct {
 	Mode                Mode
 	Deny                Deny
+	SenderNetworks      SenderNetworks
 	Default             Policy
 	ExemptNetworks      []netip.Prefix
 	ExemptAuthenticated bool
@@ -212,6 +214,8 @@ func DefaultRules() *Rules {
 		IPv6Prefix: 64,
 		Replies:    DefaultReplies(),
 		TagHeader:  DefaultTagHeader,
+
+		SenderNetworks: DefaultSenderNetworks(),
 	}
 }
 
@@ -221,8 +225,10 @@ func (r *Rules) Validate() error {
 		return fmt.Errorf("limits: unknown mode %q", r.Mode)
 	}
 	bad := ""
-	if m := r.Deny.Mode; m != "" && !m.Valid() {
-		bad = string(m)
+	for _, m := range []Mode{r.Deny.Mode, r.SenderNetworks.Mode} {
+		if m != "" && !m.Valid() {
+			bad = string(m)
+		}
 	}
 	r.any(func(p *Policy) bool {
 		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode} {
@@ -274,6 +280,9 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	}
 	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
 }
+
+// ExemptAddr reports whether addr is in the exempt networks.
+func (r *Rules) ExemptAddr(addr netip.Addr) bool { return containsAddr(r.ExemptNetworks, addr) }
 
 // ForTransaction returns the session caps for a transaction of a client at
 // addr (hasAddr false for a session without an IP address) and whether the
@@ -342,6 +351,8 @@ func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
 		return r.ModeOf(p.Concurrency.Mode)
 	case LimitDeny:
 		return r.ModeOf(r.Deny.Mode)
+	case LimitSenderNetworks:
+		return r.ModeOf(r.SenderNetworks.Mode)
 	}
 	return r.Mode
 }
@@ -349,7 +360,8 @@ func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
 // NeedsTagging reports whether any rule is in tag mode, i.e. whether the MTA
 // must let sessioncap add headers.
 func (r *Rules) NeedsTagging() bool {
-	return r.Mode == ModeTag || (len(r.Deny.Networks) > 0 && r.ModeOf(r.Deny.Mode) == ModeTag) || r.any(func(p *Policy) bool {
+	return r.Mode == ModeTag || (len(r.Deny.Networks) > 0 && r.ModeOf(r.Deny.Mode) == ModeTag) ||
+		(r.SenderNetworks.MaxNetworks > 0 && r.ModeOf(r.SenderNetworks.Mode) == ModeTag) || r.any(func(p *Policy) bool {
 		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
 			r.ModeOf(p.Concurrency.Mode) == ModeTag
 	})

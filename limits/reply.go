@@ -27,13 +27,14 @@ const (
 	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
 	ReplyStoreUnavailable   ReplyKey = "store_unavailable"
 	ReplyDeny               ReplyKey = "deny"
+	ReplySenderNetworks     ReplyKey = "sender_networks"
 )
 
 // AllReplyKeys lists every ReplyKey.
 var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
 	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
-	ReplyConcurrencyTotal, ReplyStoreUnavailable, ReplyDeny,
+	ReplyConcurrencyTotal, ReplyStoreUnavailable, ReplyDeny, ReplySenderNetworks,
 }
 
 // permanentAllowed reports whether the reply of k may be 5xx: only the deny
@@ -67,6 +68,7 @@ func DefaultReplies() Replies {
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
 		ReplyStoreUnavailable:   {421, "4.3.0", "Temporary problem with the connection limits; try again later"},
 		ReplyDeny:               {554, "5.7.1", "Access denied"},
+		ReplySenderNetworks:     {451, "4.7.1", "Mail from your sender domain comes from too many networks (limit {cap} per {window}); try again later"},
 	}
 }
 

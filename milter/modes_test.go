@@ -255,3 +255,51 @@ func TestDenyList(t *testing.T) {
 		t.Errorf("deny monitor refusals %v, want 1", got)
 	}
 }
+
+// TestSenderNetworks: over a real milter connection, MAIL FROM of a domain
+// already seen from max_networks networks is refused with 451 from a new
+// network only; counted networks, the null sender, authenticated sessions
+// and exempt domains go through.
+func TestSenderNetworks(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.SenderNetworks.MaxNetworks = 1
+		r.SenderNetworks.Window = time.Hour
+		r.SenderNetworks.ExemptDomains = []string{"bigmail.example"}
+	}))
+	mail := func(addr, from, auth string) *gomilter.Action {
+		t.Helper()
+		m, act := h.connect(addr)
+		if act.StopProcessing() {
+			t.Fatalf("connect %s: %v", addr, act)
+		}
+		m.macros.Set(gomilter.MacroAuthAuthen, auth)
+		act, err := m.s.Mail(from, "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		_ = m.s.Close()
+		return act
+	}
+	if act := mail("192.0.2.1", "<a@Example.org>", ""); act.StopProcessing() {
+		t.Fatalf("first network: %v", act)
+	}
+	wantReply(t, mail("198.51.100.1", "<b@example.ORG>", ""), 451,
+		"451 4.7.1 Mail from your sender domain comes from too many networks (limit 1 per 1h); try again later")
+	for _, c := range []struct{ addr, from, auth string }{
+		{"192.0.2.77", "<c@example.org>", ""},          // the counted /24
+		{"198.51.100.1", "<>", ""},                     // null sender
+		{"198.51.100.1", "<d@example.org>", "alice"},   // authenticated
+		{"198.51.100.1", "<e@mx.bigmail.example>", ""}, // exempt domain
+		{"198.51.100.1", "<f@other.example>", ""},      // another domain
+	} {
+		if act := mail(c.addr, c.from, c.auth); act.StopProcessing() {
+			t.Errorf("%s from %s (auth %q): %v", c.from, c.addr, c.auth, act)
+		}
+	}
+	if got := h.refusals("sender_networks", "mail", "enforce"); got != 1 {
+		t.Errorf("refusals %v, want 1", got)
+	}
+	if !strings.Contains(h.logs.String(), `"sender_domain":"example.org"`) {
+		t.Errorf("refusal line without the sender domain:\n%s", h.logs)
+	}
+}

@@ -279,9 +279,9 @@ func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, action
 }
 
 // logRefusal writes the one structured line per refusal and counts it.
-func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
+func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
 	s.metrics.refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
-	s.log.Warn("refused",
+	s.log.Warn("refused", append([]any{
 		"client_ip", client,
 		"queue_id", queueID,
 		"limit", string(r.Limit),
@@ -290,7 +290,7 @@ func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID
 		"cap", r.Cap,
 		"mode", string(mode),
 		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
-	)
+	}, attrs...)...)
 }
 
 // observe records how long a callback took; use it as

@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"context"
 	"errors"
 	"net/netip"
 	"strconv"
@@ -38,6 +39,8 @@ type session struct {
 	// connect (every message of the session gets them) and in the current
 	// transaction.
 	connTags, txTags []string
+
+	logAttrs []any // added to the next refusal's log line
 }
 
 var _ gomilter.Milter = (*session)(nil)
@@ -179,7 +182,7 @@ func (s *session) admitFrequency(policy *limits.Policy, scope string, prefix net
 // MailFrom starts a transaction: it resolves the session caps for this
 // client (authentication may have happened since connect) and applies the
 // message and byte caps.
-func (s *session) MailFrom(_ string, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
+func (s *session) MailFrom(from string, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageMail, time.Now())
 	if s.rules == nil {
 		s.rules = s.srv.rules.Load()
@@ -187,15 +190,48 @@ func (s *session) MailFrom(_ string, esmtpArgs string, m gomilter.Modifier) (*go
 	s.state.EndTransaction()
 	s.queueID = m.Get(gomilter.MacroQueueId)
 	s.txTags = s.txTags[:0]
-	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, m.Get(gomilter.MacroAuthAuthen) != "")
+	authenticated := m.Get(gomilter.MacroAuthAuthen) != ""
+	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, authenticated)
 	s.smode = s.rules.ModeOf(s.policy.Mode)
 	if !s.smode.Decides() {
 		s.exempt = true
 	}
-	if s.exempt {
-		return gomilter.RespContinue, nil
+	if !s.exempt {
+		if resp, _ := s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)), s.smode); resp != gomilter.RespContinue {
+			return resp, nil
+		}
 	}
-	return s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)), s.smode)
+	return s.checkSender(from, authenticated), nil
+}
+
+// checkSender applies the sender-networks rule to MAIL FROM: skipped for
+// the null sender, authenticated sessions, clients without an IP address,
+// exempt networks and exempt domains. A store error lets the mail through
+// (and is logged and counted).
+func (s *session) checkSender(from string, authenticated bool) *gomilter.Response {
+	sn := &s.rules.SenderNetworks
+	mode := s.rules.LimitMode(&s.rules.Default, limits.LimitSenderNetworks)
+	if sn.MaxNetworks <= 0 || !mode.Decides() || authenticated || !s.hasAddr || s.rules.ExemptAddr(s.addr) {
+		return gomilter.RespContinue
+	}
+	domain, ok := limits.SenderDomain(from)
+	if !ok || sn.Exempt(domain) {
+		return gomilter.RespContinue
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.storeTimeout)
+	defer cancel()
+	r, err := sn.Check(domain, s.addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
+		return s.srv.store.Hit(ctx, key, n, rate)
+	}, s.rules.Replies)
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; letting the sender through", "client_ip", s.client, "queue_id", s.queueID, "limit", string(limits.LimitSenderNetworks), "err", err)
+		return gomilter.RespContinue
+	}
+	s.logAttrs = []any{"sender_domain", domain, "network", sn.Network(s.addr).String()}
+	resp, _ := s.refuse(r, mode)
+	s.logAttrs = nil
+	return resp
 }
 
 // sizeParam returns the SIZE= value of MAIL FROM, -1 when absent or invalid.
@@ -346,7 +382,7 @@ func (s *session) refuse(r *limits.Refusal, mode limits.Mode) (*gomilter.Respons
 	if r == nil || !mode.Decides() {
 		return gomilter.RespContinue, nil
 	}
-	s.srv.logRefusal(r, mode, s.client, s.queueID)
+	s.srv.logRefusal(r, mode, s.client, s.queueID, s.logAttrs...)
 	switch mode {
 	case limits.ModeMonitor:
 		return gomilter.RespContinue, nil

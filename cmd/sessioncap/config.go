@@ -134,6 +134,14 @@ type fileConfig struct {
 	Tag struct {
 		Header value[string] `toml:"header"`
 	} `toml:"tag"`
+	SenderNetworks struct {
+		MaxNetworks   value[count]      `toml:"max_networks"`
+		Window        value[duration]   `toml:"window"`
+		IPv4Prefix    value[int64]      `toml:"ipv4_prefix"`
+		IPv6Prefix    value[int64]      `toml:"ipv6_prefix"`
+		ExemptDomains value[stringList] `toml:"exempt_domains"`
+		Mode          value[string]     `toml:"mode"`
+	} `toml:"sender_networks"`
 	Override []overrideTable `toml:"override"`
 	Replies  struct {
 		SessionMessages    value[string] `toml:"session_messages"`
@@ -148,6 +156,7 @@ type fileConfig struct {
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
 		Deny               value[string] `toml:"deny"`
+		SenderNetworks     value[string] `toml:"sender_networks"`
 	} `toml:"replies"`
 }
 
@@ -413,6 +422,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
 	r.Deny.Networks = fc.Deny.Networks.get(nil)
 	v.mode(&r.Deny.Mode, &fc.Deny.Mode, "deny.mode")
+	v.buildSenderNetworks(&r.SenderNetworks, fc)
 
 	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
 	for i := range fc.Override {
@@ -599,6 +609,36 @@ func stripComment(line string) string {
 		}
 	}
 	return line
+}
+
+// buildSenderNetworks validates the [sender_networks] table.
+func (v *validator) buildSenderNetworks(sn *limits.SenderNetworks, fc *fileConfig) {
+	t := &fc.SenderNetworks
+	sn.MaxNetworks = int64(t.MaxNetworks.get(count(sn.MaxNetworks)))
+	if sn.MaxNetworks > 1<<31 {
+		v.add("sender_networks.max_networks", "must be at most %d", int64(1)<<31)
+	}
+	sn.Window = time.Duration(t.Window.get(duration(sn.Window)))
+	if sn.MaxNetworks > 0 && sn.Window <= 0 {
+		v.add("sender_networks.window", "must be longer than 0s while max_networks is set")
+	}
+	sn.IPv4Prefix = int(t.IPv4Prefix.get(int64(sn.IPv4Prefix)))
+	if sn.IPv4Prefix < 1 || sn.IPv4Prefix > 32 {
+		v.add("sender_networks.ipv4_prefix", "must be between 1 and 32, got %d", sn.IPv4Prefix)
+	}
+	sn.IPv6Prefix = int(t.IPv6Prefix.get(int64(sn.IPv6Prefix)))
+	if sn.IPv6Prefix < 1 || sn.IPv6Prefix > 128 {
+		v.add("sender_networks.ipv6_prefix", "must be between 1 and 128, got %d", sn.IPv6Prefix)
+	}
+	for _, d := range t.ExemptDomains.get(nil) {
+		dom, ok := limits.SenderDomain("@" + d)
+		if !ok || strings.Contains(d, "@") {
+			v.add("sender_networks.exempt_domains", "%q is not a domain", d)
+			continue
+		}
+		sn.ExemptDomains = append(sn.ExemptDomains, dom)
+	}
+	v.mode(&sn.Mode, &t.Mode, "sender_networks.mode")
 }
 
 // buildStore validates the [store] table.

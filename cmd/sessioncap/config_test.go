@@ -35,6 +35,13 @@ bad-unknown-keys.toml:6: frequncy: unknown key`,
 bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
 bad-deny.toml:8: replies.banned: code 554 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-sender-networks.toml": `bad-sender-networks.toml:4: sender_networks.window: must be longer than 0s while max_networks is set
+bad-sender-networks.toml:5: sender_networks.ipv4_prefix: must be between 1 and 32, got 0
+bad-sender-networks.toml:6: sender_networks.ipv6_prefix: must be between 1 and 128, got 129
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "user@example.org" is not a domain
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "" is not a domain
+bad-sender-networks.toml:8: sender_networks.mode: must be "enforce", "monitor", "tag" or "off", got "loud"
+bad-sender-networks.toml:11: replies.sender_networks: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
 		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
 bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
 bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
@@ -174,13 +181,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 50 {
-		t.Errorf("%d settings found, want 50", uncommented)
+	if uncommented != 56 {
+		t.Errorf("%d settings found, want 56", uncommented)
 	}
 }
 

@@ -484,6 +484,10 @@ func summary(cfg *Config) string {
 		describe(o.Policy)
 	}
 	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
+	if sn := r.SenderNetworks; sn.MaxNetworks > 0 {
+		fmt.Fprintf(&b, "sender_networks: max_networks %d per %s, networks /%d and /%d, %d exempt domains, mode %s\n",
+			sn.MaxNetworks, sn.Window, sn.IPv4Prefix, sn.IPv6Prefix, len(sn.ExemptDomains), r.ModeOf(sn.Mode))
+	}
 	if len(r.Deny.Networks) > 0 {
 		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())
 	}

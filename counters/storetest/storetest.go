@@ -124,6 +124,41 @@ func Run(t *testing.T, newStore Factory) {
 		})
 	}
 
+	t.Run("a peek (n = 0) counts and stores nothing", func(t *testing.T) {
+		clock := NewClock()
+		s := newStore(t, clock, "mx1")
+		before, err := s.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 3; i++ {
+			if h := mustHit(t, s, fmt.Sprintf("peek:%d", i), 0, freq); h.Count != 0 || h.Crossed || !h.BannedUntil.IsZero() {
+				t.Fatalf("peek of an unseen key: %+v", h)
+			}
+		}
+		if after, err := s.Stats(ctx); err != nil || after.Tracked != before.Tracked {
+			t.Fatalf("peeks stored keys: tracked %d → %d (%v)", before.Tracked, after.Tracked, err)
+		}
+		mustHit(t, s, "peek:0", 2, freq)
+		for i := 0; i < 5; i++ {
+			if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 2 || h.Crossed {
+				t.Fatalf("peek %d of a key with 2 hits: %+v", i, h)
+			}
+		}
+		if h := mustHit(t, s, "peek:0", 1, freq); h.Count != 3 || h.Crossed {
+			t.Fatalf("peeks were counted: %+v", h)
+		}
+		// the count decays as the window slides, peeked or not
+		clock.Add(time.Minute + 45*time.Second) // 3 × 0.25 = 0.75 → 1
+		if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 1 {
+			t.Fatalf("peek after 1m45s: %+v, want count 1", h)
+		}
+		clock.Add(time.Minute)
+		if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 0 {
+			t.Fatalf("peek after the window: %+v, want count 0", h)
+		}
+	})
+
 	t.Run("bans list, unban and manual bans", func(t *testing.T) {
 		clock := NewClock()
 		s := newStore(t, clock, "mx1")
