@@ -26,13 +26,14 @@ const (
 	LimitStoreUnavailable   Limit = "store_unavailable"
 	LimitDeny               Limit = "deny"
 	LimitSenderNetworks     Limit = "sender_networks"
+	LimitErrors             Limit = "errors"
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks,
+	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -128,6 +129,7 @@ type Policy struct {
 	Session     Session
 	Frequency   Frequency
 	Concurrency Concurrency
+	Errors      Errors
 }
 
 // Defaults returns the built-in policy.
@@ -148,6 +150,7 @@ func Defaults() Policy {
 			MaxPerAddress: 50,
 			MaxTotal:      0,
 		},
+		Errors: Errors{Window: time.Hour, Ban: time.Hour},
 	}
 }
 
@@ -231,7 +234,7 @@ func (r *Rules) Validate() error {
 		}
 	}
 	r.any(func(p *Policy) bool {
-		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode} {
+		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode, p.Errors.Mode} {
 			if m != "" && !m.Valid() {
 				bad = string(m)
 				return true
@@ -322,7 +325,20 @@ func (r *Rules) NeedsBodies() bool {
 
 // NeedsRecipients reports whether any policy has a recipient cap.
 func (r *Rules) NeedsRecipients() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() })
+	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
+		r.NeedsErrors()
+}
+
+// NeedsErrors reports whether any policy counts errors, i.e. whether the MTA
+// must send rejected recipients and unknown commands.
+func (r *Rules) NeedsErrors() bool {
+	return r.any(func(p *Policy) bool { return p.Errors.On() && r.ModeOf(p.Errors.Mode).Decides() })
+}
+
+// PolicyFor returns the policy of a transaction of a client at addr
+// (hasAddr false for a session without an IP address); exemptions aside.
+func (r *Rules) PolicyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
+	return r.policyFor(addr, hasAddr, authenticated)
 }
 
 // ModeOf resolves a rule's mode: its own, or the top-level one when unset.
@@ -353,6 +369,8 @@ func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
 		return r.ModeOf(r.Deny.Mode)
 	case LimitSenderNetworks:
 		return r.ModeOf(r.SenderNetworks.Mode)
+	case LimitErrors:
+		return r.ModeOf(p.Errors.Mode)
 	}
 	return r.Mode
 }
@@ -363,7 +381,7 @@ func (r *Rules) NeedsTagging() bool {
 	return r.Mode == ModeTag || (len(r.Deny.Networks) > 0 && r.ModeOf(r.Deny.Mode) == ModeTag) ||
 		(r.SenderNetworks.MaxNetworks > 0 && r.ModeOf(r.SenderNetworks.Mode) == ModeTag) || r.any(func(p *Policy) bool {
 		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
-			r.ModeOf(p.Concurrency.Mode) == ModeTag
+			r.ModeOf(p.Concurrency.Mode) == ModeTag || (p.Errors.On() && r.ModeOf(p.Errors.Mode) == ModeTag)
 	})
 }
 
@@ -414,11 +432,11 @@ func (r *Rules) Key(addr netip.Addr) netip.Prefix {
 	return p
 }
 
-// LongestBan returns the longest frequency ban of any policy: how long bans
-// keyed under these rules can outlive them.
+// LongestBan returns the longest frequency or errors ban of any policy: how
+// long bans keyed under these rules can outlive them.
 func (r *Rules) LongestBan() time.Duration {
 	var d time.Duration
-	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban); return false })
+	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban, p.Errors.Ban); return false })
 	return d
 }
 

@@ -28,6 +28,8 @@ const (
 	ReplyStoreUnavailable   ReplyKey = "store_unavailable"
 	ReplyDeny               ReplyKey = "deny"
 	ReplySenderNetworks     ReplyKey = "sender_networks"
+	ReplyErrors             ReplyKey = "errors"
+	ReplyErrorsBanned       ReplyKey = "errors_banned"
 )
 
 // AllReplyKeys lists every ReplyKey.
@@ -35,6 +37,7 @@ var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
 	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
 	ReplyConcurrencyTotal, ReplyStoreUnavailable, ReplyDeny, ReplySenderNetworks,
+	ReplyErrors, ReplyErrorsBanned,
 }
 
 // permanentAllowed reports whether the reply of k may be 5xx: only the deny
@@ -68,6 +71,8 @@ func DefaultReplies() Replies {
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
 		ReplyStoreUnavailable:   {421, "4.3.0", "Temporary problem with the connection limits; try again later"},
 		ReplyDeny:               {554, "5.7.1", "Access denied"},
+		ReplyErrors:             {421, "4.7.0", "Too many errors in this session (limit {cap}); closing connection"},
+		ReplyErrorsBanned:       {421, "4.7.0", "Too many rejected recipients from your network (limit {cap} per {window}); try again in {ban}"},
 		ReplySenderNetworks:     {451, "4.7.1", "Mail from your sender domain comes from too many networks (limit {cap} per {window}); try again later"},
 	}
 }

@@ -65,7 +65,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}),
 		refusals: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
 		}, []string{"limit", "stage", "mode"}),
 		bans: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
@@ -143,6 +143,8 @@ func stagesOf(l limits.Limit) []limits.Stage {
 		return []limits.Stage{limits.StageMail, limits.StageEOM}
 	case limits.LimitSessionRecipients:
 		return []limits.Stage{limits.StageRcpt}
+	case limits.LimitErrors:
+		return []limits.Stage{limits.StageConnect, limits.StageMail, limits.StageRcpt}
 	default:
 		return []limits.Stage{limits.StageConnect}
 	}

@@ -1,6 +1,7 @@
 package milter_test
 
 import (
+	"context"
 	"net/netip"
 	"strings"
 	"testing"
@@ -301,5 +302,109 @@ func TestSenderNetworks(t *testing.T) {
 	}
 	if !strings.Contains(h.logs.String(), `"sender_domain":"example.org"`) {
 		t.Errorf("refusal line without the sender domain:\n%s", h.logs)
+	}
+}
+
+// TestErrorsPerSession: rejected recipients ({rcpt_mailer} "error") and
+// unknown commands count; after max_per_session of them the next RCPT or
+// MAIL gets 421. The MTA is asked for them only while the rule is on.
+func TestErrorsPerSession(t *testing.T) {
+	h := start(t, limits.DefaultRules())
+	m, _ := h.connect("192.0.2.40")
+	if m.s.ProtocolOption(gomilter.OptRcptRej) || !m.s.ProtocolOption(gomilter.OptNoUnknown) {
+		t.Error("rejected recipients or unknown commands asked for without the errors rule")
+	}
+	if err := h.srv.SetRules(rulesWith(func(r *limits.Rules) { r.Default.Errors.MaxPerSession = 3 })); err != nil {
+		t.Fatal(err)
+	}
+	m, _ = h.connect("192.0.2.40")
+	if !m.s.ProtocolOption(gomilter.OptRcptRej) || m.s.ProtocolOption(gomilter.OptNoUnknown) || !m.s.ProtocolOption(gomilter.OptNoUnknownReply) {
+		t.Fatal("errors rule on: rejected recipients and unknown commands (without reply) not negotiated")
+	}
+	if act, err := m.s.Mail("a@example.org", ""); err != nil || act.StopProcessing() {
+		t.Fatalf("mail: %v %v", act, err)
+	}
+	rcpt := func(mailer string) *gomilter.Action {
+		t.Helper()
+		m.macros.Set(gomilter.MacroRcptMailer, mailer)
+		act, err := m.s.Rcpt("x@example.net", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return act
+	}
+	for i := 0; i < 2; i++ {
+		if act := rcpt("error"); act.StopProcessing() {
+			t.Fatalf("rejected recipient %d: %v", i, act)
+		}
+	}
+	if act := rcpt("local"); act.StopProcessing() {
+		t.Fatalf("valid recipient after 2 errors: %v", act)
+	}
+	if _, err := m.s.Unknown("XFOO", nil); err != nil {
+		t.Fatal(err)
+	}
+	wantReply(t, rcpt("local"), 421, "421 4.7.0 Too many errors in this session (limit 3); closing connection")
+	if got := h.refusals("errors", "rcpt", "enforce"); got != 1 {
+		t.Errorf("errors refusals %v, want 1", got)
+	}
+	// a new session starts from zero
+	m2, _ := h.connect("192.0.2.40")
+	if act, _ := m2.send("", 1, 10); act != nil {
+		t.Fatalf("new session: %v", act)
+	}
+}
+
+// TestErrorsAcrossSessions: rejected recipients of a prefix across
+// sessions start a ban over max_per_window; the session that crossed it is
+// refused at its next RCPT, and every new connection from the prefix at
+// connect, until the ban ends.
+func TestErrorsAcrossSessions(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Errors = limits.Errors{MaxPerWindow: 2, Window: time.Hour, Ban: 10 * time.Minute}
+	}))
+	session := func(addr string, rejected int) *mta {
+		t.Helper()
+		m, act := h.connect(addr)
+		if act.StopProcessing() {
+			t.Fatalf("connect: %v", act)
+		}
+		if act, err := m.s.Mail("a@example.org", ""); err != nil || act.StopProcessing() {
+			t.Fatalf("mail: %v %v", act, err)
+		}
+		m.macros.Set(gomilter.MacroRcptMailer, "error")
+		for i := 0; i < rejected; i++ {
+			if _, err := m.s.Rcpt("nobody@example.net", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.macros.Set(gomilter.MacroRcptMailer, "local")
+		return m
+	}
+	session("192.0.2.41", 2)
+	m := session("192.0.2.41", 1) // the third across sessions starts the ban
+	act, err := m.s.Rcpt("someone@example.net", "")
+	if err != nil {
+		t.Fatal(err)
+	}
+	wantReply(t, act, 421, "421 4.7.0 Too many rejected recipients from your network (limit 2 per 1h); try again in 10m")
+	_, act = h.connect("192.0.2.41")
+	wantReply(t, act, 421, "421 4.7.0 Too many rejected recipients from your network (limit 2 per 1h); try again in 10m")
+	if _, act := h.connect("192.0.2.42"); act.StopProcessing() {
+		t.Fatalf("another address refused: %v", act)
+	}
+	bans, err := h.store.Bans(context.Background())
+	if err != nil || len(bans) != 1 || bans[0].Key != "err:192.0.2.41/32" || bans[0].Origin != "errors" {
+		t.Fatalf("bans %+v, %v", bans, err)
+	}
+	h.clock.Add(11 * time.Minute)
+	if _, act := h.connect("192.0.2.41"); act.StopProcessing() {
+		t.Fatalf("after the ban: %v", act)
+	}
+	if got := h.refusals("errors", "connect", "enforce"); got != 1 {
+		t.Errorf("errors at connect %v, want 1", got)
+	}
+	if !strings.Contains(h.logs.String(), `"origin":"errors"`) {
+		t.Errorf("no banned line with origin errors:\n%s", h.logs)
 	}
 }

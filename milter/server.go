@@ -104,7 +104,7 @@ type legacyKeys struct {
 var macros = map[gomilter.MacroStage][]gomilter.MacroName{
 	gomilter.StageConnect: {gomilter.MacroClientAddr},
 	gomilter.StageMail:    {gomilter.MacroQueueId, gomilter.MacroAuthAuthen},
-	gomilter.StageRcpt:    {gomilter.MacroQueueId},
+	gomilter.StageRcpt:    {gomilter.MacroQueueId, gomilter.MacroRcptMailer},
 	gomilter.StageEOM:     {gomilter.MacroQueueId, macroMsgSize},
 }
 
@@ -209,7 +209,14 @@ func (s *Server) Close() error { return s.srv.Close() }
 // cap and an MTA that does not report {msg_size}, and those without
 // replies.
 func protocolFor(r *limits.Rules, msgSize bool) gomilter.OptProtocol {
-	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoUnknown | gomilter.OptNoEOH
+	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoEOH
+	if r.NeedsErrors() {
+		// rejected recipients ({rcpt_mailer} "error") and unknown
+		// commands, which the MTA has answered already: no reply
+		p |= gomilter.OptRcptRej | gomilter.OptNoUnknownReply
+	} else {
+		p |= gomilter.OptNoUnknown
+	}
 	if !r.NeedsRecipients() {
 		p |= gomilter.OptNoRcptTo
 	}
@@ -269,6 +276,9 @@ func (s *Server) newSession(_ uint32, actions gomilter.OptAction, proto gomilter
 // to report {msg_size}.
 func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, actions gomilter.OptAction) bool {
 	if r.NeedsTagging() && actions&gomilter.OptAddHeader == 0 {
+		return false
+	}
+	if r.NeedsErrors() && (proto&gomilter.OptRcptRej == 0 || proto&gomilter.OptNoUnknown != 0) {
 		return false
 	}
 	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 &&

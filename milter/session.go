@@ -41,6 +41,11 @@ type session struct {
 	connTags, txTags []string
 
 	logAttrs []any // added to the next refusal's log line
+
+	errors      limits.Errors // the errors rule of the connection, then of the transaction
+	errKey      string        // the store key of rejected recipients ("" without an IP address)
+	errBanUntil time.Time     // a ban of errKey seen in force
+	errExempt   bool          // the transaction's errors are not counted (exempt network, or exempt authenticated)
 }
 
 var _ gomilter.Milter = (*session)(nil)
@@ -124,7 +129,11 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 		return gomilter.RespContinue, nil
 	}
 	prefix := s.rules.Key(s.addr)
+	s.errKey, s.errors = limits.StoreKey(limits.KeyErrors, scope, prefix), policy.Errors
 	if resp, refused := s.admitFrequency(&policy, scope, prefix); refused {
+		return resp, nil
+	}
+	if resp, refused := s.admitErrors(&policy); refused {
 		return resp, nil
 	}
 	cmode := s.rules.LimitMode(&policy, limits.LimitConcurrencyAddress)
@@ -135,6 +144,82 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	s.lease, a.Verdict, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, !cmode.Refuses())
 	return s.refuse(a.Refusal(policy, s.rules.Replies), cmode)
 }
+
+// admitErrors refuses a prefix banned for rejected recipients (only when
+// that rule is on: one more store round trip at connect). A store error
+// lets the connection through.
+func (s *session) admitErrors(policy *limits.Policy) (*gomilter.Response, bool) {
+	mode := s.rules.LimitMode(policy, limits.LimitErrors)
+	if policy.Errors.MaxPerWindow <= 0 || !mode.Decides() {
+		return nil, false
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.storeTimeout)
+	defer cancel()
+	h, err := s.srv.store.Hit(ctx, s.errKey, 0, limits.Rate{})
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", s.errKey, "err", err)
+		return nil, false
+	}
+	s.errBanUntil = h.BannedUntil
+	resp, _ := s.refuse(policy.Errors.BanRefusal(s.rules.Replies, limits.StageConnect, h.BannedUntil, h.Now), mode)
+	return resp, resp != gomilter.RespContinue
+}
+
+// countError counts a rejected recipient (rcpt) or an unknown command
+// against the session and, for a rejected recipient, against the prefix's
+// window, which may start a ban.
+func (s *session) countError(rcpt bool) {
+	mode := s.rules.ModeOf(s.errors.Mode)
+	if !s.errors.On() || !mode.Decides() {
+		return
+	}
+	s.state.AddError()
+	if !rcpt || s.errors.MaxPerWindow <= 0 || !s.hasAddr || s.errKey == "" {
+		return
+	}
+	ctx, cancel := context.WithTimeout(context.Background(), s.srv.storeTimeout)
+	defer cancel()
+	h, err := s.srv.store.Hit(ctx, s.errKey, 1, s.errors.Rate())
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; the rejected recipient is counted in this session only", "client_ip", s.client, "key", s.errKey, "err", err)
+		return
+	}
+	if !h.BannedUntil.IsZero() {
+		s.errBanUntil = h.BannedUntil
+	}
+	if h.Crossed && !h.BannedUntil.IsZero() {
+		s.srv.metrics.bans.WithLabelValues(string(mode)).Inc()
+		s.srv.log.Warn("banned",
+			"client_ip", s.client, "key", s.errKey, "limit", string(limits.LimitErrors),
+			"value", h.Count, "cap", s.errors.MaxPerWindow, "window", s.errors.Window.String(), "ban", s.errors.Ban.String(),
+			"until", h.BannedUntil.UTC().Format(time.RFC3339), "mode", string(mode), "origin", string(limits.LimitErrors))
+	}
+}
+
+// checkErrors decides MAIL or RCPT after errors (per session, or a ban the
+// rejected recipients started).
+func (s *session) checkErrors(stage limits.Stage) *gomilter.Response {
+	mode := s.rules.ModeOf(s.errors.Mode)
+	if !s.errors.On() || !mode.Decides() {
+		return gomilter.RespContinue
+	}
+	resp, _ := s.refuse(s.state.CheckErrors(s.errors, s.rules.Replies, stage, s.errBanUntil, s.srv.now()), mode)
+	return resp
+}
+
+// Unknown counts an unknown SMTP command as an error. The MTA has already
+// answered it; it is sent only while the errors rule is on.
+func (s *session) Unknown(_ string, _ gomilter.Modifier) (*gomilter.Response, error) {
+	if s.rules != nil && !s.exemptAddr() && !s.errExempt {
+		s.countError(false)
+	}
+	return gomilter.RespContinue, nil
+}
+
+// exemptAddr reports whether the client is in exempt.networks.
+func (s *session) exemptAddr() bool { return s.hasAddr && s.rules.ExemptAddr(s.addr) }
 
 // admitFrequency applies the frequency rule and the bans at connect. It
 // reports whether the connection was refused (and the reply); a refusal in
@@ -193,6 +278,13 @@ func (s *session) MailFrom(from string, esmtpArgs string, m gomilter.Modifier) (
 	authenticated := m.Get(gomilter.MacroAuthAuthen) != ""
 	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, authenticated)
 	s.smode = s.rules.ModeOf(s.policy.Mode)
+	s.errExempt = s.exemptAddr() || (authenticated && s.rules.ExemptAuthenticated)
+	if !s.errExempt {
+		s.errors = s.rules.PolicyFor(s.addr, s.hasAddr, authenticated).Errors
+		if resp := s.checkErrors(limits.StageMail); resp != gomilter.RespContinue {
+			return resp, nil
+		}
+	}
 	if !s.smode.Decides() {
 		s.exempt = true
 	}
@@ -258,11 +350,27 @@ func (s *session) sizeParam(args string) int64 {
 // configured (negotiation), and must not answer "skip" like NoOpMilter does.
 func (s *session) RcptTo(_ string, _ string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageRcpt, time.Now())
-	if s.exempt || s.rules == nil {
+	if s.rules == nil {
 		return gomilter.RespContinue, nil
 	}
 	if id := m.Get(gomilter.MacroQueueId); id != "" {
 		s.queueID = id
+	}
+	if m.Get(gomilter.MacroRcptMailer) == "error" {
+		// rejected by the MTA (SMFIP_RCPT_REJ, negotiated with the errors
+		// rule): it has answered already; count it, never as a recipient
+		if !s.errExempt {
+			s.countError(true)
+		}
+		return gomilter.RespContinue, nil
+	}
+	if !s.errExempt {
+		if resp := s.checkErrors(limits.StageRcpt); resp != gomilter.RespContinue {
+			return resp, nil
+		}
+	}
+	if s.exempt {
+		return gomilter.RespContinue, nil
 	}
 	if r := s.state.CheckRcpt(s.policy, s.rules.Replies); r != nil {
 		return s.refuse(r, s.smode)

@@ -157,6 +157,8 @@ type fileConfig struct {
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
 		Deny               value[string] `toml:"deny"`
 		SenderNetworks     value[string] `toml:"sender_networks"`
+		Errors             value[string] `toml:"errors"`
+		ErrorsBanned       value[string] `toml:"errors_banned"`
 	} `toml:"replies"`
 }
 
@@ -180,6 +182,13 @@ type PolicyTables struct {
 		MaxTotal      value[count]  `toml:"max_total"`
 		Mode          value[string] `toml:"mode"`
 	} `toml:"concurrency"`
+	Errors struct {
+		MaxPerSession value[count]    `toml:"max_per_session"`
+		MaxPerWindow  value[count]    `toml:"max_per_window"`
+		Window        value[duration] `toml:"window"`
+		Ban           value[duration] `toml:"ban"`
+		Mode          value[string]   `toml:"mode"`
+	} `toml:"errors"`
 }
 
 type overrideTable struct {
@@ -468,6 +477,18 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	v.mode(&p.Session.Mode, &t.Session.Mode, joinKey(prefix, "session.mode"))
 	v.mode(&p.Frequency.Mode, &t.Frequency.Mode, joinKey(prefix, "frequency.mode"))
 	v.mode(&p.Concurrency.Mode, &t.Concurrency.Mode, joinKey(prefix, "concurrency.mode"))
+	v.mode(&p.Errors.Mode, &t.Errors.Mode, joinKey(prefix, "errors.mode"))
+	e := &p.Errors
+	e.MaxPerSession = int64(t.Errors.MaxPerSession.get(count(e.MaxPerSession)))
+	e.MaxPerWindow = int64(t.Errors.MaxPerWindow.get(count(e.MaxPerWindow)))
+	e.Window = time.Duration(t.Errors.Window.get(duration(e.Window)))
+	e.Ban = time.Duration(t.Errors.Ban.get(duration(e.Ban)))
+	if e.MaxPerWindow > 0 && e.Window <= 0 && (prefix == "" || t.Errors.MaxPerWindow.set || t.Errors.Window.set) { // else reported for the default already
+		v.add(joinKey(prefix, "errors.window"), "must be longer than 0s while max_per_window is set")
+	}
+	if e.MaxPerWindow > 1<<31 {
+		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)
+	}
 	s := &p.Session
 	s.MaxMessages = int64(t.Session.MaxMessages.get(count(s.MaxMessages)))
 	s.MaxBytes = int64(t.Session.MaxBytes.get(byteSize(s.MaxBytes)))

@@ -42,6 +42,10 @@ bad-sender-networks.toml:7: sender_networks.exempt_domains: "user@example.org" i
 bad-sender-networks.toml:7: sender_networks.exempt_domains: "" is not a domain
 bad-sender-networks.toml:8: sender_networks.mode: must be "enforce", "monitor", "tag" or "off", got "loud"
 bad-sender-networks.toml:11: replies.sender_networks: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-errors.toml": `bad-errors.toml:4: errors.window: must be longer than 0s while max_per_window is set
+bad-errors.toml:5: errors.max_per_session: must not be negative (0 disables the limit), got -2
+bad-errors.toml:10: override[0].errors.mode: must be "enforce", "monitor", "tag" or "off", got "ban"
+bad-errors.toml:13: replies.errors_banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
 bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
 bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
@@ -103,6 +107,7 @@ func TestGoodConfig(t *testing.T) {
 		Session:     limits.Session{MaxMessages: 50, MaxBytes: 5_000_000, MaxRecipients: 200, Overrun: limits.OverrunTempfail},
 		Frequency:   limits.Frequency{MaxConnections: 30, Window: 90 * time.Second, Ban: 10 * time.Minute},
 		Concurrency: limits.Concurrency{MaxPerAddress: 5, MaxTotal: 500},
+		Errors:      limits.Errors{MaxPerSession: 10, MaxPerWindow: 50, Window: 30 * time.Minute, Ban: 2 * time.Hour},
 	}
 	if r.Default != wantDefault {
 		t.Errorf("default policy %+v\nwant %+v", r.Default, wantDefault)
@@ -181,13 +186,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 56 {
-		t.Errorf("%d settings found, want 56", uncommented)
+	if uncommented != 62 {
+		t.Errorf("%d settings found, want 62", uncommented)
 	}
 }
 

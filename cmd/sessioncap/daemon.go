@@ -472,6 +472,10 @@ func summary(cfg *Config) string {
 			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun, r.ModeOf(s.Mode))
 		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s, mode %s\n", capString(f.MaxConnections), f.Window, f.Ban, r.ModeOf(f.Mode))
 		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s, mode %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal), r.ModeOf(c.Mode))
+		if e := p.Errors; e.On() {
+			fmt.Fprintf(&b, "  errors: max_per_session %s, max_per_window %s per %s, ban %s, mode %s\n",
+				capString(e.MaxPerSession), capString(e.MaxPerWindow), e.Window, e.Ban, r.ModeOf(e.Mode))
+		}
 	}
 	b.WriteString("default:\n")
 	describe(r.Default)
