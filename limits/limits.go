@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -155,21 +156,78 @@ func Defaults() Policy {
 }
 
 // Override replaces the policy for clients it matches. A nil Authenticated
-// matches either; empty Networks matches every address.
+// matches either; empty Networks matches every address; empty Users and
+// SenderDomains match every session. An override with Users or
+// SenderDomains matches from MAIL FROM on, never at connect.
 type Override struct {
 	Networks      []netip.Prefix
 	Authenticated *bool
+	// Users are SMTP AUTH identities ({auth_authen}): exact, or "@domain"
+	// for every user ending in @domain (case-insensitive).
+	Users []string
+	// SenderDomains are MAIL FROM domains (lowercase), each matching itself
+	// and its subdomains.
+	SenderDomains []string
 	Policy        Policy // complete: the defaults with the override's values applied
 }
 
-func (o *Override) matches(addr netip.Addr, hasAddr, authenticated bool) bool {
-	if o.Authenticated != nil && *o.Authenticated != authenticated {
+// Client is what is known of a client when a policy is chosen: at connect
+// only its address, from MAIL FROM on its authentication and sender.
+type Client struct {
+	Addr          netip.Addr
+	HasAddr       bool   // false for a session without an IP address
+	Authenticated bool   // SMTP AUTH succeeded
+	User          string // {auth_authen}, "" when unknown
+	SenderDomain  string // lowercase MAIL FROM domain, "" for none (null sender, or not yet known)
+}
+
+func (o *Override) matches(c Client) bool {
+	if o.Authenticated != nil && *o.Authenticated != c.Authenticated {
+		return false
+	}
+	if len(o.Users) > 0 && !matchUser(o.Users, c.User) {
+		return false
+	}
+	if len(o.SenderDomains) > 0 && !matchDomain(o.SenderDomains, c.SenderDomain) {
 		return false
 	}
 	if len(o.Networks) == 0 {
 		return true
 	}
-	return hasAddr && containsAddr(o.Networks, addr)
+	return c.HasAddr && containsAddr(o.Networks, c.Addr)
+}
+
+// AfterConnect reports whether o can only match from MAIL FROM on.
+func (o *Override) AfterConnect() bool {
+	return len(o.Users) > 0 || len(o.SenderDomains) > 0 || (o.Authenticated != nil && *o.Authenticated)
+}
+
+func matchUser(users []string, user string) bool {
+	if user == "" {
+		return false
+	}
+	for _, u := range users {
+		if strings.HasPrefix(u, "@") {
+			if len(user) > len(u) && strings.EqualFold(user[len(user)-len(u):], u) {
+				return true
+			}
+		} else if u == user {
+			return true
+		}
+	}
+	return false
+}
+
+func matchDomain(domains []string, d string) bool {
+	if d == "" {
+		return false
+	}
+	for _, e := range domains {
+		if d == e || strings.HasSuffix(d, "."+e) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsAddr(nets []netip.Prefix, addr netip.Addr) bool {
@@ -277,7 +335,7 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if containsAddr(r.ExemptNetworks, addr) {
 		return Policy{}, "", true
 	}
-	i := r.overrideFor(addr, true, false)
+	i := r.overrideFor(Client{Addr: addr, HasAddr: true})
 	if i < 0 {
 		return r.Default, "", false
 	}
@@ -291,26 +349,38 @@ func (r *Rules) ExemptAddr(addr netip.Addr) bool { return containsAddr(r.ExemptN
 // addr (hasAddr false for a session without an IP address) and whether the
 // session is exempt from them.
 func (r *Rules) ForTransaction(addr netip.Addr, hasAddr, authenticated bool) (s Session, exempt bool) {
-	if hasAddr && containsAddr(r.ExemptNetworks, addr) {
-		return Session{}, true
-	}
-	if authenticated && r.ExemptAuthenticated {
-		return Session{}, true
-	}
-	return r.policyFor(addr, hasAddr, authenticated).Session, false
+	return r.ForClient(Client{Addr: addr, HasAddr: hasAddr, Authenticated: authenticated})
 }
 
-func (r *Rules) policyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
-	if i := r.overrideFor(addr, hasAddr, authenticated); i >= 0 {
+// ForClient is ForTransaction with the user and sender known (from MAIL
+// FROM on), so that overrides on users and sender domains apply.
+func (r *Rules) ForClient(c Client) (s Session, exempt bool) {
+	if c.HasAddr && containsAddr(r.ExemptNetworks, c.Addr) {
+		return Session{}, true
+	}
+	if c.Authenticated && r.ExemptAuthenticated {
+		return Session{}, true
+	}
+	return r.PolicyOf(c).Session, false
+}
+
+// PolicyOf returns the policy of the first override matching c, or the
+// default policy; exemptions aside.
+func (r *Rules) PolicyOf(c Client) Policy {
+	if i := r.overrideFor(c); i >= 0 {
 		return r.Overrides[i].Policy
 	}
 	return r.Default
 }
 
+// OverrideFor returns the index of the first override matching c, -1 for
+// none (check-config -explain).
+func (r *Rules) OverrideFor(c Client) int { return r.overrideFor(c) }
+
 // overrideFor returns the index of the first matching override, -1 for none.
-func (r *Rules) overrideFor(addr netip.Addr, hasAddr, authenticated bool) int {
+func (r *Rules) overrideFor(c Client) int {
 	for i := range r.Overrides {
-		if r.Overrides[i].matches(addr, hasAddr, authenticated) {
+		if r.Overrides[i].matches(c) {
 			return i
 		}
 	}
@@ -333,12 +403,6 @@ func (r *Rules) NeedsRecipients() bool {
 // must send rejected recipients and unknown commands.
 func (r *Rules) NeedsErrors() bool {
 	return r.any(func(p *Policy) bool { return p.Errors.On() && r.ModeOf(p.Errors.Mode).Decides() })
-}
-
-// PolicyFor returns the policy of a transaction of a client at addr
-// (hasAddr false for a session without an IP address); exemptions aside.
-func (r *Rules) PolicyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
-	return r.policyFor(addr, hasAddr, authenticated)
 }
 
 // ModeOf resolves a rule's mode: its own, or the top-level one when unset.

@@ -408,3 +408,30 @@ func TestErrorsAcrossSessions(t *testing.T) {
 		t.Errorf("no banned line with origin errors:\n%s", h.logs)
 	}
 }
+
+// TestOverrideOnUser: an override on an SMTP AUTH user changes the session
+// caps from MAIL FROM on.
+func TestOverrideOnUser(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Session.MaxMessages = 1
+		o := limits.Override{Users: []string{"@example.org"}, Policy: r.Default}
+		o.Policy.Session.MaxMessages = 3
+		r.Overrides = []limits.Override{o}
+	}))
+	m, _ := h.connect("192.0.2.70")
+	m.macros.Set(gomilter.MacroAuthAuthen, "alice@example.org")
+	for i := 0; i < 3; i++ {
+		if act, stage := m.send("", 1, 10); act != nil {
+			t.Fatalf("message %d of the user: %v at %s", i+1, act, stage)
+		}
+	}
+	if act, stage := m.send("", 1, 10); stage != "mail" {
+		t.Fatalf("4th message: %v at %q, want the override's cap", act, stage)
+	}
+	m2, _ := h.connect("192.0.2.71")
+	m2.macros.Set(gomilter.MacroAuthAuthen, "mallory@example.net")
+	m2.send("", 1, 10)
+	if act, stage := m2.send("", 1, 10); stage != "mail" {
+		t.Fatalf("another user's 2nd message: %v at %q, want the default cap", act, stage)
+	}
+}

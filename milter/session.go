@@ -275,12 +275,15 @@ func (s *session) MailFrom(from string, esmtpArgs string, m gomilter.Modifier) (
 	s.state.EndTransaction()
 	s.queueID = m.Get(gomilter.MacroQueueId)
 	s.txTags = s.txTags[:0]
-	authenticated := m.Get(gomilter.MacroAuthAuthen) != ""
-	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, authenticated)
+	user := m.Get(gomilter.MacroAuthAuthen)
+	authenticated := user != ""
+	domain, _ := limits.SenderDomain(from)
+	client := limits.Client{Addr: s.addr, HasAddr: s.hasAddr, Authenticated: authenticated, User: user, SenderDomain: domain}
+	s.policy, s.exempt = s.rules.ForClient(client)
 	s.smode = s.rules.ModeOf(s.policy.Mode)
 	s.errExempt = s.exemptAddr() || (authenticated && s.rules.ExemptAuthenticated)
 	if !s.errExempt {
-		s.errors = s.rules.PolicyFor(s.addr, s.hasAddr, authenticated).Errors
+		s.errors = s.rules.PolicyOf(client).Errors
 		if resp := s.checkErrors(limits.StageMail); resp != gomilter.RespContinue {
 			return resp, nil
 		}

@@ -194,6 +194,8 @@ type PolicyTables struct {
 type overrideTable struct {
 	Networks      value[prefixList] `toml:"networks"`
 	Authenticated value[bool]       `toml:"authenticated"`
+	Users         value[stringList] `toml:"users"`
+	SenderDomains value[stringList] `toml:"sender_domains"`
 	PolicyTables
 }
 
@@ -442,11 +444,26 @@ func (v *validator) build(fc *fileConfig) *Config {
 			b := o.Authenticated.v
 			ov.Authenticated = &b
 		}
-		if !o.Networks.set && !o.Authenticated.set {
-			v.add(prefix, "must set networks or authenticated (an override that matches everyone belongs in the top-level tables)")
+		for _, u := range o.Users.get(nil) {
+			if u == "" || u == "@" || strings.ContainsAny(u, " \t\r\n") || strings.Count(u, "@") > 1 && !strings.HasPrefix(u, "@") {
+				v.add(prefix+".users", "%q is not a user name or @domain", u)
+				continue
+			}
+			ov.Users = append(ov.Users, u)
 		}
-		if ov.Authenticated != nil && *ov.Authenticated && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
-			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values")
+		for _, d := range o.SenderDomains.get(nil) {
+			dom, ok := limits.SenderDomain("@" + d)
+			if !ok || strings.Contains(d, "@") {
+				v.add(prefix+".sender_domains", "%q is not a domain", d)
+				continue
+			}
+			ov.SenderDomains = append(ov.SenderDomains, dom)
+		}
+		if !o.Networks.set && !o.Authenticated.set && !o.Users.set && !o.SenderDomains.set {
+			v.add(prefix, "must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)")
+		}
+		if (ov.AfterConnect() || o.Users.set || o.SenderDomains.set) && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
+			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values")
 		}
 		v.applyPolicy(&ov.Policy, &o.PolicyTables, prefix)
 		r.Overrides = append(r.Overrides, ov)

@@ -24,8 +24,12 @@ func TestBadConfigs(t *testing.T) {
 bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
 		"bad-milter-values.toml": `bad-milter-values.toml:3: milter.allow: network "127.0.0.1/8" has host bits set; did you mean "127.0.0.0/8"?
 bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
-		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values
-bad-override.toml:11: override[2]: must set networks or authenticated (an override that matches everyone belongs in the top-level tables)`,
+		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
+bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:16: override[3].users: "" is not a user name or @domain
+bad-override.toml:16: override[3].users: "a@b@c" is not a user name or @domain
+bad-override.toml:17: override[3].sender_domains: "x@example.org" is not a domain`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
 bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
@@ -345,5 +349,67 @@ mode = "off"
 	}
 	if s := summary(cfg); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
 		t.Errorf("summary:\n%s", s)
+	}
+}
+
+// TestExplain: check-config -explain says which override a client, user
+// and sender get, at connect and from MAIL FROM on; first match wins.
+func TestExplain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "explain.toml")
+	if err := os.WriteFile(path, []byte(`
+[sender_networks]
+max_networks = 5
+[[override]]
+networks = ["192.0.2.0/24"]
+[override.frequency]
+max_connections = 1000
+[[override]]
+users = ["@Example.org"]
+[override.session]
+max_messages = 5000
+mode = "monitor"
+[[override]]
+sender_domains = ["Lists.example.net"]
+[override.errors]
+max_per_session = 50
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-explain", "198.51.100.1", "-user", "alice@example.org", "-sender", "a@example.org"}, []string{
+			"at connect: default policy, key 198.51.100.1/32",
+			"from MAIL FROM: override[1] (users [@Example.org])",
+			"session: max_messages 5000, max_bytes 104857600, max_recipients 1000, overrun accept, mode monitor",
+			"sender_networks: skipped: authenticated",
+		}},
+		{[]string{"-explain", "198.51.100.1", "-sender", "<x@sub.lists.example.net>"}, []string{
+			"from MAIL FROM: override[2] (sender_domains [lists.example.net])",
+			"errors: max_per_session 50",
+			"sender_networks: domain sub.lists.example.net from network 198.51.100.0/24, max_networks 5 per 24h0m0s, mode enforce",
+		}},
+		{[]string{"-explain", "192.0.2.9", "-user", "alice@example.org"}, []string{
+			"at connect: override[0] (networks [192.0.2.0/24])",
+			"frequency: max_connections 1000 per 1m0s",
+			"from MAIL FROM: override[0] (networks [192.0.2.0/24])",
+		}},
+	} {
+		code, out, errOut := runCLI(append([]string{"check-config", "-config", path}, c.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: no %q in:\n%s", c.args, w, out)
+			}
+		}
+	}
+	if code, _, errOut := runCLI("check-config", "-config", path, "-explain", "not-an-ip"); code != 78 || !strings.Contains(errOut, "not an IP address") {
+		t.Errorf("bad address: exit %d: %s", code, errOut)
+	}
+	if code, _, _ := runCLI("check-config", "-config", path, "-user", "alice"); code != 78 {
+		t.Errorf("-user without -explain: exit %d", code)
 	}
 }

@@ -484,7 +484,14 @@ func summary(cfg *Config) string {
 		if o.Authenticated != nil {
 			auth = fmt.Sprint(*o.Authenticated)
 		}
-		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s\n", i, o.Networks, auth)
+		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s", i, o.Networks, auth)
+		if len(o.Users) > 0 {
+			fmt.Fprintf(&b, ", users %v", o.Users)
+		}
+		if len(o.SenderDomains) > 0 {
+			fmt.Fprintf(&b, ", sender_domains %v", o.SenderDomains)
+		}
+		fmt.Fprintln(&b)
 		describe(o.Policy)
 	}
 	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
