@@ -500,7 +500,13 @@ func (r *Rules) Key(addr netip.Addr) netip.Prefix {
 // long bans keyed under these rules can outlive them.
 func (r *Rules) LongestBan() time.Duration {
 	var d time.Duration
-	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban, p.Errors.Ban); return false })
+	r.any(func(p *Policy) bool {
+		d = max(d, p.Frequency.Ban)
+		if p.Errors.MaxPerWindow > 0 {
+			d = max(d, p.Errors.Ban)
+		}
+		return false
+	})
 	return d
 }
 
