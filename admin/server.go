@@ -195,10 +195,7 @@ func (h *handler) ban(w http.ResponseWriter, r *http.Request) {
 		h.fail(w, r, "ban", target, err)
 		return
 	}
-	reason := strings.TrimSpace(req.Reason)
-	if reason == "" {
-		reason = "manual"
-	}
+	reason := strings.TrimSpace(req.Reason) // the ban's origin is "manual"; this is its free text
 	if err := checkReason(reason); err != nil {
 		h.fail(w, r, "ban", target, err)
 		return
@@ -211,7 +208,7 @@ func (h *handler) ban(w http.ResponseWriter, r *http.Request) {
 		return
 	}
 	h.log.Info("admin", "action", "ban", "target", target, "keys", []string{ban.Key}, "remote", r.RemoteAddr,
-		"for", d.String(), "until", ban.Until, "reason", reason)
+		"for", d.String(), "until", ban.Until, "origin", counters.OriginManual, "reason", reason)
 	writeJSON(w, http.StatusOK, BanResponse{Ban: ban})
 }
 

@@ -190,10 +190,13 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 	}
 	h, newUntil := limits.Apply(&w, until, now, n, r)
 	if newUntil != until && newUntil != 0 {
-		m.addBan(Ban{Key: key, Reason: r.Reason, Since: h.Now, Until: h.BannedUntil, Host: m.host})
+		m.addBan(NewBan(key, r.Reason, h.Now, h.BannedUntil, m.host))
 	}
 	if until != 0 {
 		return h, nil // banned: the window is not touched
+	}
+	if n <= 0 && !h.Crossed {
+		return h, nil // a peek: counts nothing, stores nothing, keeps the eviction order
 	}
 	if i < 0 {
 		if w != (limits.Window{}) {
@@ -212,7 +215,7 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 // Ban implements Store.
 func (m *Memory) Ban(_ context.Context, key string, d time.Duration, reason string) (Ban, error) {
 	now := m.now()
-	b := Ban{Key: key, Reason: reason, Since: now, Until: now.Add(d), Host: m.host}
+	b := NewBan(key, reason, now, now.Add(d), m.host)
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	if old := m.bans[key]; old != nil && old.Until.After(b.Until) {

@@ -46,6 +46,9 @@ func (r *refStore) hit(key string, n, now int64, rate limits.Rate) limits.Hit {
 	if until != 0 {
 		return h
 	}
+	if n <= 0 && !h.Crossed { // a peek stores nothing
+		return h
+	}
 	if !tracked {
 		if w == (limits.Window{}) {
 			return h

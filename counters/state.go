@@ -101,6 +101,9 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 			if l.Banned.Until.After(now) {
 				b := *l.Banned
 				b.Key = l.Key
+				if b.Origin == "" { // a state file written before bans had an origin
+					b = b.withReason(b.Reason)
+				}
 				m.addBan(b)
 				bans++
 			}

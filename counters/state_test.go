@@ -38,7 +38,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 		t.Fatalf("remaining ban after restart: %v, want 50m", got)
 	}
 	list, _ := b.Bans(ctx)
-	if len(list) != 1 || list[0].Host != "mx1" || list[0].Reason != "frequency" {
+	if len(list) != 1 || list[0].Host != "mx1" || list[0].Origin != "frequency" || list[0].Reason != "" {
 		t.Fatalf("bans after restart: %+v", list)
 	}
 	// the window survived too (10 minutes on, it starts over: 1)

@@ -227,6 +227,11 @@ func (s *sendmailInstance) mc(milterPort int) string {
 	fmt.Fprintf(&b, "LOCAL_RULE_0\n")
 	fmt.Fprintf(&b, "R$+ < @ %s . >\t$#sink $: $1\n", sinkDomain)
 	fmt.Fprintf(&b, "R$+ < @ %s >\t$#sink $: $1\n", sinkDomain)
+	// One recipient the MTA rejects itself, for the errors rule: in
+	// check_rcpt, whose rejections Sendmail passes to a milter that asked
+	// for them (SMFIP_RCPT_REJ); a ruleset 0 error is not passed.
+	fmt.Fprintf(&b, "LOCAL_RULESETS\nSLocal_check_rcpt\n")
+	fmt.Fprintf(&b, "R$* %s @ %s $*\t$#error $@ 5.1.1 $: \"550 No such user here\"\n", rejectedUser, sinkDomain)
 	return b.String()
 }
 

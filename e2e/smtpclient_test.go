@@ -65,8 +65,20 @@ func (r reply) String() string {
 // connect is a result, not an error.
 func dialSMTP(t testing.TB, name, addr string) *smtpClient {
 	t.Helper()
+	return dialSMTPFrom(t, name, addr, "")
+}
+
+// dialSMTPFrom is dialSMTP from the local address from (a loopback address
+// such as "127.0.5.1", so that the MTA sees another client network); ""
+// lets the system choose.
+func dialSMTPFrom(t testing.TB, name, addr, from string) *smtpClient {
+	t.Helper()
 	c := &smtpClient{t: t, name: name, start: time.Now(), timeout: 60 * time.Second}
-	conn, err := net.DialTimeout("tcp", addr, 10*time.Second)
+	d := net.Dialer{Timeout: 10 * time.Second}
+	if from != "" {
+		d.LocalAddr = &net.TCPAddr{IP: net.ParseIP(from)}
+	}
+	conn, err := d.Dial("tcp", addr)
 	if err != nil {
 		t.Fatalf("%s: dial %s: %v", name, addr, err)
 	}

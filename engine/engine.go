@@ -85,6 +85,15 @@ func New(cfg Config) (*Engine, error) {
 	return e, nil
 }
 
+// Store returns the store the engine decides with, for rules a front-end
+// counts itself (errors, sender networks).
+func (e *Engine) Store() Store { return e.store }
+
+// StoreContext bounds one store call by the configured store timeout.
+func (e *Engine) StoreContext() (context.Context, context.CancelFunc) {
+	return context.WithTimeout(context.Background(), e.storeTimeout)
+}
+
 // Rules returns the rules new sessions get.
 func (e *Engine) Rules() *limits.Rules { return e.rules.Load() }
 
@@ -161,9 +170,9 @@ func (e *Engine) AdmitFrequency(addr netip.Addr, scope, key string, f limits.Fre
 }
 
 // LogRefusal writes the one structured line per refusal and counts it.
-func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
+func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
 	e.metrics.Refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
-	e.log.Warn("refused",
+	e.log.Warn("refused", append([]any{
 		"client_ip", client,
 		"queue_id", queueID,
 		"limit", string(r.Limit),
@@ -172,7 +181,7 @@ func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID
 		"cap", r.Cap,
 		"mode", string(mode),
 		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
-	)
+	}, attrs...)...)
 }
 
 // LogBan writes the one structured line of a ban that admission a started,

@@ -48,11 +48,11 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		})),
 		Refusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
 		}, []string{"limit", "stage", "mode"})),
 		Bans: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
-			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged).",
+			Help: "Connection-frequency bans started, by mode (enforce: the ban refuses; monitor: it is only logged; tag: its connections' messages get a header).",
 		}, []string{"mode"})),
 		Malformed: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
@@ -107,12 +107,14 @@ func register[C prometheus.Collector](reg prometheus.Registerer, c C) C {
 // StagesOf lists the stages at which a limit can refuse.
 func StagesOf(l limits.Limit) []limits.Stage {
 	switch l {
-	case limits.LimitSessionMessages:
+	case limits.LimitSessionMessages, limits.LimitSenderNetworks:
 		return []limits.Stage{limits.StageMail}
 	case limits.LimitSessionBytes:
 		return []limits.Stage{limits.StageMail, limits.StageEOM}
 	case limits.LimitSessionRecipients:
 		return []limits.Stage{limits.StageRcpt}
+	case limits.LimitErrors:
+		return []limits.Stage{limits.StageConnect, limits.StageMail, limits.StageRcpt}
 	default:
 		return []limits.Stage{limits.StageConnect}
 	}

@@ -134,6 +134,9 @@ func FrequencyVerdict(h Hit) Admission {
 	switch {
 	case h.Crossed:
 		a.Verdict = RefusedFrequency
+		if h.BannedUntil.IsZero() {
+			a.Connections++ // refused uncounted: this connection is the one over the limit
+		}
 	case !h.BannedUntil.IsZero():
 		a.Verdict = RefusedBanned
 	}

@@ -7,6 +7,7 @@ import (
 	"fmt"
 	"net/netip"
 	"strconv"
+	"strings"
 	"time"
 )
 
@@ -24,13 +25,16 @@ const (
 	LimitConcurrencyAddress Limit = "concurrency_address"
 	LimitConcurrencyTotal   Limit = "concurrency_total"
 	LimitStoreUnavailable   Limit = "store_unavailable"
+	LimitDeny               Limit = "deny"
+	LimitSenderNetworks     Limit = "sender_networks"
+	LimitErrors             Limit = "errors"
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable,
+	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -47,18 +51,39 @@ const (
 // AllStages lists every Stage in SMTP order.
 var AllStages = []Stage{StageConnect, StageMail, StageRcpt, StageEOM}
 
-// Mode says whether refusals are given (enforce) or only logged and counted
-// (monitor).
+// Mode says what a rule does when it would refuse: give the reply
+// (enforce), only log and count it (monitor), let the mail through with a
+// header that says which limit it crossed (tag), or nothing at all, the rule
+// being neither counted nor decided (off). The empty Mode in a Policy means
+// the top-level Rules.Mode.
 type Mode string
 
 // The modes.
 const (
 	ModeEnforce Mode = "enforce"
 	ModeMonitor Mode = "monitor"
+	ModeTag     Mode = "tag"
+	ModeOff     Mode = "off"
 )
 
-// AllModes lists every Mode.
-var AllModes = []Mode{ModeEnforce, ModeMonitor}
+// AllModes lists the modes under which a refusal is counted (the values of
+// the metrics' "mode" label); ModeOff decides nothing, so counts nothing.
+var AllModes = []Mode{ModeEnforce, ModeMonitor, ModeTag}
+
+// Valid reports whether m is one of the four modes.
+func (m Mode) Valid() bool {
+	switch m {
+	case ModeEnforce, ModeMonitor, ModeTag, ModeOff:
+		return true
+	}
+	return false
+}
+
+// Refuses reports whether a refusal under m is given to the client.
+func (m Mode) Refuses() bool { return m == ModeEnforce }
+
+// Decides reports whether a rule under m is counted and decided at all.
+func (m Mode) Decides() bool { return m != ModeOff }
 
 // Overrun says what happens to a message whose real size crosses the session
 // byte cap when MAIL FROM gave no SIZE warning.
@@ -79,6 +104,7 @@ type Session struct {
 	MaxBytes      int64
 	MaxRecipients int64
 	Overrun       Overrun
+	Mode          Mode // "" for Rules.Mode
 }
 
 // Frequency is the connection-frequency rule: more than MaxConnections
@@ -88,6 +114,7 @@ type Frequency struct {
 	MaxConnections int64
 	Window         time.Duration
 	Ban            time.Duration
+	Mode           Mode // "" for Rules.Mode; it also governs the bans the rule started
 }
 
 // Concurrency caps open sessions per address prefix and in total. Zero
@@ -95,6 +122,7 @@ type Frequency struct {
 type Concurrency struct {
 	MaxPerAddress int64
 	MaxTotal      int64
+	Mode          Mode // "" for Rules.Mode
 }
 
 // Policy is the full set of caps that applies to one client.
@@ -102,6 +130,7 @@ type Policy struct {
 	Session     Session
 	Frequency   Frequency
 	Concurrency Concurrency
+	Errors      Errors
 }
 
 // Defaults returns the built-in policy.
@@ -122,25 +151,83 @@ func Defaults() Policy {
 			MaxPerAddress: 50,
 			MaxTotal:      0,
 		},
+		Errors: Errors{Window: time.Hour, Ban: time.Hour},
 	}
 }
 
 // Override replaces the policy for clients it matches. A nil Authenticated
-// matches either; empty Networks matches every address.
+// matches either; empty Networks matches every address; empty Users and
+// SenderDomains match every session. An override with Users or
+// SenderDomains matches from MAIL FROM on, never at connect.
 type Override struct {
 	Networks      []netip.Prefix
 	Authenticated *bool
+	// Users are SMTP AUTH identities ({auth_authen}): exact, or "@domain"
+	// for every user ending in @domain (case-insensitive).
+	Users []string
+	// SenderDomains are MAIL FROM domains (lowercase), each matching itself
+	// and its subdomains.
+	SenderDomains []string
 	Policy        Policy // complete: the defaults with the override's values applied
 }
 
-func (o *Override) matches(addr netip.Addr, hasAddr, authenticated bool) bool {
-	if o.Authenticated != nil && *o.Authenticated != authenticated {
+// Client is what is known of a client when a policy is chosen: at connect
+// only its address, from MAIL FROM on its authentication and sender.
+type Client struct {
+	Addr          netip.Addr
+	HasAddr       bool   // false for a session without an IP address
+	Authenticated bool   // SMTP AUTH succeeded
+	User          string // {auth_authen}, "" when unknown
+	SenderDomain  string // lowercase MAIL FROM domain, "" for none (null sender, or not yet known)
+}
+
+func (o *Override) matches(c Client) bool {
+	if o.Authenticated != nil && *o.Authenticated != c.Authenticated {
+		return false
+	}
+	if len(o.Users) > 0 && !matchUser(o.Users, c.User) {
+		return false
+	}
+	if len(o.SenderDomains) > 0 && !matchDomain(o.SenderDomains, c.SenderDomain) {
 		return false
 	}
 	if len(o.Networks) == 0 {
 		return true
 	}
-	return hasAddr && containsAddr(o.Networks, addr)
+	return c.HasAddr && containsAddr(o.Networks, c.Addr)
+}
+
+// AfterConnect reports whether o can only match from MAIL FROM on.
+func (o *Override) AfterConnect() bool {
+	return len(o.Users) > 0 || len(o.SenderDomains) > 0 || (o.Authenticated != nil && *o.Authenticated)
+}
+
+func matchUser(users []string, user string) bool {
+	if user == "" {
+		return false
+	}
+	for _, u := range users {
+		if strings.HasPrefix(u, "@") {
+			if len(user) > len(u) && strings.EqualFold(user[len(user)-len(u):], u) {
+				return true
+			}
+		} else if u == user {
+			return true
+		}
+	}
+	return false
+}
+
+func matchDomain(domains []string, d string) bool {
+	if d == "" {
+		return false
+	}
+	for _, e := range domains {
+		if d == e || strings.HasSuffix(d, "."+e) {
+			return true
+		}
+	}
+	return false
 }
 
 func containsAddr(nets []netip.Prefix, addr netip.Addr) bool {
@@ -152,9 +239,18 @@ func containsAddr(nets []netip.Prefix, addr netip.Addr) bool {
 	return false
 }
 
+// Deny lists networks refused at connect whatever else applies: a policy,
+// not a limit, so its reply may be 5xx.
+type Deny struct {
+	Networks []netip.Prefix
+	Mode     Mode // "" for Rules.Mode
+}
+
 // Rules is a complete, validated configuration of the policy.
 type Rules struct {
 	Mode                Mode
+	Deny                Deny
+	SenderNetworks      SenderNetworks
 	Default             Policy
 	ExemptNetworks      []netip.Prefix
 	ExemptAuthenticated bool
@@ -162,7 +258,13 @@ type Rules struct {
 	IPv4Prefix          int // bits kept of an IPv4 address to form its key
 	IPv6Prefix          int // bits kept of an IPv6 address to form its key
 	Replies             Replies
+	// TagHeader is the header added to the messages of a session that a
+	// limit in tag mode would have refused.
+	TagHeader string
 }
+
+// DefaultTagHeader is the built-in Rules.TagHeader.
+const DefaultTagHeader = "X-Sessioncap"
 
 // DefaultRules returns the built-in rules.
 func DefaultRules() *Rules {
@@ -172,13 +274,37 @@ func DefaultRules() *Rules {
 		IPv4Prefix: 32,
 		IPv6Prefix: 64,
 		Replies:    DefaultReplies(),
+		TagHeader:  DefaultTagHeader,
+
+		SenderNetworks: DefaultSenderNetworks(),
 	}
 }
 
 // Validate reports the first inconsistency in r, for rules built in code.
 func (r *Rules) Validate() error {
-	if r.Mode != ModeEnforce && r.Mode != ModeMonitor {
+	if !r.Mode.Valid() {
 		return fmt.Errorf("limits: unknown mode %q", r.Mode)
+	}
+	bad := ""
+	for _, m := range []Mode{r.Deny.Mode, r.SenderNetworks.Mode} {
+		if m != "" && !m.Valid() {
+			bad = string(m)
+		}
+	}
+	r.any(func(p *Policy) bool {
+		for _, m := range []Mode{p.Session.Mode, p.Frequency.Mode, p.Concurrency.Mode, p.Errors.Mode} {
+			if m != "" && !m.Valid() {
+				bad = string(m)
+				return true
+			}
+		}
+		return false
+	})
+	if bad != "" {
+		return fmt.Errorf("limits: unknown mode %q", bad)
+	}
+	if r.NeedsTagging() && !ValidHeaderName(r.TagHeader) {
+		return fmt.Errorf("limits: tag header %q is not a valid header name", r.TagHeader)
 	}
 	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
 		return fmt.Errorf("limits: ipv4 prefix %d out of range 1..32", r.IPv4Prefix)
@@ -187,6 +313,17 @@ func (r *Rules) Validate() error {
 		return fmt.Errorf("limits: ipv6 prefix %d out of range 1..128", r.IPv6Prefix)
 	}
 	return r.Replies.Validate()
+}
+
+// Denied renders the refusal of a client in [deny] networks, nil for
+// others. It is decided before exemptions: an address both exempt and
+// denied is denied (list the exception narrower in exempt and leave it out
+// of deny).
+func (r *Rules) Denied(addr netip.Addr) *Refusal {
+	if !containsAddr(r.Deny.Networks, addr) {
+		return nil
+	}
+	return r.Replies.refusal(ReplyDeny, LimitDeny, StageConnect, 0, 0, 0, 0)
 }
 
 // ForConnect returns the policy for a new connection from addr, the scope of
@@ -198,37 +335,52 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if containsAddr(r.ExemptNetworks, addr) {
 		return Policy{}, "", true
 	}
-	i := r.overrideFor(addr, true, false)
+	i := r.overrideFor(Client{Addr: addr, HasAddr: true})
 	if i < 0 {
 		return r.Default, "", false
 	}
 	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
 }
 
+// ExemptAddr reports whether addr is in the exempt networks.
+func (r *Rules) ExemptAddr(addr netip.Addr) bool { return containsAddr(r.ExemptNetworks, addr) }
+
 // ForTransaction returns the session caps for a transaction of a client at
 // addr (hasAddr false for a session without an IP address) and whether the
 // session is exempt from them.
 func (r *Rules) ForTransaction(addr netip.Addr, hasAddr, authenticated bool) (s Session, exempt bool) {
-	if hasAddr && containsAddr(r.ExemptNetworks, addr) {
-		return Session{}, true
-	}
-	if authenticated && r.ExemptAuthenticated {
-		return Session{}, true
-	}
-	return r.policyFor(addr, hasAddr, authenticated).Session, false
+	return r.ForClient(Client{Addr: addr, HasAddr: hasAddr, Authenticated: authenticated})
 }
 
-func (r *Rules) policyFor(addr netip.Addr, hasAddr, authenticated bool) Policy {
-	if i := r.overrideFor(addr, hasAddr, authenticated); i >= 0 {
+// ForClient is ForTransaction with the user and sender known (from MAIL
+// FROM on), so that overrides on users and sender domains apply.
+func (r *Rules) ForClient(c Client) (s Session, exempt bool) {
+	if c.HasAddr && containsAddr(r.ExemptNetworks, c.Addr) {
+		return Session{}, true
+	}
+	if c.Authenticated && r.ExemptAuthenticated {
+		return Session{}, true
+	}
+	return r.PolicyOf(c).Session, false
+}
+
+// PolicyOf returns the policy of the first override matching c, or the
+// default policy; exemptions aside.
+func (r *Rules) PolicyOf(c Client) Policy {
+	if i := r.overrideFor(c); i >= 0 {
 		return r.Overrides[i].Policy
 	}
 	return r.Default
 }
 
+// OverrideFor returns the index of the first override matching c, -1 for
+// none (check-config -explain).
+func (r *Rules) OverrideFor(c Client) int { return r.overrideFor(c) }
+
 // overrideFor returns the index of the first matching override, -1 for none.
-func (r *Rules) overrideFor(addr netip.Addr, hasAddr, authenticated bool) int {
+func (r *Rules) overrideFor(c Client) int {
 	for i := range r.Overrides {
-		if r.Overrides[i].matches(addr, hasAddr, authenticated) {
+		if r.Overrides[i].matches(c) {
 			return i
 		}
 	}
@@ -238,12 +390,83 @@ func (r *Rules) overrideFor(addr netip.Addr, hasAddr, authenticated bool) int {
 // NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
 // must send headers and body chunks at all.
 func (r *Rules) NeedsBodies() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 })
+	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() })
 }
 
 // NeedsRecipients reports whether any policy has a recipient cap.
 func (r *Rules) NeedsRecipients() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 })
+	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
+		r.NeedsErrors()
+}
+
+// NeedsErrors reports whether any policy counts errors, i.e. whether the MTA
+// must send rejected recipients and unknown commands.
+func (r *Rules) NeedsErrors() bool {
+	return r.any(func(p *Policy) bool { return p.Errors.On() && r.ModeOf(p.Errors.Mode).Decides() })
+}
+
+// ModeOf resolves a rule's mode: its own, or the top-level one when unset.
+func (r *Rules) ModeOf(m Mode) Mode {
+	if m == "" {
+		return r.Mode
+	}
+	return m
+}
+
+// LimitMode resolves the mode of limit l under policy p. A ban is governed
+// by the frequency rule's mode, or, when that rule is off, by the top-level
+// mode, so that manual bans still hold; the shared store's unavailability by
+// the top-level mode.
+func (r *Rules) LimitMode(p *Policy, l Limit) Mode {
+	switch l {
+	case LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients:
+		return r.ModeOf(p.Session.Mode)
+	case LimitFrequency:
+		return r.ModeOf(p.Frequency.Mode)
+	case LimitBanned:
+		if m := r.ModeOf(p.Frequency.Mode); m != ModeOff {
+			return m
+		}
+	case LimitConcurrencyAddress, LimitConcurrencyTotal:
+		return r.ModeOf(p.Concurrency.Mode)
+	case LimitDeny:
+		return r.ModeOf(r.Deny.Mode)
+	case LimitSenderNetworks:
+		return r.ModeOf(r.SenderNetworks.Mode)
+	case LimitErrors:
+		return r.ModeOf(p.Errors.Mode)
+	}
+	return r.Mode
+}
+
+// NeedsTagging reports whether any rule is in tag mode, i.e. whether the MTA
+// must let sessioncap add headers.
+func (r *Rules) NeedsTagging() bool {
+	return r.Mode == ModeTag || (len(r.Deny.Networks) > 0 && r.ModeOf(r.Deny.Mode) == ModeTag) ||
+		(r.SenderNetworks.MaxNetworks > 0 && r.ModeOf(r.SenderNetworks.Mode) == ModeTag) || r.any(func(p *Policy) bool {
+		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
+			r.ModeOf(p.Concurrency.Mode) == ModeTag || (p.Errors.On() && r.ModeOf(p.Errors.Mode) == ModeTag)
+	})
+}
+
+// ValidHeaderName reports whether s is a header field name (RFC 5322 ftext:
+// printable ASCII but colon).
+func ValidHeaderName(s string) bool {
+	if s == "" || len(s) > 76 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; c <= ' ' || c > '~' || c == ':' {
+			return false
+		}
+	}
+	return true
+}
+
+// Tag is what a limit in tag mode records instead of refusing: the header
+// value "limit=<limit> value=<n> cap=<n>".
+func (r *Refusal) Tag() string {
+	return "limit=" + string(r.Limit) + " value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
 }
 
 func (r *Rules) any(f func(*Policy) bool) bool {
@@ -273,11 +496,17 @@ func (r *Rules) Key(addr netip.Addr) netip.Prefix {
 	return p
 }
 
-// LongestBan returns the longest frequency ban of any policy: how long bans
-// keyed under these rules can outlive them.
+// LongestBan returns the longest frequency or errors ban of any policy: how
+// long bans keyed under these rules can outlive them.
 func (r *Rules) LongestBan() time.Duration {
 	var d time.Duration
-	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Ban); return false })
+	r.any(func(p *Policy) bool {
+		d = max(d, p.Frequency.Ban)
+		if p.Errors.MaxPerWindow > 0 {
+			d = max(d, p.Errors.Ban)
+		}
+		return false
+	})
 	return d
 }
 

@@ -26,14 +26,23 @@ const (
 	ReplyConcurrencyAddress ReplyKey = "concurrency_address"
 	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
 	ReplyStoreUnavailable   ReplyKey = "store_unavailable"
+	ReplyDeny               ReplyKey = "deny"
+	ReplySenderNetworks     ReplyKey = "sender_networks"
+	ReplyErrors             ReplyKey = "errors"
+	ReplyErrorsBanned       ReplyKey = "errors_banned"
 )
 
 // AllReplyKeys lists every ReplyKey.
 var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
 	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
-	ReplyConcurrencyTotal, ReplyStoreUnavailable,
+	ReplyConcurrencyTotal, ReplyStoreUnavailable, ReplyDeny, ReplySenderNetworks,
+	ReplyErrors, ReplyErrorsBanned,
 }
+
+// permanentAllowed reports whether the reply of k may be 5xx: only the deny
+// list's, which is policy, not a limit that lifts.
+func permanentAllowed(k ReplyKey) bool { return k == ReplyDeny }
 
 // Reply is an SMTP reply template: a 4xx code, an enhanced status code and a
 // single line of text in which {cap}, {value}, {window} and {ban} are
@@ -61,6 +70,10 @@ func DefaultReplies() Replies {
 		ReplyConcurrencyAddress: {421, "4.7.0", "Too many concurrent connections from your network (limit {cap}); try again later"},
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
 		ReplyStoreUnavailable:   {421, "4.3.0", "Temporary problem with the connection limits; try again later"},
+		ReplyDeny:               {554, "5.7.1", "Access denied"},
+		ReplyErrors:             {421, "4.7.0", "Too many errors in this session (limit {cap}); closing connection"},
+		ReplyErrorsBanned:       {421, "4.7.0", "Too many rejected recipients from your network (limit {cap} per {window}); try again in {ban}"},
+		ReplySenderNetworks:     {451, "4.7.1", "Mail from your sender domain comes from too many networks (limit {cap} per {window}); try again later"},
 	}
 }
 
@@ -68,7 +81,11 @@ var placeholders = []string{"{cap}", "{value}", "{window}", "{ban}"}
 
 // ParseReply parses "CODE X.Y.Z text" (the enhanced code is optional). The
 // code must be 4xx: every limit here is temporary.
-func ParseReply(s string) (Reply, error) {
+func ParseReply(s string) (Reply, error) { return ParseReplyFor("", s) }
+
+// ParseReplyFor parses the reply of key k: 4xx, or 4xx or 5xx for the
+// deny list.
+func ParseReplyFor(k ReplyKey, s string) (Reply, error) {
 	if strings.ContainsAny(s, "\r\n") {
 		return Reply{}, errors.New("must be a single line")
 	}
@@ -83,7 +100,7 @@ func ParseReply(s string) (Reply, error) {
 			r.Enhanced, r.Text = first, strings.TrimSpace(text)
 		}
 	}
-	return r, r.validate()
+	return r, r.validate(k)
 }
 
 func isEnhanced(s string) bool {
@@ -99,12 +116,16 @@ func isEnhanced(s string) bool {
 	return true
 }
 
-func (r Reply) validate() error {
-	if r.Code < 400 || r.Code > 499 {
+func (r Reply) validate(k ReplyKey) error {
+	switch {
+	case permanentAllowed(k) && (r.Code < 400 || r.Code > 599):
+		return fmt.Errorf("code %d is not 4xx or 5xx", r.Code)
+	case !permanentAllowed(k) && (r.Code < 400 || r.Code > 499):
 		return fmt.Errorf("code %d is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail", r.Code)
 	}
-	if r.Enhanced != "" && (r.Enhanced[0] != '4' || !isEnhanced(r.Enhanced)) {
-		return fmt.Errorf("enhanced status code %q must be 4.X.Y", r.Enhanced)
+	class := byte('0' + r.Code/100)
+	if r.Enhanced != "" && (r.Enhanced[0] != class || !isEnhanced(r.Enhanced)) {
+		return fmt.Errorf("enhanced status code %q must be %c.X.Y like the code", r.Enhanced, class)
 	}
 	if r.Text == "" {
 		return errors.New("text is empty: say which limit was hit and what to do")
@@ -141,7 +162,7 @@ func (rs Replies) Validate() error {
 		if !ok {
 			return fmt.Errorf("limits: no reply for %s", k)
 		}
-		if err := r.validate(); err != nil {
+		if err := r.validate(k); err != nil {
 			return fmt.Errorf("limits: reply %s: %w", k, err)
 		}
 	}

@@ -8,6 +8,7 @@ type SessionState struct {
 	Bytes      int64 // header and body bytes received in this session, all transactions
 	Recipients int64 // recipients accepted
 	TxBytes    int64 // header and body bytes of the current transaction
+	Errors     int64 // rejected recipients and unknown commands
 }
 
 // AddBytes counts n bytes of the message in flight. It never refuses: the

@@ -310,8 +310,8 @@ func (c *guardConn) releaseBig() {
 }
 
 // ackNeeded reports whether the MTA writes again after a packet without
-// waiting for a reply (macros, abort, QUIT_NC, headers and body chunks when
-// negotiated without replies). The MTA then has unacknowledged data in
+// waiting for a reply (macros, abort, QUIT_NC, headers, body chunks and
+// unknown commands when negotiated without replies). The MTA then has unacknowledged data in
 // flight and, with Nagle's algorithm, holds its next small packet until the
 // ACK comes: a delayed ACK would stall it up to 40 ms. A packet that gets a
 // reply needs no extra ACK: the reply carries it. It is asked only when the
@@ -319,7 +319,7 @@ func (c *guardConn) releaseBig() {
 // has already arrived.
 func ackNeeded(cmd byte) bool {
 	switch cmd {
-	case cmdMacro, cmdAbort, cmdQuitNC, cmdHeader, cmdBody, cmdEOH:
+	case cmdMacro, cmdAbort, cmdQuitNC, cmdHeader, cmdBody, cmdEOH, cmdUnknown:
 		return true
 	}
 	return false

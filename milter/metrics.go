@@ -18,6 +18,7 @@ type Metrics struct {
 	messageBytes   prometheus.Counter
 	refusals       *prometheus.CounterVec
 	bans           *prometheus.CounterVec
+	tags           prometheus.Counter
 	malformed      *prometheus.CounterVec
 	storeErrors    *prometheus.CounterVec
 	duration       map[limits.Stage]prometheus.Observer
@@ -63,6 +64,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessioncap_sessions_active",
 			Help: "SMTP sessions open now.",
 		}),
+		tags: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessioncap_tag_headers_total",
+			Help: "Headers added to accepted messages by limits in tag mode, one per limit and message.",
+		}),
 		protocolErrors: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_milter_protocol_errors_total",
 			Help: "Milter connections closed for breaking the protocol, by reason (" + strings.Join(protocolErrorReasons, ", ") + ").",
@@ -86,6 +91,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, src := range []string{sizeFromStream, sizeFromMacro, sizeUnknown} {
 		m.sizeSource.WithLabelValues(src)
 	}
-	reg.MustRegister(m.sessionsActive, m.protocolErrors, m.acceptErrors, m.refusedConns, m.sizeSource)
+	reg.MustRegister(m.sessionsActive, m.protocolErrors, m.acceptErrors, m.refusedConns, m.sizeSource, m.tags)
 	return m
 }

@@ -90,7 +90,7 @@ const macroMsgSize gomilter.MacroName = "{msg_size}"
 var macros = map[gomilter.MacroStage][]gomilter.MacroName{
 	gomilter.StageConnect: {gomilter.MacroClientAddr},
 	gomilter.StageMail:    {gomilter.MacroQueueId, gomilter.MacroAuthAuthen},
-	gomilter.StageRcpt:    {gomilter.MacroQueueId},
+	gomilter.StageRcpt:    {gomilter.MacroQueueId, gomilter.MacroRcptMailer},
 	gomilter.StageEOM:     {gomilter.MacroQueueId, macroMsgSize},
 }
 
@@ -163,7 +163,14 @@ func (s *Server) Close() error { return s.srv.Close() }
 // cap and an MTA that does not report {msg_size}, and those without
 // replies.
 func protocolFor(r *limits.Rules, msgSize bool) gomilter.OptProtocol {
-	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoUnknown | gomilter.OptNoEOH
+	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoEOH
+	if r.NeedsErrors() {
+		// rejected recipients ({rcpt_mailer} "error") and unknown
+		// commands, which the MTA has answered already: no reply
+		p |= gomilter.OptRcptRej | gomilter.OptNoUnknownReply
+	} else {
+		p |= gomilter.OptNoUnknown
+	}
 	if !r.NeedsRecipients() {
 		p |= gomilter.OptNoRcptTo
 	}
@@ -185,6 +192,9 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 	}
 	version := min(mtaVersion, milterVersion)
 	actions := mtaActions & gomilter.OptSetMacros
+	if s.eng.Rules().NeedsTagging() {
+		actions |= mtaActions & gomilter.OptAddHeader
+	}
 	s.log.Debug("milter negotiation", "mta_version", mtaVersion, "mta_actions", fmt.Sprintf("%#x", uint32(mtaActions)), "mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol)))
 	msgSize := s.sizeMacro.Load() == sizeMacro
 	return version, actions, protocolFor(s.eng.Rules(), msgSize) & mtaProtocol, gomilter.DataSize64K, nil
@@ -210,14 +220,21 @@ func (s *Server) learnSizeMacro(present bool) {
 	}
 }
 
-func (s *Server) newSession(_ uint32, _ gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
-	return &session{srv: s, proto: proto}
+func (s *Server) newSession(_ uint32, actions gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
+	return &session{srv: s, proto: proto, actions: actions}
 }
 
 // enforceable reports whether the MTA sends every event r needs under the
-// negotiated protocol. A connection without headers and body serves a byte
-// cap only while the MTAs are known to report {msg_size}.
-func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol) bool {
+// negotiated protocol, and allows adding headers when r tags. A connection
+// without headers and body serves a byte cap only while the MTAs are known
+// to report {msg_size}.
+func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, actions gomilter.OptAction) bool {
+	if r.NeedsTagging() && actions&gomilter.OptAddHeader == 0 {
+		return false
+	}
+	if r.NeedsErrors() && (proto&gomilter.OptRcptRej == 0 || proto&gomilter.OptNoUnknown != 0) {
+		return false
+	}
 	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 &&
 		!(sizeByMacro(proto) && s.sizeMacro.Load() == sizeMacro) {
 		return false
@@ -226,8 +243,8 @@ func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol) bool {
 }
 
 // logRefusal writes the one structured line per refusal and counts it.
-func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string) {
-	s.eng.LogRefusal(r, mode, client, queueID)
+func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
+	s.eng.LogRefusal(r, mode, client, queueID, attrs...)
 }
 
 // observe records how long a callback took; use it as

@@ -1,6 +1,7 @@
 package milter
 
 import (
+	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -16,9 +17,10 @@ import (
 // at a time, so its counters are plain fields.
 type session struct {
 	gomilter.NoOpMilter
-	srv   *Server
-	proto gomilter.OptProtocol // negotiated for this milter connection
-	rules *limits.Rules        // the rules of this SMTP session, enforceable under proto
+	srv     *Server
+	proto   gomilter.OptProtocol // negotiated for this milter connection
+	actions gomilter.OptAction   // negotiated for this milter connection
+	rules   *limits.Rules        // the rules of this SMTP session, enforceable under proto and actions
 
 	connected bool   // Connect was seen and counted in sessions_active
 	client    string // client address for logs ("" for none)
@@ -28,8 +30,21 @@ type session struct {
 
 	state   limits.SessionState
 	policy  limits.Session // caps of the current transaction
+	smode   limits.Mode    // resolved mode of policy
 	exempt  bool           // the current transaction is exempt from session caps
 	queueID string
+
+	// Header values of limits in tag mode that would have refused: at
+	// connect (every message of the session gets them) and in the current
+	// transaction.
+	connTags, txTags []string
+
+	logAttrs []any // added to the next refusal's log line
+
+	errors      limits.Errors // the errors rule of the connection, then of the transaction
+	errKey      string        // the store key of rejected recipients ("" without an IP address)
+	errBanUntil time.Time     // a ban of errKey seen in force
+	errExempt   bool          // the transaction's errors are not counted (exempt network, or exempt authenticated)
 }
 
 var _ gomilter.Milter = (*session)(nil)
@@ -43,14 +58,14 @@ var _ gomilter.Milter = (*session)(nil)
 func (s *session) NewConnection(gomilter.Modifier) error {
 	s.end()
 	prev := s.rules
-	*s = session{srv: s.srv, proto: s.proto, rules: s.srv.eng.Rules()}
-	if s.srv.enforceable(s.rules, s.proto) {
+	*s = session{srv: s.srv, proto: s.proto, actions: s.actions, rules: s.srv.eng.Rules()}
+	if s.srv.enforceable(s.rules, s.proto, s.actions) {
 		return nil
 	}
 	if prev == nil { // a reload between negotiation and the first session
 		prev = s.srv.eng.PrevRules()
 	}
-	if prev != nil && s.srv.enforceable(prev, s.proto) {
+	if prev != nil && s.srv.enforceable(prev, s.proto, s.actions) {
 		s.rules = prev
 		s.srv.log.Info("reloaded rules need milter events this connection did not negotiate; it keeps the previous rules until it closes")
 	}
@@ -82,6 +97,7 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	if s.connected {
 		s.end()
 		s.state, s.addr, s.hasAddr, s.client = limits.SessionState{}, netip.Addr{}, false, ""
+		s.connTags, s.txTags = nil, nil
 	}
 	s.connected = true
 	s.srv.metrics.sessions.Inc()
@@ -102,40 +118,214 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 	}
 	s.addr, s.hasAddr = ip.Unmap().WithZone(""), true
 	s.client = s.addr.String()
-	adm := s.srv.eng.Admit(s.rules, s.addr, s.client)
-	if adm.Exempt {
-		return gomilter.RespContinue, nil
-	}
-	if adm.Unavailable {
-		return s.refuse(adm.Refusal(s.rules))
-	}
-	a, policy, scope, prefix := adm.Admission, adm.Policy, adm.Scope, adm.Prefix
-	monitor := s.rules.Mode == limits.ModeMonitor
-	if a.Verdict == limits.Admitted || monitor {
-		var v limits.Verdict
-		s.lease, v, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, monitor)
-		if a.Verdict == limits.Admitted {
-			a.Verdict = v
+	if r := s.rules.Denied(s.addr); r != nil {
+		if resp, _ := s.refuse(r, s.rules.LimitMode(&s.rules.Default, limits.LimitDeny)); resp != gomilter.RespContinue {
+			return resp, nil
 		}
 	}
-	return s.refuse(a.Refusal(policy, s.rules.Replies))
+	policy, scope, exempt := s.rules.ForConnect(s.addr)
+	if exempt {
+		return gomilter.RespContinue, nil
+	}
+	prefix := s.rules.Key(s.addr)
+	s.errKey, s.errors = limits.StoreKey(limits.KeyErrors, scope, prefix), policy.Errors
+	if resp, refused := s.admitFrequency(&policy, scope, prefix); refused {
+		return resp, nil
+	}
+	if resp, refused := s.admitErrors(&policy); refused {
+		return resp, nil
+	}
+	cmode := s.rules.LimitMode(&policy, limits.LimitConcurrencyAddress)
+	if !cmode.Decides() {
+		return gomilter.RespContinue, nil
+	}
+	var a limits.Admission
+	s.lease, a.Verdict, a.Active, a.Total = s.srv.leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, !cmode.Refuses())
+	return s.refuse(a.Refusal(policy, s.rules.Replies), cmode)
+}
+
+// admitErrors refuses a prefix banned for rejected recipients (only when
+// that rule is on: one more store round trip at connect). A store error
+// lets the connection through.
+func (s *session) admitErrors(policy *limits.Policy) (*gomilter.Response, bool) {
+	mode := s.rules.LimitMode(policy, limits.LimitErrors)
+	if policy.Errors.MaxPerWindow <= 0 || !mode.Decides() {
+		return nil, false
+	}
+	ctx, cancel := s.srv.eng.StoreContext()
+	defer cancel()
+	h, err := s.srv.eng.Store().Hit(ctx, s.errKey, 0, limits.Rate{})
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", s.errKey, "err", err)
+		return nil, false
+	}
+	s.errBanUntil = h.BannedUntil
+	resp, _ := s.refuse(policy.Errors.BanRefusal(s.rules.Replies, limits.StageConnect, h.BannedUntil, h.Now), mode)
+	return resp, resp != gomilter.RespContinue
+}
+
+// countError counts a rejected recipient (rcpt) or an unknown command
+// against the session and, for a rejected recipient, against the prefix's
+// window, which may start a ban.
+func (s *session) countError(rcpt bool) {
+	mode := s.rules.ModeOf(s.errors.Mode)
+	if !s.errors.On() || !mode.Decides() {
+		return
+	}
+	s.state.AddError()
+	if !rcpt || s.errors.MaxPerWindow <= 0 || !s.hasAddr || s.errKey == "" {
+		return
+	}
+	ctx, cancel := s.srv.eng.StoreContext()
+	defer cancel()
+	h, err := s.srv.eng.Store().Hit(ctx, s.errKey, 1, s.errors.Rate())
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; the rejected recipient is counted in this session only", "client_ip", s.client, "key", s.errKey, "err", err)
+		return
+	}
+	if !h.BannedUntil.IsZero() {
+		s.errBanUntil = h.BannedUntil
+	}
+	if h.Crossed && !h.BannedUntil.IsZero() {
+		s.srv.metrics.bans.WithLabelValues(string(mode)).Inc()
+		s.srv.log.Warn("banned",
+			"client_ip", s.client, "key", s.errKey, "limit", string(limits.LimitErrors),
+			"value", h.Count, "cap", s.errors.MaxPerWindow, "window", s.errors.Window.String(), "ban", s.errors.Ban.String(),
+			"until", h.BannedUntil.UTC().Format(time.RFC3339), "mode", string(mode), "origin", string(limits.LimitErrors))
+	}
+}
+
+// checkErrors decides MAIL or RCPT after errors (per session, or a ban the
+// rejected recipients started).
+func (s *session) checkErrors(stage limits.Stage) *gomilter.Response {
+	mode := s.rules.ModeOf(s.errors.Mode)
+	if !s.errors.On() || !mode.Decides() {
+		return gomilter.RespContinue
+	}
+	resp, _ := s.refuse(s.state.CheckErrors(s.errors, s.rules.Replies, stage, s.errBanUntil, s.srv.eng.Now()), mode)
+	return resp
+}
+
+// Unknown counts an unknown SMTP command as an error. The MTA has already
+// answered it; it is sent only while the errors rule is on.
+func (s *session) Unknown(_ string, _ gomilter.Modifier) (*gomilter.Response, error) {
+	if s.rules != nil && !s.exemptAddr() && !s.errExempt {
+		s.countError(false)
+	}
+	return gomilter.RespContinue, nil
+}
+
+// exemptAddr reports whether the client is in exempt.networks.
+func (s *session) exemptAddr() bool { return s.hasAddr && s.rules.ExemptAddr(s.addr) }
+
+// admitFrequency applies the frequency rule and the bans at connect. It
+// reports whether the connection was refused (and the reply); a refusal in
+// monitor or tag mode lets it go on to the concurrency caps. With the
+// frequency rule off, the store is still asked for bans (manual ones) unless
+// the top-level mode is off too.
+func (s *session) admitFrequency(policy *limits.Policy, scope string, prefix netip.Prefix) (*gomilter.Response, bool) {
+	fmode := s.rules.LimitMode(policy, limits.LimitFrequency)
+	bmode := s.rules.LimitMode(policy, limits.LimitBanned)
+	if !bmode.Decides() {
+		return nil, false
+	}
+	f := policy.Frequency
+	if !fmode.Decides() {
+		f = limits.Frequency{} // only ask whether the prefix is banned
+	}
+	key := limits.StoreKey(limits.KeyFrequency, scope, prefix)
+	a, err := s.srv.eng.AdmitFrequency(s.addr, scope, key, f)
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		if errors.Is(err, counters.ErrUnavailable) {
+			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
+			resp, _ := s.refuse(s.rules.Replies.Unavailable(), s.rules.Mode)
+			return resp, resp != gomilter.RespContinue
+		}
+		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", key, "err", err)
+		return nil, false
+	}
+	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
+		s.srv.metrics.bans.WithLabelValues(string(fmode)).Inc()
+		s.srv.log.Warn("banned",
+			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
+			"value", a.Connections, "cap", f.MaxConnections,
+			"window", f.Window.String(), "ban", f.Ban.String(),
+			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(fmode), "origin", string(limits.LimitFrequency))
+	}
+	r := a.Refusal(*policy, s.rules.Replies)
+	if r == nil {
+		return nil, false
+	}
+	resp, _ := s.refuse(r, s.rules.LimitMode(policy, r.Limit))
+	return resp, resp != gomilter.RespContinue
 }
 
 // MailFrom starts a transaction: it resolves the session caps for this
 // client (authentication may have happened since connect) and applies the
 // message and byte caps.
-func (s *session) MailFrom(_ string, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
+func (s *session) MailFrom(from string, esmtpArgs string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageMail, time.Now())
 	if s.rules == nil {
 		s.rules = s.srv.eng.Rules()
 	}
 	s.state.EndTransaction()
 	s.queueID = m.Get(gomilter.MacroQueueId)
-	s.policy, s.exempt = s.rules.ForTransaction(s.addr, s.hasAddr, m.Get(gomilter.MacroAuthAuthen) != "")
-	if s.exempt {
-		return gomilter.RespContinue, nil
+	s.txTags = s.txTags[:0]
+	user := m.Get(gomilter.MacroAuthAuthen)
+	authenticated := user != ""
+	domain, _ := limits.SenderDomain(from)
+	client := limits.Client{Addr: s.addr, HasAddr: s.hasAddr, Authenticated: authenticated, User: user, SenderDomain: domain}
+	s.policy, s.exempt = s.rules.ForClient(client)
+	s.smode = s.rules.ModeOf(s.policy.Mode)
+	s.errExempt = s.exemptAddr() || (authenticated && s.rules.ExemptAuthenticated)
+	if !s.errExempt {
+		s.errors = s.rules.PolicyOf(client).Errors
+		if resp := s.checkErrors(limits.StageMail); resp != gomilter.RespContinue {
+			return resp, nil
+		}
 	}
-	return s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)))
+	if !s.smode.Decides() {
+		s.exempt = true
+	}
+	if !s.exempt {
+		if resp, _ := s.refuse(s.state.CheckMail(s.policy, s.rules.Replies, s.sizeParam(esmtpArgs)), s.smode); resp != gomilter.RespContinue {
+			return resp, nil
+		}
+	}
+	return s.checkSender(from, authenticated), nil
+}
+
+// checkSender applies the sender-networks rule to MAIL FROM: skipped for
+// the null sender, authenticated sessions, clients without an IP address,
+// exempt networks and exempt domains. A store error lets the mail through
+// (and is logged and counted).
+func (s *session) checkSender(from string, authenticated bool) *gomilter.Response {
+	sn := &s.rules.SenderNetworks
+	mode := s.rules.LimitMode(&s.rules.Default, limits.LimitSenderNetworks)
+	if sn.MaxNetworks <= 0 || !mode.Decides() || authenticated || !s.hasAddr || s.rules.ExemptAddr(s.addr) {
+		return gomilter.RespContinue
+	}
+	domain, ok := limits.SenderDomain(from)
+	if !ok || sn.Exempt(domain) {
+		return gomilter.RespContinue
+	}
+	ctx, cancel := s.srv.eng.StoreContext()
+	defer cancel()
+	r, err := sn.Check(domain, s.addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
+		return s.srv.eng.Store().Hit(ctx, key, n, rate)
+	}, s.rules.Replies)
+	if err != nil {
+		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
+		s.srv.log.Error("store call failed; letting the sender through", "client_ip", s.client, "queue_id", s.queueID, "limit", string(limits.LimitSenderNetworks), "err", err)
+		return gomilter.RespContinue
+	}
+	s.logAttrs = []any{"sender_domain", domain, "network", sn.Network(s.addr).String()}
+	resp, _ := s.refuse(r, mode)
+	s.logAttrs = nil
+	return resp
 }
 
 // sizeParam returns the SIZE= value of MAIL FROM, -1 when absent or invalid.
@@ -162,14 +352,30 @@ func (s *session) sizeParam(args string) int64 {
 // configured (negotiation), and must not answer "skip" like NoOpMilter does.
 func (s *session) RcptTo(_ string, _ string, m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageRcpt, time.Now())
-	if s.exempt || s.rules == nil {
+	if s.rules == nil {
 		return gomilter.RespContinue, nil
 	}
 	if id := m.Get(gomilter.MacroQueueId); id != "" {
 		s.queueID = id
 	}
+	if m.Get(gomilter.MacroRcptMailer) == "error" {
+		// rejected by the MTA (SMFIP_RCPT_REJ, negotiated with the errors
+		// rule): it has answered already; count it, never as a recipient
+		if !s.errExempt {
+			s.countError(true)
+		}
+		return gomilter.RespContinue, nil
+	}
+	if !s.errExempt {
+		if resp := s.checkErrors(limits.StageRcpt); resp != gomilter.RespContinue {
+			return resp, nil
+		}
+	}
+	if s.exempt {
+		return gomilter.RespContinue, nil
+	}
 	if r := s.state.CheckRcpt(s.policy, s.rules.Replies); r != nil {
-		return s.refuse(r)
+		return s.refuse(r, s.smode)
 	}
 	s.state.AcceptRecipient()
 	return gomilter.RespContinue, nil
@@ -208,14 +414,41 @@ func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) 
 	if !s.exempt && s.rules != nil {
 		r = s.state.CheckEOM(s.policy, s.rules.Replies)
 	}
-	resp, _ := s.refuse(r)
+	resp, _ := s.refuse(r, s.smode)
 	if resp == gomilter.RespContinue {
+		s.addTags(m)
 		s.state.AcceptMessage()
 		s.srv.metrics.messages.Inc()
 		resp = gomilter.RespAccept
 	}
 	s.state.EndTransaction()
+	s.txTags = s.txTags[:0]
 	return resp, nil
+}
+
+// addTags adds one header per limit in tag mode that would have refused
+// this message: those of the session (at connect) and of this transaction.
+func (s *session) addTags(m gomilter.Modifier) {
+	if len(s.connTags) == 0 && len(s.txTags) == 0 {
+		return
+	}
+	name := s.rules.TagHeader
+	if s.actions&gomilter.OptAddHeader == 0 {
+		// enforceable() keeps rules with tag modes off connections that
+		// cannot add headers; this is only reached after a reload raced.
+		s.srv.log.Warn("cannot tag: the MTA did not allow adding headers on this milter connection", "client_ip", s.client, "queue_id", s.queueID)
+		return
+	}
+	for _, tags := range [][]string{s.connTags, s.txTags} {
+		for _, v := range tags {
+			if err := m.AddHeader(name, v); err != nil {
+				s.srv.log.Error("cannot add the tag header", "client_ip", s.client, "queue_id", s.queueID, "header", name, "err", err)
+				return
+			}
+			s.srv.metrics.tags.Inc()
+			s.srv.log.Info("tagged", "client_ip", s.client, "queue_id", s.queueID, "header", name, "value", v, "mode", string(limits.ModeTag))
+		}
+	}
 }
 
 // countSize takes the message's size from {msg_size} when headers and body
@@ -245,19 +478,30 @@ func (s *session) countSize(raw string) {
 func (s *session) Abort(gomilter.Modifier) error {
 	s.state.EndTransaction()
 	s.exempt = false
+	s.txTags = s.txTags[:0]
 	return nil
 }
 
-// refuse logs and counts r and turns it into the reply, or into continue in
-// monitor mode or when r is nil. It never returns a Go error: that would make
-// the MTA apply milter_default_action to the whole session.
-func (s *session) refuse(r *limits.Refusal) (*gomilter.Response, error) {
-	if r == nil {
+// refuse logs and counts r under mode and turns it into the reply; into
+// continue when r is nil or in monitor and tag mode (tag mode records the
+// header the message gets at its end: for the whole session when the
+// refusal was at connect, else for this transaction). It never returns a Go
+// error: that would make the MTA apply milter_default_action to the whole
+// session.
+func (s *session) refuse(r *limits.Refusal, mode limits.Mode) (*gomilter.Response, error) {
+	if r == nil || !mode.Decides() {
 		return gomilter.RespContinue, nil
 	}
-	mode := s.rules.Mode
-	s.srv.logRefusal(r, mode, s.client, s.queueID)
-	if mode == limits.ModeMonitor {
+	s.srv.logRefusal(r, mode, s.client, s.queueID, s.logAttrs...)
+	switch mode {
+	case limits.ModeMonitor:
+		return gomilter.RespContinue, nil
+	case limits.ModeTag:
+		if r.Stage == limits.StageConnect {
+			s.connTags = setTag(s.connTags, r)
+		} else {
+			s.txTags = setTag(s.txTags, r)
+		}
 		return gomilter.RespContinue, nil
 	}
 	resp, err := gomilter.RejectWithCodeAndReason(uint16(r.Code), r.Reason())
@@ -266,4 +510,17 @@ func (s *session) refuse(r *limits.Refusal) (*gomilter.Response, error) {
 		return gomilter.RespTempFail, nil
 	}
 	return resp, nil
+}
+
+// setTag records r's tag in tags, replacing an earlier one of the same limit
+// (a later recipient over the cap updates the value): one header per limit.
+func setTag(tags []string, r *limits.Refusal) []string {
+	prefix := "limit=" + string(r.Limit) + " "
+	for i, t := range tags {
+		if strings.HasPrefix(t, prefix) {
+			tags[i] = r.Tag()
+			return tags
+		}
+	}
+	return append(tags, r.Tag())
 }

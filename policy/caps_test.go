@@ -463,3 +463,49 @@ func TestSessionTableBounds(t *testing.T) {
 		t.Fatalf("sessions_tracked = %v", got)
 	}
 }
+
+// TestModesPerLimit: each limit answers under its own mode; tag mode, which
+// the policy path cannot carry out (no headers), refuses nothing and is
+// counted as tag; a limit that is off is not counted.
+func TestModesPerLimit(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Mode = limits.ModeTag
+		r.Default.Session = limits.Session{MaxMessages: 1, MaxRecipients: 1, Mode: limits.ModeEnforce}
+		r.Default.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Minute}
+	}))
+	p := h.dial()
+	for i := 0; i < 2; i++ {
+		s := newSMTP("192.0.2.40", 100)
+		if a, st := p.send(s, 1, 1000, 0); a != "" {
+			t.Fatalf("session %d: the first message got %s at %s (frequency is in tag mode)", i+1, a, st)
+		}
+		if a, st := p.send(s, 1, 1000, 0); !strings.HasPrefix(a, "421 4.7.0 Too many messages") {
+			t.Fatalf("session %d: the second message got %q at %s, want the enforced message cap", i+1, a, st)
+		}
+	}
+	if got := h.refusals("frequency", "connect", "tag"); got != 1 {
+		t.Errorf("frequency refusals in tag mode %v, want 1", got)
+	}
+	if got := h.refusals("frequency", "connect", "enforce"); got != 0 {
+		t.Errorf("frequency enforced %v times", got)
+	}
+	if got := h.refusals("session_messages", "mail", "enforce"); got != 2 {
+		t.Errorf("message cap enforced %v times, want 2", got)
+	}
+
+	off := start(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Session = limits.Session{MaxMessages: 1, Mode: limits.ModeOff}
+	}))
+	q := off.dial()
+	s := newSMTP("192.0.2.41", 100)
+	for j := 0; j < 3; j++ {
+		if a, st := q.send(s, 1, 1000, 0); a != "" {
+			t.Fatalf("mode off answered %s at %s", a, st)
+		}
+	}
+	for _, m := range limits.AllModes {
+		if got := off.refusals("session_messages", "mail", string(m)); got != 0 {
+			t.Errorf("mode off: %v refusals counted as %s", got, m)
+		}
+	}
+}

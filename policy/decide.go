@@ -213,18 +213,37 @@ func hangUp(r *limits.Refusal) *limits.Refusal {
 	return &c
 }
 
-// refuse logs and counts r and returns what to answer: r, or nil in monitor
-// mode or when r is nil.
+// refuse logs and counts r and returns what to answer: r, or nil when r is
+// nil or its limit's mode does not refuse. The policy path cannot add
+// headers, so a limit in tag mode is only logged and counted here (mode
+// "tag"), like monitor; a limit that is off is not even logged.
 func (s *Server) refuse(st *sessionState, r *limits.Refusal, req *request) *limits.Refusal {
 	if r == nil {
 		return nil
 	}
-	mode := st.rules.Mode
+	mode := st.mode(r.Limit)
+	if !mode.Decides() {
+		return nil
+	}
 	s.eng.LogRefusal(r, mode, st.client, string(req.queueID))
-	if mode == limits.ModeMonitor {
+	if !mode.Refuses() {
 		return nil
 	}
 	return r
+}
+
+// mode resolves the mode of limit l for this session: the session caps of
+// the current transaction, the connect-time policy for the others.
+func (st *sessionState) mode(l limits.Limit) limits.Mode {
+	switch l {
+	case limits.LimitSessionMessages, limits.LimitSessionBytes, limits.LimitSessionRecipients:
+		return st.rules.ModeOf(st.policy.Mode)
+	}
+	p := st.rules.Default
+	if st.hasAddr {
+		p, _, _ = st.rules.ForConnect(st.addr)
+	}
+	return st.rules.LimitMode(&p, l)
 }
 
 // newSession reports whether req belongs to another SMTP session than the

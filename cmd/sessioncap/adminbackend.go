@@ -63,10 +63,10 @@ func (b adminBackend) Ban(ctx context.Context, target string, d time.Duration, r
 		return counters.Ban{}, fmt.Errorf("%w: %s is in exempt.networks, which skip every limit", admin.ErrInvalid, target)
 	}
 	key := limits.StoreKey(limits.KeyFrequency, scope, r.Key(addr))
-	ban, err := b.d.store.Ban(ctx, key, d, reason)
+	ban, err := b.d.store.Ban(ctx, key, d, counters.StoredReason(counters.OriginManual, reason))
 	if err == nil {
-		b.d.log.Warn("banned", "key", key, "prefix", r.Key(addr).String(), "reason", reason,
-			"ban", d.String(), "until", ban.Until.UTC().Format(time.RFC3339), "origin", "operator")
+		b.d.log.Warn("banned", "key", key, "prefix", r.Key(addr).String(), "origin", ban.Origin, "reason", ban.Reason,
+			"ban", d.String(), "until", ban.Until.UTC().Format(time.RFC3339), "mode", string(r.LimitMode(&r.Default, limits.LimitBanned)))
 	}
 	return ban, err
 }

@@ -35,7 +35,7 @@ Options (before or after the address):
   -token-file FILE   file holding the bearer token (needed over inet)
   -json              print the daemon's JSON answer (bans, status)
   -for DURATION      length of a manual ban: 90m, 6h, 168h (at most 8760h)
-  -reason TEXT       recorded with a manual ban (default "manual")
+  -reason TEXT       free text recorded with a manual ban (its origin is "manual")
 
 Exit status: 0 done, 1 the daemon is unreachable or refused, ` + fmt.Sprint(exitConfig) + ` usage error.
 `
@@ -177,7 +177,7 @@ func printBans(ctx context.Context, c *admin.Client, asJSON bool, w io.Writer) e
 		now = time.Now()
 	}
 	tw := tabwriter.NewWriter(w, 0, 0, 2, ' ', 0)
-	fmt.Fprintln(tw, "PREFIX\tPOLICY\tREASON\tSINCE\tUNTIL\tREMAINING\tHOST")
+	fmt.Fprintln(tw, "PREFIX\tPOLICY\tORIGIN\tSINCE\tUNTIL\tREMAINING\tHOST\tREASON")
 	for _, b := range bans {
 		prefix, policy := b.Key, "-"
 		if _, scope, p, err := limits.ParseStoreKey(b.Key); err == nil {
@@ -186,8 +186,8 @@ func printBans(ctx context.Context, c *admin.Client, asJSON bool, w io.Writer) e
 				policy = "default"
 			}
 		}
-		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\n", prefix, policy, orDash(b.Reason),
-			stamp(b.Since), stamp(b.Until), remaining(b.Until.Sub(now)), orDash(b.Host))
+		fmt.Fprintf(tw, "%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n", prefix, policy, orDash(b.Origin),
+			stamp(b.Since), stamp(b.Until), remaining(b.Until.Sub(now)), orDash(b.Host), orDash(b.Reason))
 	}
 	return tw.Flush()
 }
@@ -212,7 +212,11 @@ func ban(ctx context.Context, c *admin.Client, target string, d time.Duration, r
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "banned %s until %s (%s): %s\n", b.Key, stamp(b.Until), d, b.Reason)
+	fmt.Fprintf(w, "banned %s until %s (%s), origin %s", b.Key, stamp(b.Until), d, orDash(b.Origin))
+	if b.Reason != "" {
+		fmt.Fprintf(w, ": %s", b.Reason)
+	}
+	fmt.Fprintln(w)
 	return nil
 }
 

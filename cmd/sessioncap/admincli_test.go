@@ -57,7 +57,7 @@ func (b *cliBackend) Unban(_ context.Context, target string) ([]string, error) {
 func (b *cliBackend) Ban(_ context.Context, target string, d time.Duration, reason string) (counters.Ban, error) {
 	b.record("ban " + target + " " + d.String() + " " + reason)
 	since := time.Date(2026, 12, 1, 10, 0, 0, 0, time.UTC)
-	return counters.Ban{Key: "freq:192.0.2.0/24", Reason: reason, Since: since, Until: since.Add(d), Host: "mx1"}, nil
+	return counters.Ban{Key: "freq:192.0.2.0/24", Origin: counters.OriginManual, Reason: reason, Since: since, Until: since.Add(d), Host: "mx1"}, nil
 }
 
 func (b *cliBackend) Reload(context.Context) error {
@@ -104,9 +104,9 @@ func runCLI(args ...string) (code int, stdout, stderr string) {
 func TestCLIBans(t *testing.T) {
 	now := time.Now().UTC().Truncate(time.Second)
 	b := &cliBackend{bans: []counters.Ban{
-		{Key: "freq:override1:2001:db8::/64", Reason: "manual", Since: now.Add(-time.Hour), Until: now.Add(26*time.Hour + 30*time.Minute), Host: "mx2"},
-		{Key: "freq:192.0.2.0/24", Reason: "frequency", Since: now.Add(-time.Minute), Until: now.Add(4*time.Minute + 30*time.Second), Host: "mx1"},
-		{Key: "odd-key", Reason: "", Since: now, Until: now.Add(2 * time.Hour)},
+		{Key: "freq:override1:2001:db8::/64", Origin: "manual", Reason: "spam run", Since: now.Add(-time.Hour), Until: now.Add(26*time.Hour + 30*time.Minute), Host: "mx2"},
+		{Key: "freq:192.0.2.0/24", Origin: "frequency", Since: now.Add(-time.Minute), Until: now.Add(4*time.Minute + 30*time.Second), Host: "mx1"},
+		{Key: "odd-key", Since: now, Until: now.Add(2 * time.Hour)},
 	}}
 	sock := startAdmin(t, b, adminSock(t), "")
 
@@ -118,11 +118,11 @@ func TestCLIBans(t *testing.T) {
 	if len(lines) != 4 {
 		t.Fatalf("want a header and 3 rows:\n%s", out)
 	}
-	header := regexp.MustCompile(`^PREFIX +POLICY +REASON +SINCE +UNTIL +REMAINING +HOST$`)
+	header := regexp.MustCompile(`^PREFIX +POLICY +ORIGIN +SINCE +UNTIL +REMAINING +HOST +REASON$`)
 	rows := []*regexp.Regexp{
-		regexp.MustCompile(`^192\.0\.2\.0/24 +default +frequency +` + regexp.QuoteMeta(now.Add(-time.Minute).Format(time.RFC3339)) + ` +` + regexp.QuoteMeta(now.Add(4*time.Minute+30*time.Second).Format(time.RFC3339)) + ` +4m(29|30)s +mx1$`),
-		regexp.MustCompile(`^odd-key +- +- +\S+ +\S+ +(1h59m|2h00m) +-$`),
-		regexp.MustCompile(`^2001:db8::/64 +override1 +manual +\S+ +\S+ +1d2h +mx2$`),
+		regexp.MustCompile(`^192\.0\.2\.0/24 +default +frequency +` + regexp.QuoteMeta(now.Add(-time.Minute).Format(time.RFC3339)) + ` +` + regexp.QuoteMeta(now.Add(4*time.Minute+30*time.Second).Format(time.RFC3339)) + ` +4m(29|30)s +mx1 +-$`),
+		regexp.MustCompile(`^odd-key +- +- +\S+ +\S+ +(1h59m|2h00m) +- +-$`),
+		regexp.MustCompile(`^2001:db8::/64 +override1 +manual +\S+ +\S+ +1d2h +mx2 +spam run$`),
 	}
 	if !header.MatchString(lines[0]) {
 		t.Errorf("header %q", lines[0])
@@ -166,13 +166,13 @@ func TestCLIUnbanAndBan(t *testing.T) {
 		t.Errorf("unban of nothing: exit %d, %q", code, out)
 	}
 	code, out, errOut = runCLI("ban", "-admin", sock, "::ffff:192.0.2.1", "-for", "6h", "-reason", "spam run")
-	if code != exitOK || out != "banned freq:192.0.2.0/24 until 2026-12-01T16:00:00Z (6h0m0s): spam run\n" {
+	if code != exitOK || out != "banned freq:192.0.2.0/24 until 2026-12-01T16:00:00Z (6h0m0s), origin manual: spam run\n" {
 		t.Errorf("ban: exit %d, %q %q", code, out, errOut)
 	}
 	if code, _, errOut := runCLI("ban", "192.0.2.0/24", "-admin="+sock, "-for=90m", "--"); code != exitOK {
 		t.Errorf("ban with -flag=value: exit %d: %s", code, errOut)
 	}
-	want := []string{"unban 192.0.2.7", "unban 203.0.113.9", "ban 192.0.2.1 6h0m0s spam run", "ban 192.0.2.0/24 1h30m0s manual"}
+	want := []string{"unban 192.0.2.7", "unban 203.0.113.9", "ban 192.0.2.1 6h0m0s spam run", "ban 192.0.2.0/24 1h30m0s "}
 	if got := b.Calls(); !reflect.DeepEqual(got, want) {
 		t.Errorf("backend got %q, want %q", got, want)
 	}

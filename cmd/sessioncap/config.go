@@ -137,6 +137,21 @@ type fileConfig struct {
 		Networks      value[prefixList] `toml:"networks"`
 		Authenticated value[bool]       `toml:"authenticated"`
 	} `toml:"exempt"`
+	Deny struct {
+		Networks value[prefixList] `toml:"networks"`
+		Mode     value[string]     `toml:"mode"`
+	} `toml:"deny"`
+	Tag struct {
+		Header value[string] `toml:"header"`
+	} `toml:"tag"`
+	SenderNetworks struct {
+		MaxNetworks   value[count]      `toml:"max_networks"`
+		Window        value[duration]   `toml:"window"`
+		IPv4Prefix    value[int64]      `toml:"ipv4_prefix"`
+		IPv6Prefix    value[int64]      `toml:"ipv6_prefix"`
+		ExemptDomains value[stringList] `toml:"exempt_domains"`
+		Mode          value[string]     `toml:"mode"`
+	} `toml:"sender_networks"`
 	Override []overrideTable `toml:"override"`
 	Replies  struct {
 		SessionMessages    value[string] `toml:"session_messages"`
@@ -150,6 +165,10 @@ type fileConfig struct {
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
+		Deny               value[string] `toml:"deny"`
+		SenderNetworks     value[string] `toml:"sender_networks"`
+		Errors             value[string] `toml:"errors"`
+		ErrorsBanned       value[string] `toml:"errors_banned"`
 	} `toml:"replies"`
 }
 
@@ -160,21 +179,33 @@ type PolicyTables struct {
 		MaxBytes      value[byteSize] `toml:"max_bytes"`
 		MaxRecipients value[count]    `toml:"max_recipients"`
 		Overrun       value[string]   `toml:"overrun"`
+		Mode          value[string]   `toml:"mode"`
 	} `toml:"session"`
 	Frequency struct {
 		MaxConnections value[count]    `toml:"max_connections"`
 		Window         value[duration] `toml:"window"`
 		Ban            value[duration] `toml:"ban"`
+		Mode           value[string]   `toml:"mode"`
 	} `toml:"frequency"`
 	Concurrency struct {
-		MaxPerAddress value[count] `toml:"max_per_address"`
-		MaxTotal      value[count] `toml:"max_total"`
+		MaxPerAddress value[count]  `toml:"max_per_address"`
+		MaxTotal      value[count]  `toml:"max_total"`
+		Mode          value[string] `toml:"mode"`
 	} `toml:"concurrency"`
+	Errors struct {
+		MaxPerSession value[count]    `toml:"max_per_session"`
+		MaxPerWindow  value[count]    `toml:"max_per_window"`
+		Window        value[duration] `toml:"window"`
+		Ban           value[duration] `toml:"ban"`
+		Mode          value[string]   `toml:"mode"`
+	} `toml:"errors"`
 }
 
 type overrideTable struct {
 	Networks      value[prefixList] `toml:"networks"`
 	Authenticated value[bool]       `toml:"authenticated"`
+	Users         value[stringList] `toml:"users"`
+	SenderDomains value[stringList] `toml:"sender_domains"`
 	PolicyTables
 }
 
@@ -363,11 +394,14 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.MetricsListen = fc.Metrics.Listen.get(cfg.MetricsListen)
 	v.buildPolicy(cfg, fc)
 	r := cfg.Rules
-	switch mode := fc.Mode.get(string(r.Mode)); mode {
-	case string(limits.ModeEnforce), string(limits.ModeMonitor):
-		r.Mode = limits.Mode(mode)
-	default:
-		v.add("mode", "must be \"enforce\" or \"monitor\", got %q", mode)
+	if m := fc.Mode.get(string(r.Mode)); limits.Mode(m).Valid() {
+		r.Mode = limits.Mode(m)
+	} else {
+		v.add("mode", "%s", badMode(m))
+	}
+	r.TagHeader = fc.Tag.Header.get(r.TagHeader)
+	if !limits.ValidHeaderName(r.TagHeader) {
+		v.add("tag.header", "%q is not a header name (printable ASCII without spaces or colons, at most 76 characters)", r.TagHeader)
 	}
 	switch f := fc.Log.Format.get(cfg.LogFormat); f {
 	case "text", "json":
@@ -410,6 +444,9 @@ func (v *validator) build(fc *fileConfig) *Config {
 	}
 	r.ExemptNetworks = fc.Exempt.Networks.get(nil)
 	r.ExemptAuthenticated = fc.Exempt.Authenticated.get(false)
+	r.Deny.Networks = fc.Deny.Networks.get(nil)
+	v.mode(&r.Deny.Mode, &fc.Deny.Mode, "deny.mode")
+	v.buildSenderNetworks(&r.SenderNetworks, fc)
 
 	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
 	for i := range fc.Override {
@@ -420,11 +457,26 @@ func (v *validator) build(fc *fileConfig) *Config {
 			b := o.Authenticated.v
 			ov.Authenticated = &b
 		}
-		if !o.Networks.set && !o.Authenticated.set {
-			v.add(prefix, "must set networks or authenticated (an override that matches everyone belongs in the top-level tables)")
+		for _, u := range o.Users.get(nil) {
+			if u == "" || u == "@" || strings.ContainsAny(u, " \t\r\n") || strings.Count(u, "@") > 1 && !strings.HasPrefix(u, "@") {
+				v.add(prefix+".users", "%q is not a user name or @domain", u)
+				continue
+			}
+			ov.Users = append(ov.Users, u)
 		}
-		if ov.Authenticated != nil && *ov.Authenticated && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
-			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values")
+		for _, d := range o.SenderDomains.get(nil) {
+			dom, ok := limits.SenderDomain("@" + d)
+			if !ok || strings.Contains(d, "@") {
+				v.add(prefix+".sender_domains", "%q is not a domain", d)
+				continue
+			}
+			ov.SenderDomains = append(ov.SenderDomains, dom)
+		}
+		if !o.Networks.set && !o.Authenticated.set && !o.Users.set && !o.SenderDomains.set {
+			v.add(prefix, "must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)")
+		}
+		if (ov.AfterConnect() || o.Users.set || o.SenderDomains.set) && (anySet(&o.Frequency) || anySet(&o.Concurrency)) {
+			v.add(prefix, "frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values")
 		}
 		v.applyPolicy(&ov.Policy, &o.PolicyTables, prefix)
 		r.Overrides = append(r.Overrides, ov)
@@ -452,8 +504,40 @@ func (v *validator) buildPolicy(cfg *Config, fc *fileConfig) {
 	}
 }
 
+// badMode is the message for a mode that is none of the four.
+func badMode(m string) string {
+	return fmt.Sprintf("must be \"enforce\", \"monitor\", \"tag\" or \"off\", got %q", m)
+}
+
+// mode reads a table's mode into dst ("" when unset: the top-level mode).
+func (v *validator) mode(dst *limits.Mode, val *value[string], key string) {
+	if !val.set || val.err != nil {
+		return
+	}
+	if m := limits.Mode(val.v); m.Valid() {
+		*dst = m
+		return
+	}
+	v.add(key, "%s", badMode(val.v))
+}
+
 // applyPolicy overwrites p with the values set in t.
 func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string) {
+	v.mode(&p.Session.Mode, &t.Session.Mode, joinKey(prefix, "session.mode"))
+	v.mode(&p.Frequency.Mode, &t.Frequency.Mode, joinKey(prefix, "frequency.mode"))
+	v.mode(&p.Concurrency.Mode, &t.Concurrency.Mode, joinKey(prefix, "concurrency.mode"))
+	v.mode(&p.Errors.Mode, &t.Errors.Mode, joinKey(prefix, "errors.mode"))
+	e := &p.Errors
+	e.MaxPerSession = int64(t.Errors.MaxPerSession.get(count(e.MaxPerSession)))
+	e.MaxPerWindow = int64(t.Errors.MaxPerWindow.get(count(e.MaxPerWindow)))
+	e.Window = time.Duration(t.Errors.Window.get(duration(e.Window)))
+	e.Ban = time.Duration(t.Errors.Ban.get(duration(e.Ban)))
+	if e.MaxPerWindow > 0 && e.Window <= 0 && (prefix == "" || t.Errors.MaxPerWindow.set || t.Errors.Window.set) { // else reported for the default already
+		v.add(joinKey(prefix, "errors.window"), "must be longer than 0s while max_per_window is set")
+	}
+	if e.MaxPerWindow > 1<<31 {
+		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)
+	}
 	s := &p.Session
 	s.MaxMessages = int64(t.Session.MaxMessages.get(count(s.MaxMessages)))
 	s.MaxBytes = int64(t.Session.MaxBytes.get(byteSize(s.MaxBytes)))
@@ -487,7 +571,7 @@ func (v *validator) applyReplies(rs limits.Replies, fc *fileConfig) {
 		if !val.set || val.err != nil {
 			continue
 		}
-		reply, err := limits.ParseReply(val.v)
+		reply, err := limits.ParseReplyFor(limits.ReplyKey(key), val.v)
 		if err != nil {
 			v.add("replies."+key, "%s", err.Error())
 			continue
@@ -595,6 +679,36 @@ func stripComment(line string) string {
 		}
 	}
 	return line
+}
+
+// buildSenderNetworks validates the [sender_networks] table.
+func (v *validator) buildSenderNetworks(sn *limits.SenderNetworks, fc *fileConfig) {
+	t := &fc.SenderNetworks
+	sn.MaxNetworks = int64(t.MaxNetworks.get(count(sn.MaxNetworks)))
+	if sn.MaxNetworks > 1<<31 {
+		v.add("sender_networks.max_networks", "must be at most %d", int64(1)<<31)
+	}
+	sn.Window = time.Duration(t.Window.get(duration(sn.Window)))
+	if sn.MaxNetworks > 0 && sn.Window <= 0 {
+		v.add("sender_networks.window", "must be longer than 0s while max_networks is set")
+	}
+	sn.IPv4Prefix = int(t.IPv4Prefix.get(int64(sn.IPv4Prefix)))
+	if sn.IPv4Prefix < 1 || sn.IPv4Prefix > 32 {
+		v.add("sender_networks.ipv4_prefix", "must be between 1 and 32, got %d", sn.IPv4Prefix)
+	}
+	sn.IPv6Prefix = int(t.IPv6Prefix.get(int64(sn.IPv6Prefix)))
+	if sn.IPv6Prefix < 1 || sn.IPv6Prefix > 128 {
+		v.add("sender_networks.ipv6_prefix", "must be between 1 and 128, got %d", sn.IPv6Prefix)
+	}
+	for _, d := range t.ExemptDomains.get(nil) {
+		dom, ok := limits.SenderDomain("@" + d)
+		if !ok || strings.Contains(d, "@") {
+			v.add("sender_networks.exempt_domains", "%q is not a domain", d)
+			continue
+		}
+		sn.ExemptDomains = append(sn.ExemptDomains, dom)
+	}
+	v.mode(&sn.Mode, &t.Mode, "sender_networks.mode")
 }
 
 // buildStore validates the [store] table.

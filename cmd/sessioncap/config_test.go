@@ -30,14 +30,36 @@ bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit 
 		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
 bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
 bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
-		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH: an override with authenticated = true can only change [session] values
-bad-override.toml:11: override[2]: must set networks or authenticated (an override that matches everyone belongs in the top-level tables)`,
+		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
+bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:16: override[3].users: "" is not a user name or @domain
+bad-override.toml:16: override[3].users: "a@b@c" is not a user name or @domain
+bad-override.toml:17: override[3].sender_domains: "x@example.org" is not a domain`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
 bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
 		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
 bad-unknown-keys.toml:6: frequncy: unknown key`,
-		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce" or "monitor", got "block"
+		"bad-deny.toml": `bad-deny.toml:3: deny.networks: network "198.51.100.7/24" has host bits set; did you mean "198.51.100.0/24"?
+bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
+bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
+bad-deny.toml:8: replies.banned: code 554 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-sender-networks.toml": `bad-sender-networks.toml:4: sender_networks.window: must be longer than 0s while max_networks is set
+bad-sender-networks.toml:5: sender_networks.ipv4_prefix: must be between 1 and 32, got 0
+bad-sender-networks.toml:6: sender_networks.ipv6_prefix: must be between 1 and 128, got 129
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "user@example.org" is not a domain
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "" is not a domain
+bad-sender-networks.toml:8: sender_networks.mode: must be "enforce", "monitor", "tag" or "off", got "loud"
+bad-sender-networks.toml:11: replies.sender_networks: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-errors.toml": `bad-errors.toml:4: errors.window: must be longer than 0s while max_per_window is set
+bad-errors.toml:5: errors.max_per_session: must not be negative (0 disables the limit), got -2
+bad-errors.toml:10: override[0].errors.mode: must be "enforce", "monitor", "tag" or "off", got "ban"
+bad-errors.toml:13: replies.errors_banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
+		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
+bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
+bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
+		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-values.toml:5: session.max_messages: must not be negative (0 disables the limit), got -1
 bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
 bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
@@ -95,6 +117,7 @@ func TestGoodConfig(t *testing.T) {
 		Session:     limits.Session{MaxMessages: 50, MaxBytes: 5_000_000, MaxRecipients: 200, Overrun: limits.OverrunTempfail},
 		Frequency:   limits.Frequency{MaxConnections: 30, Window: 90 * time.Second, Ban: 10 * time.Minute},
 		Concurrency: limits.Concurrency{MaxPerAddress: 5, MaxTotal: 500},
+		Errors:      limits.Errors{MaxPerSession: 10, MaxPerWindow: 50, Window: 30 * time.Minute, Ban: 2 * time.Hour},
 	}
 	if r.Default != wantDefault {
 		t.Errorf("default policy %+v\nwant %+v", r.Default, wantDefault)
@@ -163,6 +186,7 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		t.Errorf("replies differ from the defaults:\n%v\n%v", cfg.Rules.Replies, def.Rules.Replies)
 	}
 	cfg.Rules.ExemptNetworks = nil // [] in the file, nil built in
+	cfg.Rules.Deny.Networks = nil
 	if !reflect.DeepEqual(cfg, def) {
 		t.Errorf("config %+v\nwant %+v", cfg, def)
 	}
@@ -172,13 +196,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 50 {
-		t.Errorf("%d settings found, want 50", uncommented)
+	if uncommented != 65 {
+		t.Errorf("%d settings found, want 65", uncommented)
 	}
 }
 
@@ -276,5 +300,122 @@ func TestCheckConfigCommand(t *testing.T) {
 	}
 	if code := run([]string{"-no-such-flag"}, &out, &errOut); code != 78 {
 		t.Errorf("bad flag: exit %d", code)
+	}
+}
+
+// TestModesConfig: the top-level mode is the default of every table, a
+// table's mode wins, and an override inherits the default policy's modes
+// before applying its own.
+func TestModesConfig(t *testing.T) {
+	cfg, err := ParseConfig("modes.toml", []byte(`
+mode = "monitor"
+[session]
+mode = "tag"
+[tag]
+header = "X-Spam-Sessioncap"
+[deny]
+networks = ["203.0.113.0/24"]
+[replies]
+deny = "550 5.7.1 Not here"
+[[override]]
+networks = ["192.0.2.0/24"]
+[override.frequency]
+mode = "enforce"
+[override.session]
+mode = "off"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules
+	d, o := &r.Default, &r.Overrides[0].Policy
+	for _, c := range []struct {
+		p    *limits.Policy
+		l    limits.Limit
+		want limits.Mode
+	}{
+		{d, limits.LimitSessionMessages, limits.ModeTag},
+		{d, limits.LimitFrequency, limits.ModeMonitor},
+		{d, limits.LimitConcurrencyAddress, limits.ModeMonitor},
+		{o, limits.LimitSessionBytes, limits.ModeOff},
+		{o, limits.LimitFrequency, limits.ModeEnforce},
+		{o, limits.LimitBanned, limits.ModeEnforce},
+		{o, limits.LimitConcurrencyTotal, limits.ModeMonitor},
+	} {
+		if got := r.LimitMode(c.p, c.l); got != c.want {
+			t.Errorf("%s of %p: %s, want %s", c.l, c.p, got, c.want)
+		}
+	}
+	if len(cfg.Rules.Deny.Networks) != 1 || cfg.Rules.ModeOf(cfg.Rules.Deny.Mode) != limits.ModeMonitor ||
+		cfg.Rules.Replies[limits.ReplyDeny].String() != "550 5.7.1 Not here" {
+		t.Errorf("deny: %+v, reply %v", cfg.Rules.Deny, cfg.Rules.Replies[limits.ReplyDeny])
+	}
+	if !r.NeedsTagging() || r.TagHeader != "X-Spam-Sessioncap" {
+		t.Errorf("tagging %v, header %q", r.NeedsTagging(), r.TagHeader)
+	}
+	if s := summary(cfg); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
+		t.Errorf("summary:\n%s", s)
+	}
+}
+
+// TestExplain: check-config -explain says which override a client, user
+// and sender get, at connect and from MAIL FROM on; first match wins.
+func TestExplain(t *testing.T) {
+	path := filepath.Join(t.TempDir(), "explain.toml")
+	if err := os.WriteFile(path, []byte(`
+[sender_networks]
+max_networks = 5
+[[override]]
+networks = ["192.0.2.0/24"]
+[override.frequency]
+max_connections = 1000
+[[override]]
+users = ["@Example.org"]
+[override.session]
+max_messages = 5000
+mode = "monitor"
+[[override]]
+sender_domains = ["Lists.example.net"]
+[override.errors]
+max_per_session = 50
+`), 0o644); err != nil {
+		t.Fatal(err)
+	}
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-explain", "198.51.100.1", "-user", "alice@example.org", "-sender", "a@example.org"}, []string{
+			"at connect: default policy, key 198.51.100.1/32",
+			"from MAIL FROM: override[1] (users [@Example.org])",
+			"session: max_messages 5000, max_bytes 104857600, max_recipients 1000, overrun accept, mode monitor",
+			"sender_networks: skipped: authenticated",
+		}},
+		{[]string{"-explain", "198.51.100.1", "-sender", "<x@sub.lists.example.net>"}, []string{
+			"from MAIL FROM: override[2] (sender_domains [lists.example.net])",
+			"errors: max_per_session 50",
+			"sender_networks: domain sub.lists.example.net from network 198.51.100.0/24, max_networks 5 per 24h0m0s, mode enforce",
+		}},
+		{[]string{"-explain", "192.0.2.9", "-user", "alice@example.org"}, []string{
+			"at connect: override[0] (networks [192.0.2.0/24])",
+			"frequency: max_connections 1000 per 1m0s",
+			"from MAIL FROM: override[0] (networks [192.0.2.0/24])",
+		}},
+	} {
+		code, out, errOut := runCLI(append([]string{"check-config", "-config", path}, c.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: no %q in:\n%s", c.args, w, out)
+			}
+		}
+	}
+	if code, _, errOut := runCLI("check-config", "-config", path, "-explain", "not-an-ip"); code != 78 || !strings.Contains(errOut, "not an IP address") {
+		t.Errorf("bad address: exit %d: %s", code, errOut)
+	}
+	if code, _, _ := runCLI("check-config", "-config", path, "-user", "alice"); code != 78 {
+		t.Errorf("-user without -explain: exit %d", code)
 	}
 }

@@ -430,7 +430,7 @@ type storeCollector struct{ d *daemon }
 
 var (
 	descTracked   = prometheus.NewDesc("sessioncap_tracked_addresses", "Keys (address prefixes) whose connection frequency the store tracks (bounded by addresses.max_tracked in memory; -1 when the store cannot tell).", nil, nil)
-	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Bans in force, by mode (the running mode carries the count; the other is 0): in monitor mode bans only log.", []string{"mode"}, nil)
+	descBans      = prometheus.NewDesc("sessioncap_bans_active", "Bans in force, by mode (the mode of the default [frequency] rule carries the count; the others are 0): in monitor mode bans only log, in tag mode their sessions' messages get a header.", []string{"mode"}, nil)
 	descEvictions = prometheus.NewDesc("sessioncap_tracked_evictions_total", "Windows and bans the in-memory store dropped to stay within addresses.max_tracked and addresses.max_bans.", nil, nil)
 )
 
@@ -447,7 +447,8 @@ func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
 	if err != nil {
 		st, _ = c.d.local.Stats(ctx)
 	}
-	mode := c.d.srv.Rules().Mode
+	r := c.d.srv.Rules()
+	mode := r.LimitMode(&r.Default, limits.LimitBanned)
 	ch <- prometheus.MustNewConstMetric(descTracked, prometheus.GaugeValue, float64(st.Tracked))
 	for _, m := range limits.AllModes {
 		n := 0.0
@@ -527,6 +528,9 @@ func summary(cfg *Config) string {
 	var b strings.Builder
 	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
 	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
+	if r.NeedsTagging() {
+		fmt.Fprintf(&b, "tag: header %s\n", r.TagHeader)
+	}
 	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
 	if cfg.PolicyListen == "" {
 		b.WriteString("policy: off\n")
@@ -535,10 +539,14 @@ func summary(cfg *Config) string {
 	}
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
-		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s\n",
-			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun)
-		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s\n", capString(f.MaxConnections), f.Window, f.Ban)
-		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal))
+		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s, mode %s\n",
+			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun, r.ModeOf(s.Mode))
+		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s, mode %s\n", capString(f.MaxConnections), f.Window, f.Ban, r.ModeOf(f.Mode))
+		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s, mode %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal), r.ModeOf(c.Mode))
+		if e := p.Errors; e.On() {
+			fmt.Fprintf(&b, "  errors: max_per_session %s, max_per_window %s per %s, ban %s, mode %s\n",
+				capString(e.MaxPerSession), capString(e.MaxPerWindow), e.Window, e.Ban, r.ModeOf(e.Mode))
+		}
 	}
 	b.WriteString("default:\n")
 	describe(r.Default)
@@ -547,10 +555,24 @@ func summary(cfg *Config) string {
 		if o.Authenticated != nil {
 			auth = fmt.Sprint(*o.Authenticated)
 		}
-		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s\n", i, o.Networks, auth)
+		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s", i, o.Networks, auth)
+		if len(o.Users) > 0 {
+			fmt.Fprintf(&b, ", users %v", o.Users)
+		}
+		if len(o.SenderDomains) > 0 {
+			fmt.Fprintf(&b, ", sender_domains %v", o.SenderDomains)
+		}
+		fmt.Fprintln(&b)
 		describe(o.Policy)
 	}
 	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
+	if sn := r.SenderNetworks; sn.MaxNetworks > 0 {
+		fmt.Fprintf(&b, "sender_networks: max_networks %d per %s, networks /%d and /%d, %d exempt domains, mode %s\n",
+			sn.MaxNetworks, sn.Window, sn.IPv4Prefix, sn.IPv6Prefix, len(sn.ExemptDomains), r.ModeOf(sn.Mode))
+	}
+	if len(r.Deny.Networks) > 0 {
+		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())
+	}
 	fmt.Fprintf(&b, "addresses: ipv4 /%d, ipv6 /%d, max_tracked %d, max_bans %d\n", r.IPv4Prefix, r.IPv6Prefix, cfg.MaxTracked, cfg.MaxBans)
 	st := cfg.Store
 	fmt.Fprintf(&b, "store: %s, timeout %s, on_error %s, state_file %q\n", st.Backend, st.Timeout, st.OnError, st.StateFile)

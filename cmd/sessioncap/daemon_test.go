@@ -319,7 +319,7 @@ func TestDaemonBadConfigExits78(t *testing.T) {
 	if err == nil || !errors.As(err, &ee) || ee.ExitCode() != 78 {
 		t.Fatalf("err %v, want exit 78\n%s", err, out)
 	}
-	if !strings.Contains(string(out), path+":1: mode: must be \"enforce\" or \"monitor\"") {
+	if !strings.Contains(string(out), path+":1: mode: must be \"enforce\", \"monitor\", \"tag\" or \"off\"") {
 		t.Fatalf("output:\n%s", out)
 	}
 }

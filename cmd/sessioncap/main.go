@@ -35,7 +35,7 @@ func main() {
 
 const usageText = `Usage:
   sessioncap [-config FILE] [-listen SPEC] [-metrics-listen HOST:PORT]
-  sessioncap check-config [-config FILE]
+  sessioncap check-config [-config FILE] [-explain ADDRESS [-user NAME] [-sender ADDRESS]]
   sessioncap version
   sessioncap bans [-json] | status [-json] | reload
   sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
@@ -133,6 +133,9 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessioncap check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
 	configPath := fs.String("config", defaultConfigPath, "TOML configuration file")
+	explainAddr := fs.String("explain", "", "show the rules and override that apply to a client `ADDRESS`")
+	user := fs.String("user", "", "with -explain: the SMTP AUTH user (`NAME`, {auth_authen})")
+	sender := fs.String("sender", "", "with -explain: the MAIL FROM `ADDRESS`")
 	if err := fs.Parse(args); err != nil {
 		if errors.Is(err, flag.ErrHelp) {
 			return exitOK
@@ -144,6 +147,17 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		fmt.Fprintln(stderr, err)
 		return exitConfig
 	}
-	fmt.Fprint(stdout, summary(cfg))
+	if *explainAddr == "" {
+		if *user != "" || *sender != "" {
+			fmt.Fprintln(stderr, "sessioncap check-config: -user and -sender need -explain ADDRESS")
+			return exitConfig
+		}
+		fmt.Fprint(stdout, summary(cfg))
+		return exitOK
+	}
+	if err := explain(stdout, cfg, *explainAddr, *user, *sender); err != nil {
+		fmt.Fprintln(stderr, "sessioncap check-config:", err)
+		return exitConfig
+	}
 	return exitOK
 }

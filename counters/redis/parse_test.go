@@ -3,6 +3,8 @@ package redisstore
 import (
 	"strconv"
 	"testing"
+
+	"github.com/sessioncap/sessioncap/counters"
 )
 
 // Ban details come back from Redis: a malformed value is an error, never a
@@ -14,7 +16,8 @@ func FuzzParseBan(f *testing.F) {
 	f.Fuzz(func(t *testing.T, since int64, host, reason string) {
 		info := strconv.FormatInt(since, 10) + " " + strconv.Itoa(len(host)) + " " + host + reason
 		b, err := parseBan("k", 5, info)
-		if err != nil || b.Host != host || b.Reason != reason || b.Since.UnixMilli() != since || b.Until.UnixMilli() != 5 {
+		origin, text := counters.SplitReason(reason)
+		if err != nil || b.Host != host || b.Origin != origin || b.Reason != text || b.Since.UnixMilli() != since || b.Until.UnixMilli() != 5 {
 			t.Fatalf("parseBan(%q) = %+v, %v", info, b, err)
 		}
 		for i := 0; i <= len(info); i++ { // any prefix or mangling: no panic

@@ -234,7 +234,7 @@ func (s *Store) Ban(ctx context.Context, key string, d time.Duration, reason str
 	if len(v) != 3 || !ok1 || !ok2 || !ok3 {
 		return counters.Ban{}, fmt.Errorf("redisstore: ban: unexpected reply %v", v)
 	}
-	b := counters.Ban{Key: key, Reason: reason, Since: time.UnixMilli(since), Until: time.UnixMilli(until), Host: s.host}
+	b := counters.NewBan(key, reason, time.UnixMilli(since), time.UnixMilli(until), s.host)
 	if info != "" { // a longer ban was kept
 		if b, err = parseBan(key, until, info); err != nil {
 			return counters.Ban{}, err
@@ -252,7 +252,7 @@ func parseBan(key string, until int64, info string) (counters.Ban, error) {
 	if !ok1 || !ok2 || err1 != nil || err2 != nil || n < 0 || n > len(rest) {
 		return counters.Ban{}, fmt.Errorf("redisstore: malformed ban details of %q: %q", key, info)
 	}
-	return counters.Ban{Key: key, Reason: rest[n:], Since: time.UnixMilli(ms), Until: time.UnixMilli(until), Host: rest[:n]}, nil
+	return counters.NewBan(key, rest[n:], time.UnixMilli(ms), time.UnixMilli(until), rest[:n]), nil
 }
 
 // Unban implements counters.Store.

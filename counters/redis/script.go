@@ -75,6 +75,9 @@ if crossed and banms > 0 then
   ban(until_, ARGV[7], ARGV[8])
   return {count, until_, 1, now}
 end
+if n <= 0 and not crossed then
+  return {count, 0, 0, now} -- a peek: counts nothing, writes nothing
+end
 if crossed then
   count = count - 1 -- refused uncounted
 elseif n > 0 then

@@ -124,25 +124,67 @@ func Run(t *testing.T, newStore Factory) {
 		})
 	}
 
+	t.Run("a peek (n = 0) counts and stores nothing", func(t *testing.T) {
+		clock := NewClock()
+		s := newStore(t, clock, "mx1")
+		before, err := s.Stats(ctx)
+		if err != nil {
+			t.Fatal(err)
+		}
+		for i := 0; i < 3; i++ {
+			if h := mustHit(t, s, fmt.Sprintf("peek:%d", i), 0, freq); h.Count != 0 || h.Crossed || !h.BannedUntil.IsZero() {
+				t.Fatalf("peek of an unseen key: %+v", h)
+			}
+		}
+		if after, err := s.Stats(ctx); err != nil || after.Tracked != before.Tracked {
+			t.Fatalf("peeks stored keys: tracked %d → %d (%v)", before.Tracked, after.Tracked, err)
+		}
+		mustHit(t, s, "peek:0", 2, freq)
+		for i := 0; i < 5; i++ {
+			if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 2 || h.Crossed {
+				t.Fatalf("peek %d of a key with 2 hits: %+v", i, h)
+			}
+		}
+		if h := mustHit(t, s, "peek:0", 1, freq); h.Count != 3 || h.Crossed {
+			t.Fatalf("peeks were counted: %+v", h)
+		}
+		// the count decays as the window slides, peeked or not
+		clock.Add(time.Minute + 45*time.Second) // 3 × 0.25 = 0.75 → 1
+		if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 1 {
+			t.Fatalf("peek after 1m45s: %+v, want count 1", h)
+		}
+		clock.Add(time.Minute)
+		if h := mustHit(t, s, "peek:0", 0, freq); h.Count != 0 {
+			t.Fatalf("peek after the window: %+v, want count 0", h)
+		}
+	})
+
 	t.Run("bans list, unban and manual bans", func(t *testing.T) {
 		clock := NewClock()
 		s := newStore(t, clock, "mx1")
 		mustHit(t, s, "freq:192.0.2.0/24", 4, freq)
 		clock.Add(time.Minute)
-		b, err := s.Ban(ctx, "freq:198.51.100.7/32", time.Hour, "manual")
+		b, err := s.Ban(ctx, "freq:198.51.100.7/32", time.Hour, counters.StoredReason(counters.OriginManual, "spam run: ticket 7"))
 		if err != nil {
 			t.Fatal(err)
 		}
-		if !b.Until.Equal(clock.Now().Add(time.Hour)) || b.Reason != "manual" || b.Host != "mx1" {
+		if !b.Until.Equal(clock.Now().Add(time.Hour)) || b.Origin != "manual" || b.Reason != "spam run: ticket 7" || b.Host != "mx1" {
 			t.Fatalf("manual ban %+v", b)
+		}
+		// a reason recorded before bans had an origin is a manual ban's text
+		if b, err := s.Ban(ctx, "freq:203.0.113.9/32", time.Hour, "legacy text"); err != nil || b.Origin != "manual" || b.Reason != "legacy text" {
+			t.Fatalf("legacy manual ban %+v, %v", b, err)
+		}
+		if was, err := s.Unban(ctx, "freq:203.0.113.9/32"); err != nil || !was {
+			t.Fatalf("unban legacy: %v, %v", was, err)
 		}
 		bans, err := s.Bans(ctx)
 		if err != nil {
 			t.Fatal(err)
 		}
 		want := []counters.Ban{
-			{Key: "freq:192.0.2.0/24", Reason: "frequency", Since: clock.Now().Add(-time.Minute), Until: clock.Now().Add(9 * time.Minute), Host: "mx1"},
-			{Key: "freq:198.51.100.7/32", Reason: "manual", Since: clock.Now(), Until: clock.Now().Add(time.Hour), Host: "mx1"},
+			{Key: "freq:192.0.2.0/24", Origin: "frequency", Since: clock.Now().Add(-time.Minute), Until: clock.Now().Add(9 * time.Minute), Host: "mx1"},
+			{Key: "freq:198.51.100.7/32", Origin: "manual", Reason: "spam run: ticket 7", Since: clock.Now(), Until: clock.Now().Add(time.Hour), Host: "mx1"},
 		}
 		if err := sameBans(bans, want); err != nil {
 			t.Fatal(err)
@@ -255,7 +297,7 @@ func sameBans(got, want []counters.Ban) error {
 	}
 	for i := range got {
 		g, w := got[i], want[i]
-		if g.Key != w.Key || g.Reason != w.Reason || g.Host != w.Host || !g.Since.Equal(w.Since) || !g.Until.Equal(w.Until) {
+		if g.Key != w.Key || g.Origin != w.Origin || g.Reason != w.Reason || g.Host != w.Host || !g.Since.Equal(w.Since) || !g.Until.Equal(w.Until) {
 			return fmt.Errorf("ban %d: %+v, want %+v", i, g, w)
 		}
 	}
