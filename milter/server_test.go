@@ -4,12 +4,9 @@ import (
 	"bytes"
 	"context"
 	"encoding/json"
-	"io"
-	"log/slog"
 	"net"
 	"net/netip"
 	"strings"
-	"sync"
 	"testing"
 	"time"
 
@@ -18,35 +15,22 @@ import (
 	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/internal/testkit"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
 )
 
-// clock is a settable time source shared by the test and the server.
-type clock struct {
-	mu sync.Mutex
-	t  time.Time
-}
+// The shared test helpers, under the names the tests use.
+type (
+	clock      = testkit.Clock
+	syncBuffer = testkit.SyncBuffer
+)
 
-func (c *clock) Now() time.Time { c.mu.Lock(); defer c.mu.Unlock(); return c.t }
-func (c *clock) Add(d time.Duration) {
-	c.mu.Lock()
-	c.t = c.t.Add(d)
-	c.mu.Unlock()
-}
-
-// syncBuffer collects log output written from server goroutines.
-type syncBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (s *syncBuffer) Write(p []byte) (int, error) {
-	s.mu.Lock()
-	defer s.mu.Unlock()
-	return s.b.Write(p)
-}
-func (s *syncBuffer) String() string { s.mu.Lock(); defer s.mu.Unlock(); return s.b.String() }
+var (
+	slogJSON   = testkit.SlogJSON
+	value      = testkit.Value
+	eventually = testkit.Eventually
+)
 
 type harness struct {
 	t     testing.TB
@@ -75,7 +59,7 @@ func start(t testing.TB, rules *limits.Rules) *harness {
 func startWith(t testing.TB, rules *limits.Rules, edit func(*milter.Config)) *harness {
 	t.Helper()
 	h := &harness{t: t, reg: prometheus.NewRegistry(),
-		clock: &clock{t: time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)}, logs: &syncBuffer{}}
+		clock: testkit.NewClock(time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)), logs: &syncBuffer{}}
 	h.store = counters.NewMemory(counters.MemoryOptions{MaxTracked: 1000, Now: h.clock.Now})
 	cfg := milter.Config{
 		Rules:   rules,
@@ -226,18 +210,6 @@ func wantReply(t *testing.T, act *gomilter.Action, code uint16, text string) {
 func (h *harness) refusals(limit, stage, mode string) float64 {
 	h.t.Helper()
 	return value(h.t, h.reg, "sessioncap_refusals_total", "limit", limit, "stage", stage, "mode", mode)
-}
-
-// eventually polls cond: session ends are seen by the server asynchronously.
-func eventually(t testing.TB, what string, cond func() bool) {
-	t.Helper()
-	deadline := time.Now().Add(5 * time.Second)
-	for !cond() {
-		if time.Now().After(deadline) {
-			t.Fatalf("timed out waiting for %s", what)
-		}
-		time.Sleep(5 * time.Millisecond)
-	}
 }
 
 func TestMessageCap(t *testing.T) {
@@ -692,43 +664,4 @@ func (d *recordingDialer) Dial(network, addr string) (net.Conn, error) {
 	c, err := (&net.Dialer{Timeout: 5 * time.Second, LocalAddr: d.local}).Dial(network, addr)
 	d.conn = c
 	return c, err
-}
-
-func slogJSON(w io.Writer) *slog.Logger {
-	return slog.New(slog.NewJSONHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
-}
-
-// value returns the value of the series name{labels...} (label name, value
-// pairs) from reg.
-func value(t testing.TB, reg *prometheus.Registry, name string, labels ...string) float64 {
-	t.Helper()
-	mfs, err := reg.Gather()
-	if err != nil {
-		t.Fatal(err)
-	}
-	for _, mf := range mfs {
-		if mf.GetName() != name {
-			continue
-		}
-	series:
-		for _, m := range mf.GetMetric() {
-			have := map[string]string{}
-			for _, l := range m.GetLabel() {
-				have[l.GetName()] = l.GetValue()
-			}
-			for i := 0; i+1 < len(labels); i += 2 {
-				if have[labels[i]] != labels[i+1] {
-					continue series
-				}
-			}
-			switch {
-			case m.Counter != nil:
-				return m.GetCounter().GetValue()
-			case m.Gauge != nil:
-				return m.GetGauge().GetValue()
-			}
-		}
-	}
-	t.Fatalf("no series %s%v", name, labels)
-	return 0
 }
