@@ -130,3 +130,25 @@ func forEachMTA(t *testing.T, f func(t *testing.T, kind string)) {
 		t.Run(kind, func(t *testing.T) { f(t, kind) })
 	}
 }
+
+// policyKind is the front-end kind of Postfix asking sessioncap's policy
+// front-end (README's recipe) instead of the milter.
+const policyKind = "postfix-policy"
+
+// forEachFrontEnd runs f against each MTA through the milter, and against
+// Postfix through the policy front-end; newFrontEnd starts the env of a
+// kind.
+func forEachFrontEnd(t *testing.T, f func(t *testing.T, kind string)) {
+	for _, kind := range append(append([]string{}, mtaKinds...), policyKind) {
+		t.Run(kind, func(t *testing.T) { f(t, kind) })
+	}
+}
+
+// newFrontEnd is newEnv for the kinds of forEachFrontEnd.
+func newFrontEnd(t *testing.T, kind, config string) *env {
+	t.Helper()
+	if kind == policyKind {
+		return newPolicyEnv(t, config)
+	}
+	return newEnv(t, kind, config)
+}

@@ -49,7 +49,7 @@ func startPostfixBehindPolicy(t testing.TB, name, config string, extra ...string
 func newPolicyEnv(t *testing.T, config string, extra ...string) *env {
 	t.Helper()
 	m, d := startPostfixBehindPolicy(t, "mx", config, extra...)
-	return &env{kind: "postfix", m: m, d: d, want: map[string]int{}}
+	return &env{kind: policyKind, m: m, d: d, want: map[string]int{}}
 }
 
 // expectPolicyReply checks a reply Postfix built from a policy action:

@@ -6,13 +6,14 @@ import (
 )
 
 // TestSenderNetworks: with max_networks = 2 per /24, a sender domain seen
-// from two client networks is refused at MAIL FROM (451 4.7.1, the session
-// stays open) from a third network only; the counted networks, another
-// domain and the null sender still send. Client networks are loopback
-// addresses of different /24s.
+// from two client networks is refused (451 4.7.1, the session stays open)
+// from a third network only: at MAIL FROM through the milter, at the first
+// RCPT through the policy front-end. The counted networks, another domain
+// and the null sender still send. Client networks are loopback addresses of
+// different /24s.
 func TestSenderNetworks(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, `
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, `
 [sender_networks]
 max_networks = 2
 window = "1h"
@@ -46,11 +47,18 @@ ipv4_prefix = 24
 			}
 		}
 		res := send("127.0.3.1", "other@Forged.Example")
-		if res.stage != "MAIL" {
-			t.Fatalf("third network got past MAIL: %s %v", res.stage, res.mail)
+		const text = "Mail from your sender domain comes from too many networks (limit 2 per 1h)"
+		if kind == policyKind {
+			if res.stage != "RCPT" || len(res.rcpts) != 1 {
+				t.Fatalf("third network: stage %s, MAIL %v, RCPT %v; want refused at RCPT", res.stage, res.mail, res.rcpts)
+			}
+			expectPolicyReply(t, "RCPT from a third network", res.rcpts[0], 451, "4.7.1", text)
+		} else {
+			if res.stage != "MAIL" {
+				t.Fatalf("third network got past MAIL: %s %v", res.stage, res.mail)
+			}
+			expectReply(t, "MAIL from a third network", res.mail, 451, "4.7.1 "+text)
 		}
-		expectReply(t, "MAIL from a third network", res.mail, 451,
-			"4.7.1 Mail from your sender domain comes from too many networks (limit 2 per 1h)")
 		for _, c := range []struct{ from, sender string }{
 			{"127.0.2.9", "again@forged.example"}, // a counted network
 			{"127.0.3.1", "someone@fine.example"}, // another domain

@@ -256,3 +256,44 @@ func (e *Engine) Admit(r *limits.Rules, addr netip.Addr, client string) Admissio
 	e.LogBan(adm, a.Policy.Frequency, r.Mode, client, a.Prefix, a.Key)
 	return a
 }
+
+// Sender is the outcome of the sender-networks rule for one MAIL FROM.
+type Sender struct {
+	Refusal *limits.Refusal // nil: allowed, skipped, or the store failed
+	Mode    limits.Mode     // the rule's mode
+	// Attrs are the log attributes of a refusal: the sender domain and the
+	// network it was counted under.
+	Attrs []any
+}
+
+// CheckSender applies r's sender-networks rule to MAIL FROM from, sent by
+// a client at addr (hasAddr false for none). It is skipped for the null
+// sender, authenticated sessions, clients without an IP address, exempt
+// networks and exempt domains, and when the rule is off. A store error lets
+// the sender through; it is logged and counted.
+func (e *Engine) CheckSender(r *limits.Rules, addr netip.Addr, hasAddr bool, from string, authenticated bool, client, queueID string) Sender {
+	sn := &r.SenderNetworks
+	out := Sender{Mode: r.LimitMode(&r.Default, limits.LimitSenderNetworks)}
+	if sn.MaxNetworks <= 0 || !out.Mode.Decides() || authenticated || !hasAddr || r.ExemptAddr(addr) {
+		return out
+	}
+	domain, ok := limits.SenderDomain(from)
+	if !ok || sn.Exempt(domain) {
+		return out
+	}
+	ctx, cancel := e.StoreContext()
+	defer cancel()
+	ref, err := sn.Check(domain, addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
+		return e.store.Hit(ctx, key, n, rate)
+	}, r.Replies)
+	if err != nil {
+		e.metrics.StoreErrors.WithLabelValues("hit").Inc()
+		e.log.Error("store call failed; letting the sender through", "client_ip", client, "queue_id", queueID, "limit", string(limits.LimitSenderNetworks), "err", err)
+		return out
+	}
+	if ref != nil {
+		out.Refusal = ref
+		out.Attrs = []any{"sender_domain", domain, "network", sn.Network(addr).String()}
+	}
+	return out
+}

@@ -298,32 +298,15 @@ func (s *session) MailFrom(from string, esmtpArgs string, m gomilter.Modifier) (
 	return s.checkSender(from, authenticated), nil
 }
 
-// checkSender applies the sender-networks rule to MAIL FROM: skipped for
-// the null sender, authenticated sessions, clients without an IP address,
-// exempt networks and exempt domains. A store error lets the mail through
-// (and is logged and counted).
+// checkSender applies the sender-networks rule to MAIL FROM (see
+// engine.CheckSender).
 func (s *session) checkSender(from string, authenticated bool) *gomilter.Response {
-	sn := &s.rules.SenderNetworks
-	mode := s.rules.LimitMode(&s.rules.Default, limits.LimitSenderNetworks)
-	if sn.MaxNetworks <= 0 || !mode.Decides() || authenticated || !s.hasAddr || s.rules.ExemptAddr(s.addr) {
+	c := s.srv.eng.CheckSender(s.rules, s.addr, s.hasAddr, from, authenticated, s.client, s.queueID)
+	if c.Refusal == nil {
 		return gomilter.RespContinue
 	}
-	domain, ok := limits.SenderDomain(from)
-	if !ok || sn.Exempt(domain) {
-		return gomilter.RespContinue
-	}
-	ctx, cancel := s.srv.eng.StoreContext()
-	defer cancel()
-	r, err := sn.Check(domain, s.addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
-		return s.srv.eng.Store().Hit(ctx, key, n, rate)
-	}, s.rules.Replies)
-	if err != nil {
-		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
-		s.srv.log.Error("store call failed; letting the sender through", "client_ip", s.client, "queue_id", s.queueID, "limit", string(limits.LimitSenderNetworks), "err", err)
-		return gomilter.RespContinue
-	}
-	s.logAttrs = []any{"sender_domain", domain, "network", sn.Network(s.addr).String()}
-	resp, _ := s.refuse(r, mode)
+	s.logAttrs = c.Attrs
+	resp, _ := s.refuse(c.Refusal, c.Mode)
 	s.logAttrs = nil
 	return resp
 }

@@ -145,25 +145,45 @@ func (s *Server) start(st *sessionState, req *request) *limits.Refusal {
 	if !st.hasAddr {
 		return nil
 	}
+	if r := st.rules.Denied(st.addr); r != nil {
+		if r = s.refuse(st, r, req); r != nil {
+			return r
+		}
+	}
 	adm := s.eng.Admit(st.rules, st.addr, st.client)
 	return s.refuse(st, adm.Refusal(st.rules), req)
 }
 
 // startTx begins a transaction: it resolves the caps for this client
-// (authentication may have happened since the session began) and, with
-// check, applies the message and byte caps as the milter does at MAIL FROM.
+// (authentication may have happened since the session began, and overrides
+// may match the user or the sender's domain) and, with check, applies the
+// message and byte caps and the sender-networks rule as the milter does at
+// MAIL FROM.
 func (s *Server) startTx(st *sessionState, req *request, check bool) *limits.Refusal {
 	st.counts.EndTransaction()
 	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = true, 0, nil, false
-	st.policy, st.exempt = st.rules.ForTransaction(st.addr, st.hasAddr, len(req.saslUsername) > 0)
-	if st.exempt || !check {
+	user := string(req.saslUsername)
+	domain, _ := limits.SenderDomain(string(req.sender))
+	st.policy, st.exempt = st.rules.ForClient(limits.Client{
+		Addr: st.addr, HasAddr: st.hasAddr, Authenticated: user != "", User: user, SenderDomain: domain,
+	})
+	if !check {
 		return nil
 	}
-	size := req.size
-	if size <= 0 { // Postfix sends 0 for no SIZE=
-		size = -1
+	var r *limits.Refusal
+	if !st.exempt {
+		size := req.size
+		if size <= 0 { // Postfix sends 0 for no SIZE=
+			size = -1
+		}
+		r = s.refuse(st, st.counts.CheckMail(st.policy, st.rules.Replies, size), req)
 	}
-	r := s.refuse(st, st.counts.CheckMail(st.policy, st.rules.Replies, size), req)
+	if r == nil && len(req.sender) > 0 {
+		c := s.eng.CheckSender(st.rules, st.addr, st.hasAddr, string(req.sender), user != "", st.client, string(req.queueID))
+		if c.Refusal != nil {
+			r = s.refuseAs(c.Refusal, c.Mode, st, req, c.Attrs...)
+		}
+	}
 	if r != nil && r.Code != 421 {
 		st.txSticky = r
 	}
@@ -221,11 +241,16 @@ func (s *Server) refuse(st *sessionState, r *limits.Refusal, req *request) *limi
 	if r == nil {
 		return nil
 	}
-	mode := st.mode(r.Limit)
+	return s.refuseAs(r, st.mode(r.Limit), st, req)
+}
+
+// refuseAs is refuse under a mode the caller resolved, with extra log
+// attributes.
+func (s *Server) refuseAs(r *limits.Refusal, mode limits.Mode, st *sessionState, req *request, attrs ...any) *limits.Refusal {
 	if !mode.Decides() {
 		return nil
 	}
-	s.eng.LogRefusal(r, mode, st.client, string(req.queueID))
+	s.eng.LogRefusal(r, mode, st.client, string(req.queueID), attrs...)
 	if !mode.Refuses() {
 		return nil
 	}

@@ -144,6 +144,7 @@ type smtp struct {
 	seq            int // transactions begun (MAIL commands)
 	instance       string
 	sasl           string
+	sender         string // MAIL FROM, without brackets; "" for the null sender
 	arrival        int64
 }
 
@@ -154,7 +155,7 @@ func init() { nextPort.Store(40000) }
 // newSMTP is a new SMTP connection from client to 127.0.0.1:25, served by
 // smtpd process pid.
 func newSMTP(client string, pid int) *smtp {
-	return &smtp{client: client, server: "127.0.0.1", cport: int(nextPort.Add(1)), sport: 25, pid: pid, arrival: 1_790_000_000}
+	return &smtp{client: client, server: "127.0.0.1", cport: int(nextPort.Add(1)), sport: 25, pid: pid, arrival: 1_790_000_000, sender: "a@example.org"}
 }
 
 func (s *smtp) attrs(state string, extra ...string) []string {
@@ -169,7 +170,7 @@ func (s *smtp) attrs(state string, extra ...string) []string {
 		"server_address=" + s.server,
 		fmt.Sprintf("server_port=%d", s.sport),
 		"helo_name=client.example",
-		"sender=a@example.org",
+		"sender=" + s.sender,
 		"queue_id=",
 		"instance=" + s.instance,
 		"sasl_method=",
