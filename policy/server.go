@@ -32,11 +32,19 @@
 // at RCPT and corrected at END-OF-MESSAGE from recipient_count (what Postfix
 // accepted after its other restrictions).
 //
+// The deny list is checked with the frequency rule at the first request of
+// a session, and its reply is given to every later request of it. The
+// sender-networks rule and overrides on users and sender domains apply at
+// the first request of each transaction, from the sender and sasl_username
+// attributes.
+//
 // # What the policy path cannot do
 //
 // Postfix asks nothing when a session ends, so concurrency caps cannot be
 // enforced here (leave them to smtpd_client_connection_count_limit and
-// anvil), and a policy server cannot add headers.
+// anvil), a policy server cannot add headers (tag mode is logged and
+// counted only), and it never hears of recipients Postfix rejected before
+// asking it (the errors rule).
 package policy
 
 import (
