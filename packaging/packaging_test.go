@@ -392,6 +392,7 @@ func TestDashboardIsWellFormed(t *testing.T) {
 		"sum by (limit, mode) (rate(sessioncap_refusals_total", "sum by (stage, mode) (rate(sessioncap_refusals_total",
 		"sessioncap_bans_active", "histogram_quantile(0.99, sum by (le, stage) (rate(sessioncap_callback_duration_seconds_bucket",
 		"sessioncap_tracked_addresses", "sessioncap_config_last_reload_successful",
+		"rate(sessioncap_tag_headers_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("dashboard has no query with %q", want)
