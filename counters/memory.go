@@ -174,10 +174,13 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 	m.mu.Lock()
 	defer m.mu.Unlock()
 	var until int64
+	var reason string
 	if b := m.bans[key]; b != nil {
 		if until = b.Until.UnixMilli(); until <= now {
 			delete(m.bans, key)
 			until = 0
+		} else {
+			reason = StoredReason(b.Origin, b.Reason)
 		}
 	}
 	if until == 0 && r.Max <= 0 {
@@ -191,7 +194,9 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 	h, newUntil := limits.Apply(&w, until, now, n, r)
 	if newUntil != until && newUntil != 0 {
 		m.addBan(NewBan(key, r.Reason, h.Now, h.BannedUntil, m.host))
+		reason = r.Reason
 	}
+	h.BanReason = reason
 	if until != 0 {
 		return h, nil // banned: the window is not touched
 	}

@@ -195,7 +195,7 @@ func (e *Engine) LogBan(a limits.Admission, f limits.Frequency, mode limits.Mode
 		"client_ip", client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
 		"value", a.Connections, "cap", f.MaxConnections,
 		"window", f.Window.String(), "ban", f.Ban.String(),
-		"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(mode), "reason", string(limits.LimitFrequency))
+		"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(mode), "origin", string(limits.LimitFrequency))
 }
 
 // Observe records how long deciding an event at stage took; use it as
@@ -232,7 +232,9 @@ func (a *Admission) Refusal(r *limits.Rules) *limits.Refusal {
 // frequency rule of r, logs and counts a ban it starts, and handles store
 // errors: counters.ErrUnavailable (on_error = tempfail) sets Unavailable,
 // any other error lets the session through. Both are counted in
-// sessioncap_store_errors_total and logged.
+// sessioncap_store_errors_total and logged. With the frequency rule off the
+// store is only asked whether the prefix is banned (manual bans), unless
+// the top-level mode is off too; then nothing is asked.
 func (e *Engine) Admit(r *limits.Rules, addr netip.Addr, client string) Admission {
 	var a Admission
 	a.Policy, a.Scope, a.Exempt = r.ForConnect(addr)
@@ -241,7 +243,15 @@ func (e *Engine) Admit(r *limits.Rules, addr netip.Addr, client string) Admissio
 	}
 	a.Prefix = r.Key(addr)
 	a.Key = limits.StoreKey(limits.KeyFrequency, a.Scope, a.Prefix)
-	adm, err := e.AdmitFrequency(addr, a.Scope, a.Key, a.Policy.Frequency)
+	fmode := r.LimitMode(&a.Policy, limits.LimitFrequency)
+	if !r.LimitMode(&a.Policy, limits.LimitBanned).Decides() {
+		return a
+	}
+	f := a.Policy.Frequency
+	if !fmode.Decides() {
+		f = limits.Frequency{} // only ask whether the prefix is banned
+	}
+	adm, err := e.AdmitFrequency(addr, a.Scope, a.Key, f)
 	if err != nil {
 		e.metrics.StoreErrors.WithLabelValues("hit").Inc()
 		if errors.Is(err, counters.ErrUnavailable) {
@@ -253,8 +263,21 @@ func (e *Engine) Admit(r *limits.Rules, addr netip.Addr, client string) Admissio
 		adm = limits.Admission{}
 	}
 	a.Admission = adm
-	e.LogBan(adm, a.Policy.Frequency, r.Mode, client, a.Prefix, a.Key)
+	e.LogBan(adm, f, fmode, client, a.Prefix, a.Key)
 	return a
+}
+
+// LogAttrs are the attributes the refusal line of a gets beside the
+// refusal's own: the origin of a ban in force.
+func (a *Admission) LogAttrs() []any {
+	if a.Verdict != limits.RefusedBanned {
+		return nil
+	}
+	origin, _ := counters.SplitReason(a.BanReason)
+	if origin == "" {
+		return nil // a ban whose details were lost
+	}
+	return []any{"origin", origin}
 }
 
 // Sender is the outcome of the sender-networks rule for one MAIL FROM.

@@ -33,6 +33,9 @@ type Hit struct {
 	BannedUntil time.Time // zero unless the key is banned (already, or by this hit)
 	Crossed     bool      // this hit went over Max (and started the ban when Ban > 0)
 	Now         time.Time // the store's clock at the decision
+	// BanReason is the reason the ban in force was recorded with (the
+	// Rate's Reason, or a manual ban's), "" when not banned.
+	BanReason string
 }
 
 // Window is the sliding-window state of one key: a sliding window
@@ -123,6 +126,7 @@ type Admission struct {
 	Connections int64     // connections in the sliding window, this one included
 	BanUntil    time.Time // set when banned (already, or by this connection)
 	Now         time.Time // the store's clock at the frequency decision
+	BanReason   string    // the stored reason of the ban, when banned
 	Active      int64     // open sessions of the key before this one
 	Total       int64     // open sessions in total before this one
 }
@@ -130,7 +134,7 @@ type Admission struct {
 // FrequencyVerdict turns the store's answer for the frequency rule into a
 // verdict: an existing ban, a crossing, or admitted.
 func FrequencyVerdict(h Hit) Admission {
-	a := Admission{Connections: h.Count, BanUntil: h.BannedUntil, Now: h.Now}
+	a := Admission{Connections: h.Count, BanUntil: h.BannedUntil, Now: h.Now, BanReason: h.BanReason}
 	switch {
 	case h.Crossed:
 		a.Verdict = RefusedFrequency

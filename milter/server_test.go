@@ -6,6 +6,7 @@ import (
 	"encoding/json"
 	"net"
 	"net/netip"
+	"regexp"
 	"strings"
 	"testing"
 	"time"
@@ -347,8 +348,20 @@ func TestFrequencyBanAndExpiry(t *testing.T) {
 	if got := value(t, h.reg, "sessioncap_bans_total", "mode", "enforce"); got != 1 {
 		t.Fatalf("bans_total %v", got)
 	}
-	if !strings.Contains(h.logs.String(), `"msg":"banned"`) {
-		t.Fatalf("no ban log line in:\n%s", h.logs)
+	if !strings.Contains(h.logs.String(), `"msg":"banned"`) || !strings.Contains(h.logs.String(), `"origin":"frequency"`) {
+		t.Fatalf("no ban log line with its origin in:\n%s", h.logs)
+	}
+	// the refusal line of a banned client names the ban's origin
+	if !regexp.MustCompile(`"msg":"refused","client_ip":"198.51.100.7".*"limit":"banned".*"origin":"frequency"`).MatchString(h.logs.String()) {
+		t.Fatalf("the refusal of the banned client does not name the ban's origin:\n%s", h.logs)
+	}
+	if _, err := h.store.Ban(t.Context(), "freq:198.51.100.9/32", time.Hour, "manual: ticket 9"); err != nil {
+		t.Fatal(err)
+	}
+	_, act = h.connect("198.51.100.9")
+	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 1h")
+	if !regexp.MustCompile(`"msg":"refused","client_ip":"198.51.100.9".*"limit":"banned".*"origin":"manual"`).MatchString(h.logs.String()) {
+		t.Fatalf("the refusal of a manually banned client does not name the ban's origin:\n%s", h.logs)
 	}
 }
 

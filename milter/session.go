@@ -1,7 +1,6 @@
 package milter
 
 import (
-	"errors"
 	"net/netip"
 	"strconv"
 	"strings"
@@ -123,14 +122,19 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 			return resp, nil
 		}
 	}
-	policy, scope, exempt := s.rules.ForConnect(s.addr)
-	if exempt {
+	adm := s.srv.eng.Admit(s.rules, s.addr, s.client)
+	if adm.Exempt {
 		return gomilter.RespContinue, nil
 	}
-	prefix := s.rules.Key(s.addr)
+	policy, scope, prefix := adm.Policy, adm.Scope, adm.Prefix
 	s.errKey, s.errors = limits.StoreKey(limits.KeyErrors, scope, prefix), policy.Errors
-	if resp, refused := s.admitFrequency(&policy, scope, prefix); refused {
-		return resp, nil
+	if r := adm.Refusal(s.rules); r != nil {
+		s.logAttrs = adm.LogAttrs()
+		resp, _ := s.refuse(r, s.rules.LimitMode(&policy, r.Limit))
+		s.logAttrs = nil
+		if resp != gomilter.RespContinue {
+			return resp, nil
+		}
 	}
 	if resp, refused := s.admitErrors(&policy); refused {
 		return resp, nil
@@ -219,49 +223,6 @@ func (s *session) Unknown(_ string, _ gomilter.Modifier) (*gomilter.Response, er
 
 // exemptAddr reports whether the client is in exempt.networks.
 func (s *session) exemptAddr() bool { return s.hasAddr && s.rules.ExemptAddr(s.addr) }
-
-// admitFrequency applies the frequency rule and the bans at connect. It
-// reports whether the connection was refused (and the reply); a refusal in
-// monitor or tag mode lets it go on to the concurrency caps. With the
-// frequency rule off, the store is still asked for bans (manual ones) unless
-// the top-level mode is off too.
-func (s *session) admitFrequency(policy *limits.Policy, scope string, prefix netip.Prefix) (*gomilter.Response, bool) {
-	fmode := s.rules.LimitMode(policy, limits.LimitFrequency)
-	bmode := s.rules.LimitMode(policy, limits.LimitBanned)
-	if !bmode.Decides() {
-		return nil, false
-	}
-	f := policy.Frequency
-	if !fmode.Decides() {
-		f = limits.Frequency{} // only ask whether the prefix is banned
-	}
-	key := limits.StoreKey(limits.KeyFrequency, scope, prefix)
-	a, err := s.srv.eng.AdmitFrequency(s.addr, scope, key, f)
-	if err != nil {
-		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
-		if errors.Is(err, counters.ErrUnavailable) {
-			s.srv.log.Debug("store unavailable; refusing the connection for now", "client_ip", s.client, "err", err)
-			resp, _ := s.refuse(s.rules.Replies.Unavailable(), s.rules.Mode)
-			return resp, resp != gomilter.RespContinue
-		}
-		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", key, "err", err)
-		return nil, false
-	}
-	if a.Verdict == limits.RefusedFrequency && !a.BanUntil.IsZero() {
-		s.srv.metrics.bans.WithLabelValues(string(fmode)).Inc()
-		s.srv.log.Warn("banned",
-			"client_ip", s.client, "prefix", prefix.String(), "key", key, "limit", string(limits.LimitFrequency),
-			"value", a.Connections, "cap", f.MaxConnections,
-			"window", f.Window.String(), "ban", f.Ban.String(),
-			"until", a.BanUntil.UTC().Format(time.RFC3339), "mode", string(fmode), "origin", string(limits.LimitFrequency))
-	}
-	r := a.Refusal(*policy, s.rules.Replies)
-	if r == nil {
-		return nil, false
-	}
-	resp, _ := s.refuse(r, s.rules.LimitMode(policy, r.Limit))
-	return resp, resp != gomilter.RespContinue
-}
 
 // MailFrom starts a transaction: it resolves the session caps for this
 // client (authentication may have happened since connect) and applies the

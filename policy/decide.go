@@ -151,7 +151,11 @@ func (s *Server) start(st *sessionState, req *request) *limits.Refusal {
 		}
 	}
 	adm := s.eng.Admit(st.rules, st.addr, st.client)
-	return s.refuse(st, adm.Refusal(st.rules), req)
+	r := adm.Refusal(st.rules)
+	if r == nil {
+		return nil
+	}
+	return s.refuseAs(r, st.mode(r.Limit), st, req, adm.LogAttrs()...)
 }
 
 // startTx begins a transaction: it resolves the caps for this client

@@ -147,3 +147,30 @@ func TestOverrideUsersAndSenderDomains(t *testing.T) {
 		t.Fatalf("enforced refusals = %v, want 1", got)
 	}
 }
+
+// TestFrequencyOffStillHonoursBans: with the frequency rule off nothing is
+// counted and nobody is banned for connecting often, but a manual ban still
+// holds (its refusal line names its origin), as on the milter.
+func TestFrequencyOffStillHonoursBans(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Hour, Mode: limits.ModeOff}
+	}))
+	p := h.dial()
+	for i := 0; i < 5; i++ {
+		if a, st := p.send(newSMTP("192.0.2.60", 100), 1, 100, 0); a != "" {
+			t.Fatalf("session %d refused at %s with the frequency rule off: %s", i+1, st, a)
+		}
+	}
+	if got := value(t, h.reg, "sessioncap_bans_total", "mode", "enforce"); got != 0 {
+		t.Fatalf("bans_total = %v with the frequency rule off", got)
+	}
+	if _, err := h.store.Ban(t.Context(), "freq:192.0.2.61/32", time.Hour, "manual: ticket 9"); err != nil {
+		t.Fatal(err)
+	}
+	if a, _ := p.send(newSMTP("192.0.2.61", 100), 1, 100, 0); !strings.HasPrefix(a, "421 4.7.0 Your network is temporarily banned") {
+		t.Fatalf("manually banned client: %q, want the ban reply", a)
+	}
+	if !strings.Contains(h.logs.String(), `"limit":"banned","stage":"connect"`) || !strings.Contains(h.logs.String(), `"origin":"manual"`) {
+		t.Fatalf("no refusal line with the ban's origin:\n%s", h.logs)
+	}
+}

@@ -205,16 +205,33 @@ func (s *Store) Hit(ctx context.Context, key string, n int64, r limits.Rate) (li
 			window = 1 // a sub-millisecond window counts as 1 ms rather than divide by zero
 		}
 	}
-	v, err := hitScript.Run(ctx, s.c, s.keys(key), s.nowArg(), key, n, r.Max, window, ban, r.Reason, s.host).Int64Slice()
+	reply, err := hitScript.Run(ctx, s.c, s.keys(key), s.nowArg(), key, n, r.Max, window, ban, r.Reason, s.host).Slice()
 	if err != nil {
 		return limits.Hit{}, fmt.Errorf("redisstore: hit: %w", err)
 	}
-	if len(v) != 4 {
-		return limits.Hit{}, fmt.Errorf("redisstore: hit: %d values in the reply", len(v))
+	if len(reply) != 4 && len(reply) != 5 {
+		return limits.Hit{}, fmt.Errorf("redisstore: hit: %d values in the reply", len(reply))
+	}
+	var v [4]int64
+	for i := range v {
+		n, ok := reply[i].(int64)
+		if !ok {
+			return limits.Hit{}, fmt.Errorf("redisstore: hit: value %d of the reply is %T, not an integer", i+1, reply[i])
+		}
+		v[i] = n
 	}
 	h := limits.Hit{Count: v[0], Crossed: v[2] == 1, Now: time.UnixMilli(v[3])}
 	if v[1] != 0 {
 		h.BannedUntil = time.UnixMilli(v[1])
+		h.BanReason = r.Reason // a ban this hit started
+	}
+	if len(reply) == 5 { // a ban already in force, with its details
+		h.BanReason = ""
+		if info, ok := reply[4].(string); ok && info != "" {
+			if b, err := parseBan(key, v[1], info); err == nil {
+				h.BanReason = counters.StoredReason(b.Origin, b.Reason)
+			}
+		}
 	}
 	return h, nil
 }

@@ -44,10 +44,11 @@ end
 
 // hitScript is limits.Apply step by step. ARGV: now, key, n, max, window ms,
 // ban ms, reason, host. It returns {count, banned until ms (0: none),
-// crossed 0/1, now ms}.
+// crossed 0/1, now ms}, and for a key already banned a fifth value: the
+// ban's details ("since hostlen host..reason", "" when lost).
 var hitScript = redis.NewScript(scriptPrelude + `
 local u = banned_until()
-if u > now then return {0, u, 0, now} end
+if u > now then return {0, u, 0, now, redis.call('HGET', KEYS[3], key) or ''} end
 local n, max, win, banms = tonumber(ARGV[3]), tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
 if max <= 0 or win <= 0 then return {0, 0, 0, now} end
 -- Window.estimate: roll the two fixed windows forward to now (clamped to the

@@ -162,7 +162,9 @@ func Run(t *testing.T, newStore Factory) {
 	t.Run("bans list, unban and manual bans", func(t *testing.T) {
 		clock := NewClock()
 		s := newStore(t, clock, "mx1")
-		mustHit(t, s, "freq:192.0.2.0/24", 4, freq)
+		if h := mustHit(t, s, "freq:192.0.2.0/24", 4, freq); !h.Crossed || h.BanReason != freq.Reason {
+			t.Fatalf("the hit that bans: %+v, want reason %q", h, freq.Reason)
+		}
 		clock.Add(time.Minute)
 		b, err := s.Ban(ctx, "freq:198.51.100.7/32", time.Hour, counters.StoredReason(counters.OriginManual, "spam run: ticket 7"))
 		if err != nil {
@@ -193,8 +195,15 @@ func Run(t *testing.T, newStore Factory) {
 			t.Fatalf("stats %+v, %v; want 2 banned", st, err)
 		}
 		h := mustHit(t, s, "freq:198.51.100.7/32", 1, freq)
-		if !h.BannedUntil.Equal(clock.Now().Add(time.Hour)) {
-			t.Fatalf("manual ban not in force: %+v", h)
+		if !h.BannedUntil.Equal(clock.Now().Add(time.Hour)) || h.BanReason != "manual: spam run: ticket 7" {
+			t.Fatalf("manual ban not in force, or without its reason: %+v", h)
+		}
+		// a hit on a key its own rate banned tells that rate's reason
+		if h := mustHit(t, s, "freq:192.0.2.0/24", 1, freq); h.BannedUntil.IsZero() || h.BanReason != freq.Reason {
+			t.Fatalf("hit on a banned key: %+v, want reason %q", h, freq.Reason)
+		}
+		if h := mustHit(t, s, "freq:192.0.2.99/32", 1, freq); h.BanReason != "" {
+			t.Fatalf("reason on a key never banned: %+v", h)
 		}
 		if was, err := s.Unban(ctx, "freq:198.51.100.7/32"); err != nil || !was {
 			t.Fatalf("unban: %v, %v", was, err)
