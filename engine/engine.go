@@ -146,27 +146,43 @@ func samePrefixes(a, b *limits.Rules) bool {
 func (e *Engine) AdmitFrequency(addr netip.Addr, scope, key string, f limits.Frequency) (limits.Admission, error) {
 	ctx, cancel := context.WithTimeout(context.Background(), e.storeTimeout)
 	defer cancel()
-	if l := e.legacy.Load(); l != nil {
-		now := e.now()
-		for _, k := range *l {
-			old := limits.StoreKey(limits.KeyFrequency, scope, k.rules.Key(addr))
-			if !k.until.After(now) || old == key {
-				continue
-			}
-			h, err := e.store.Hit(ctx, old, 0, limits.Rate{})
-			if err != nil {
-				return limits.Admission{}, err
-			}
-			if !h.BannedUntil.IsZero() {
-				return limits.FrequencyVerdict(h), nil
-			}
-		}
-	}
-	h, err := e.store.Hit(ctx, key, 1, f.Rate())
+	h, err := e.LegacyBan(ctx, limits.KeyFrequency, scope, addr, key)
 	if err != nil {
 		return limits.Admission{}, err
 	}
+	if h.BannedUntil.IsZero() {
+		if h, err = e.store.Hit(ctx, key, 1, f.Rate()); err != nil {
+			return limits.Admission{}, err
+		}
+	}
 	return limits.FrequencyVerdict(h), nil
+}
+
+// LegacyBan looks for a ban in force on the key of kind and scope that addr
+// had under the prefix lengths of rules a reload replaced (key is its key
+// now, not asked again). It returns the store's answer for the first such
+// ban, a zero Hit when there is none: no store call unless a reload changed
+// the prefix lengths within the longest ban.
+func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.Addr, key string) (limits.Hit, error) {
+	l := e.legacy.Load()
+	if l == nil {
+		return limits.Hit{}, nil
+	}
+	now := e.now()
+	for _, k := range *l {
+		old := limits.StoreKey(kind, scope, k.rules.Key(addr))
+		if !k.until.After(now) || old == key {
+			continue
+		}
+		h, err := e.store.Hit(ctx, old, 0, limits.Rate{})
+		if err != nil {
+			return limits.Hit{}, err
+		}
+		if !h.BannedUntil.IsZero() {
+			return h, nil
+		}
+	}
+	return limits.Hit{}, nil
 }
 
 // LogRefusal writes the one structured line per refusal and counts it.

@@ -409,6 +409,42 @@ func TestErrorsAcrossSessions(t *testing.T) {
 	}
 }
 
+// TestErrorsBanSurvivesPrefixReload: a reload that narrows the prefix
+// length keeps an errors ban made under the old one, as it does frequency
+// bans.
+func TestErrorsBanSurvivesPrefixReload(t *testing.T) {
+	rules := rulesWith(func(r *limits.Rules) {
+		r.IPv4Prefix = 24
+		r.Default.Errors = limits.Errors{MaxPerWindow: 1, Window: time.Hour, Ban: 10 * time.Minute}
+	})
+	h := start(t, rules)
+	m, _ := h.connect("192.0.2.51")
+	if act, err := m.s.Mail("a@example.org", ""); err != nil || act.StopProcessing() {
+		t.Fatalf("mail: %v %v", act, err)
+	}
+	m.macros.Set(gomilter.MacroRcptMailer, "error")
+	for i := 0; i < 2; i++ {
+		if _, err := m.s.Rcpt("nobody@example.net", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if bans, _ := h.store.Bans(context.Background()); len(bans) != 1 || bans[0].Key != "err:192.0.2.0/24" {
+		t.Fatalf("bans %+v, want the /24 banned for errors", bans)
+	}
+	narrower := *rules
+	narrower.IPv4Prefix = 32
+	if err := h.srv.SetRules(&narrower); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Minute)
+	_, act := h.connect("192.0.2.52")
+	wantReply(t, act, 421, "421 4.7.0 Too many rejected recipients from your network (limit 1 per 1h); try again in 9m")
+	h.clock.Add(9 * time.Minute)
+	if _, act := h.connect("192.0.2.52"); act.StopProcessing() {
+		t.Fatalf("after the old ban ended: %v", act)
+	}
+}
+
 // TestOverrideOnUser: an override on an SMTP AUTH user changes the session
 // caps from MAIL FROM on.
 func TestOverrideOnUser(t *testing.T) {

@@ -42,6 +42,7 @@ type session struct {
 
 	errors      limits.Errors // the errors rule of the connection, then of the transaction
 	errKey      string        // the store key of rejected recipients ("" without an IP address)
+	errScope    string        // the scope of errKey (see limits.StoreKey)
 	errBanUntil time.Time     // a ban of errKey seen in force
 	errExempt   bool          // the transaction's errors are not counted (exempt network, or exempt authenticated)
 }
@@ -127,7 +128,7 @@ func (s *session) Connect(_ string, family string, _ uint16, addr string, m gomi
 		return gomilter.RespContinue, nil
 	}
 	policy, scope, prefix := adm.Policy, adm.Scope, adm.Prefix
-	s.errKey, s.errors = limits.StoreKey(limits.KeyErrors, scope, prefix), policy.Errors
+	s.errKey, s.errScope, s.errors = limits.StoreKey(limits.KeyErrors, scope, prefix), scope, policy.Errors
 	if r := adm.Refusal(s.rules); r != nil {
 		s.logAttrs = adm.LogAttrs()
 		resp, _ := s.refuse(r, s.rules.LimitMode(&policy, r.Limit))
@@ -159,6 +160,10 @@ func (s *session) admitErrors(policy *limits.Policy) (*gomilter.Response, bool) 
 	ctx, cancel := s.srv.eng.StoreContext()
 	defer cancel()
 	h, err := s.srv.eng.Store().Hit(ctx, s.errKey, 0, limits.Rate{})
+	if err == nil && h.BannedUntil.IsZero() && s.hasAddr {
+		// a ban keyed under the prefix lengths before a reload
+		h, err = s.srv.eng.LegacyBan(ctx, limits.KeyErrors, s.errScope, s.addr, s.errKey)
+	}
 	if err != nil {
 		s.srv.metrics.storeErrors.WithLabelValues("hit").Inc()
 		s.srv.log.Error("store call failed; letting the connection through", "client_ip", s.client, "key", s.errKey, "err", err)
