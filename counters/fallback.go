@@ -67,8 +67,12 @@ type FallbackOptions struct {
 // admitting.
 //
 // The primary must honour its context's deadline (the Redis store does).
-// A caller's context that ends first is the caller's error: it returns
-// that error and does not open the breaker.
+// A caller that cancels its context, or whose deadline left the primary
+// less than half of Timeout, gets its context's error, and the breaker
+// stays as it is: the primary was not given its chance. A caller whose
+// deadline is about Timeout (the daemon bounds every store call by the same
+// store.timeout) does not shield a dead primary: the failure opens the
+// breaker as if the caller had no deadline.
 type Fallback struct {
 	primary  Store
 	pinger   func(context.Context) error
@@ -147,11 +151,25 @@ func (f *Fallback) call(ctx context.Context, name string, op func(context.Contex
 	if err == nil {
 		return false, nil
 	}
-	if ctx.Err() != nil { // the caller gave up: not the primary's fault
+	if f.callerGaveUp(ctx, start) {
 		return false, ctx.Err()
 	}
 	f.down()
 	return f.unavailable()
+}
+
+// callerGaveUp reports whether a call begun at start failed because of the
+// caller's context rather than the primary: the caller cancelled it, or
+// its deadline left less than half of the timeout.
+func (f *Fallback) callerGaveUp(ctx context.Context, start time.Time) bool {
+	switch err := ctx.Err(); {
+	case err == nil:
+		return false
+	case errors.Is(err, context.DeadlineExceeded):
+		d, _ := ctx.Deadline()
+		return d.Sub(start) < f.timeout/2
+	}
+	return true
 }
 
 func (f *Fallback) unavailable() (bool, error) {

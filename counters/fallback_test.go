@@ -266,6 +266,38 @@ func TestFallbackCallerCancel(t *testing.T) {
 	}
 }
 
+// A caller whose deadline is the store timeout itself, as the daemon's
+// engine gives every store call, does not keep a hung primary's failure
+// from opening the breaker: the next calls do not wait for it, and under
+// "tempfail" the failure is answered ErrUnavailable, not the caller's
+// deadline error.
+func TestFallbackCallerDeadlineOfTheTimeout(t *testing.T) {
+	for _, mode := range []string{counters.OnErrorLocal, counters.OnErrorTempfail} {
+		t.Run(mode, func(t *testing.T) {
+			f, p, st := newFallback(t, mode, 50*time.Millisecond)
+			p.mode.Store(slow)
+			want := error(nil)
+			if mode == counters.OnErrorTempfail {
+				want = counters.ErrUnavailable
+			}
+			for i := 0; i < 5; i++ {
+				c, cancel := context.WithTimeout(ctx, 50*time.Millisecond)
+				_, err := f.Hit(c, "k", 1, limit)
+				cancel()
+				if !errors.Is(err, want) || (want == nil && err != nil) {
+					t.Fatalf("hit %d: %v, want %v", i+1, err, want)
+				}
+			}
+			if f.Up() || !slices.Equal(st.get(), []bool{false}) {
+				t.Fatalf("up %v, state changes %v; want the breaker open once", f.Up(), st.get())
+			}
+			if n := p.calls.Load(); n != 1 {
+				t.Fatalf("the hung primary was called %d times, want once", n)
+			}
+		})
+	}
+}
+
 func TestFallbackObserve(t *testing.T) {
 	var mu sync.Mutex
 	var ops []string
