@@ -127,13 +127,48 @@ func (e *Engine) SetRules(r *limits.Rules) error {
 			}
 		}
 	}
-	if !samePrefixes(old, r) && old.LongestBan() > 0 {
-		keep = append(keep, legacyKeys{rules: old, until: now.Add(old.LongestBan())})
+	if !samePrefixes(old, r) {
+		if until := e.lastBanEnd(old, now); until.After(now) {
+			keep = append(keep, legacyKeys{rules: old, until: until})
+		}
 	}
 	e.legacy.Store(&keep)
 	e.prevRules.Store(old)
 	e.rules.Store(r)
 	return nil
+}
+
+// banLister is implemented by stores that list their bans
+// (counters.Store).
+type banLister interface {
+	Bans(ctx context.Context) ([]counters.Ban, error)
+}
+
+// lastBanEnd returns until when bans keyed under the prefix lengths of old
+// may be in force: the longest ban old's rules can start, or the end of
+// the last ban in the store if that is later (a manual ban may be longer
+// than any rule's). A store that cannot list its bans is logged and only
+// the rules' bans are kept.
+func (e *Engine) lastBanEnd(old *limits.Rules, now time.Time) time.Time {
+	until := now.Add(old.LongestBan())
+	l, ok := e.store.(banLister)
+	if !ok {
+		return until
+	}
+	ctx, cancel := e.StoreContext()
+	defer cancel()
+	bans, err := l.Bans(ctx)
+	if err != nil {
+		e.log.Warn("reload changed the prefix lengths and the store's bans could not be listed; manual bans longer than the rules' longest ban may end early",
+			"longest_ban", old.LongestBan().String(), "err", err)
+		return until
+	}
+	for _, b := range bans {
+		if b.Until.After(until) {
+			until = b.Until
+		}
+	}
+	return until
 }
 
 func samePrefixes(a, b *limits.Rules) bool {

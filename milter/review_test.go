@@ -73,6 +73,31 @@ func TestReloadOfPrefixLengthKeepsBans(t *testing.T) {
 	}
 }
 
+// A manual ban longer than any rule's ban survives a reload that changes
+// the prefix length too, until it ends.
+func TestReloadOfPrefixLengthKeepsManualBans(t *testing.T) {
+	rules := rulesWith(func(r *limits.Rules) {
+		r.IPv4Prefix = 24
+		r.Default.Frequency = limits.Frequency{MaxConnections: 100, Window: time.Minute, Ban: 5 * time.Minute}
+	})
+	h := start(t, rules)
+	if _, err := h.store.Ban(context.Background(), "freq:192.0.2.0/24", 24*time.Hour, "manual: ticket 7"); err != nil {
+		t.Fatal(err)
+	}
+	narrower := *rules
+	narrower.IPv4Prefix = 32
+	if err := h.srv.SetRules(&narrower); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Hour)
+	_, act := h.connect("192.0.2.3")
+	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 23h")
+	h.clock.Add(23 * time.Hour)
+	if _, act := h.connect("192.0.2.3"); act.StopProcessing() {
+		t.Fatalf("after the manual ban ended: %v", act)
+	}
+}
+
 // frequency.ban = 0 refuses the connections over the limit without banning:
 // a client that keeps trying gets through again once its rate drops, and the
 // reply does not speak of a ban.
