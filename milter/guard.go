@@ -74,6 +74,7 @@ type guard struct {
 	log         *slog.Logger
 	allow       []netip.Prefix
 	readTimeout time.Duration
+	negTimeout  time.Duration // for the option negotiation
 
 	protoLog  netguard.LogLimiter
 	refuseLog netguard.LogLimiter
@@ -86,6 +87,7 @@ func newGuard(cfg Config, log *slog.Logger) *guard {
 		log:         log.With("component", "milter-guard"),
 		allow:       cfg.Allow,
 		readTimeout: cfg.ReadTimeout,
+		negTimeout:  cfg.negotiationTimeout,
 		protoLog:    netguard.LogLimiter{Every: time.Second},
 		refuseLog:   netguard.LogLimiter{Every: 10 * time.Second},
 		acceptLog:   netguard.LogLimiter{Every: 10 * time.Second},
@@ -95,6 +97,9 @@ func newGuard(cfg Config, log *slog.Logger) *guard {
 	}
 	if g.readTimeout <= 0 {
 		g.readTimeout = DefaultReadTimeout
+	}
+	if g.negTimeout <= 0 {
+		g.negTimeout = negotiationTimeout
 	}
 	return g
 }
@@ -239,7 +244,7 @@ func (c *guardConn) fill() error {
 	}
 	timeout := c.g.readTimeout
 	if !c.state.negotiated {
-		timeout = negotiationTimeout
+		timeout = c.g.negTimeout
 	}
 	_ = c.Conn.SetReadDeadline(time.Now().Add(timeout))
 	n, err := c.Conn.Read(c.rbuf[c.w:])
@@ -358,7 +363,7 @@ func (c *guardConn) readFailed(err error) error {
 
 func (c *guardConn) timeoutString() string {
 	if !c.state.negotiated {
-		return negotiationTimeout.String()
+		return c.g.negTimeout.String()
 	}
 	return c.g.readTimeout.String()
 }

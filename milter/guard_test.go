@@ -227,6 +227,29 @@ func TestGuardReadTimeout(t *testing.T) {
 	})
 }
 
+// A peer that connects and never negotiates is closed after the
+// negotiation timeout, far shorter than the read timeout of a negotiated
+// connection, and counted.
+func TestGuardNegotiationTimeout(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *milter.Config) {
+		c.ReadTimeout = time.Hour
+		milter.SetNegotiationTimeout(c, 50*time.Millisecond)
+	})
+	c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
+	if err != nil {
+		t.Fatal(err)
+	}
+	defer c.Close()
+	waitClosed(t, c) // silent from the start: the server must hang up by itself
+	if got := value(t, h.reg, "sessioncap_milter_protocol_errors_total", "reason", "read_timeout"); got != 1 {
+		t.Fatalf("read_timeout count %v, want 1", got)
+	}
+	if logs := h.logs.String(); !strings.Contains(logs, `"timeout":"50ms"`) {
+		t.Errorf("the log line does not name the negotiation timeout:\n%s", logs)
+	}
+	h.ordinarySession(t, "192.0.2.80")
+}
+
 func TestGuardAllowList(t *testing.T) {
 	h := startWith(t, limits.DefaultRules(), func(c *milter.Config) {
 		c.Allow = mustPrefixes(t, "127.0.0.2/32")

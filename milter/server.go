@@ -44,6 +44,8 @@ type Config struct {
 	// ReadTimeout is how long a negotiated milter connection may stay silent
 	// before it is closed (default DefaultReadTimeout).
 	ReadTimeout time.Duration
+	// negotiationTimeout replaces negotiationTimeout in tests.
+	negotiationTimeout time.Duration
 	// Engine, when set, is shared with other front-ends: its rules, store
 	// and clock are used, and Rules, Store, Now and StoreTimeout are ignored.
 	// Its Metrics must come from the same registry as Metrics.
