@@ -3,7 +3,9 @@
 // distinct prefixes beyond its bound. Keys are made as the milter makes them
 // (limits.StoreKey of the frequency rule) and go through the real Hit path.
 //
-//	go run ./bench/memory [-prefixes 1000000] [-flood 5000000]
+// It also measures what a ban costs, apart from the windows.
+//
+//	go run ./bench/memory [-prefixes 1000000] [-bans 100000] [-flood 5000000]
 package main
 
 import (
@@ -28,6 +30,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	prefixes := fs.Int("prefixes", 1_000_000, "prefixes tracked to measure the bytes each costs")
 	flood := fs.Int("flood", 5_000_000, "distinct prefixes of the flood (0: no flood)")
 	maxTracked := fs.Int("max-tracked", counters.DefaultMaxTracked, "the store's bound during the flood")
+	bans := fs.Int("bans", counters.DefaultMaxBans, "prefixes banned to measure the bytes a ban costs (0: skip)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -54,6 +57,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 		n := float64(*prefixes)
 		fmt.Fprintf(stdout, "| %s | %d | %.1f B | %.1f B | %.0f |\n", fam.name, *prefixes,
 			float64(after.HeapInuse-before.HeapInuse)/n, float64(after.HeapAlloc-before.HeapAlloc)/n, float64(took.Nanoseconds())/n)
+		runtime.KeepAlive(m)
+	}
+	if *bans > 0 {
+		before := heap()
+		m := counters.NewMemory(counters.MemoryOptions{MaxBans: *bans})
+		for i := 0; i < *bans; i++ {
+			if _, err := m.Ban(context.Background(), limits.StoreKey(limits.KeyFrequency, "", v4(i)), time.Hour, counters.StoredReason(string(limits.LimitFrequency), "")); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+		}
+		after := heap()
+		if st, _ := m.Stats(context.Background()); st.Banned != int64(*bans) {
+			fmt.Fprintf(stderr, "banned %d, want %d\n", st.Banned, *bans)
+			return 1
+		}
+		fmt.Fprintf(stdout, "\n| bans (IPv4 /32, no window) | heap in use / ban |\n|---|---|\n| %d | %.1f B |\n",
+			*bans, float64(after.HeapInuse-before.HeapInuse)/float64(*bans))
 		runtime.KeepAlive(m)
 	}
 	if *flood <= 0 {
