@@ -194,12 +194,13 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 	}
 	version := min(mtaVersion, milterVersion)
 	actions := mtaActions & gomilter.OptSetMacros
-	if s.eng.Rules().NeedsTagging() {
+	r := s.eng.Rules() // one load: the actions and the protocol come from the same rules
+	if r.NeedsTagging() {
 		actions |= mtaActions & gomilter.OptAddHeader
 	}
 	s.log.Debug("milter negotiation", "mta_version", mtaVersion, "mta_actions", fmt.Sprintf("%#x", uint32(mtaActions)), "mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol)))
 	msgSize := s.sizeMacro.Load() == sizeMacro
-	return version, actions, protocolFor(s.eng.Rules(), msgSize) & mtaProtocol, gomilter.DataSize64K, nil
+	return version, actions, protocolFor(r, msgSize) & mtaProtocol, gomilter.DataSize64K, nil
 }
 
 // sizeByMacro reports whether a connection negotiated under proto counts
