@@ -4,6 +4,7 @@ import (
 	"fmt"
 	"os/exec"
 	"slices"
+	"strconv"
 	"strings"
 	"testing"
 	"time"
@@ -67,12 +68,20 @@ func TestFleetSharesBansThroughRedis(t *testing.T) {
 	}
 	a.waitMetric("sessioncap_store_up", "0")
 	a.waitLog("shared store down")
+	// a probe of the dead Redis fails: go-redis logs its failed dial
+	a.waitMetricAtLeast(`sessioncap_store_duration_seconds_count{op="ping",result="error"}`, 1)
 
 	// Redis is back (empty): both hosts use it again by themselves.
 	rds.Restart()
 	a.waitMetric("sessioncap_store_up", "1")
 	b.waitMetric("sessioncap_store_up", "1")
 	a.waitLog("shared store back")
+	// at the default level the outage is the daemon's two lines; go-redis's
+	// own line per failed dial (written before the call that failed returned)
+	// is Debug
+	if logs := a.logs(); strings.Count(logs, "shared store down") != 1 || strings.Contains(logs, "component=redis") || strings.Contains(logs, "component=go-redis") {
+		t.Fatalf("logs of the outage: want one line \"shared store down\" and none from go-redis:\n%s", logs)
+	}
 	for i, d := range []*daemonProc{a, b, a} {
 		if code, _ := connect(d, "203.0.113.9"); code != 0 {
 			t.Fatalf("after recovery connection %d refused", i+1)
@@ -83,6 +92,25 @@ func TestFleetSharesBansThroughRedis(t *testing.T) {
 	}
 	if out, err := exec.Command(binary, "status", "-admin", a.admin).CombinedOutput(); err != nil || !strings.Contains(string(out), "redis") {
 		t.Fatalf("status: %v\n%s", err, out)
+	}
+}
+
+// waitMetricAtLeast polls the scrape until series is at least min.
+func (d *daemonProc) waitMetricAtLeast(series string, min float64) {
+	d.t.Helper()
+	deadline := time.Now().Add(20 * time.Second)
+	for {
+		for _, line := range strings.Split(d.scrape(), "\n") {
+			if v, ok := strings.CutPrefix(line, series+" "); ok {
+				if f, err := strconv.ParseFloat(v, 64); err == nil && f >= min {
+					return
+				}
+			}
+		}
+		if time.Now().After(deadline) {
+			d.t.Fatalf("%s never reached %v:\n%s", series, min, d.logs())
+		}
+		time.Sleep(20 * time.Millisecond)
 	}
 }
 

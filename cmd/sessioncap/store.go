@@ -49,7 +49,7 @@ func (d *daemon) openStore(reg prometheus.Registerer, host string) error {
 		}
 		password = strings.TrimSpace(string(b))
 	}
-	redisstore.SetLogger(d.log.With("component", "go-redis"))
+	redisstore.SetLogger(d.log) // adds component=redis itself
 	shared, err := redisstore.New(redisstore.Options{
 		Addresses: rc.Addresses, MasterName: rc.MasterName, Cluster: rc.Cluster,
 		Username: rc.Username, Password: password, DB: rc.DB, TLS: rc.TLS,

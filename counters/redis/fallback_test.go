@@ -3,6 +3,7 @@ package redisstore_test
 import (
 	"slices"
 	"strconv"
+	"strings"
 	"sync"
 	"sync/atomic"
 	"testing"
@@ -156,9 +157,12 @@ func TestFallbackRedisHangs(t *testing.T) {
 
 // A Sentinel failover: the primary dies, every hit is still answered (from
 // the local store while there is no primary), and once the replica is
-// promoted the Fallback is up again on it.
+// promoted the Fallback is up again on it. go-redis logs its failed dials
+// to the dead primary at Debug, the switch to the new master at Info, and
+// nothing at Warn or above.
 func TestFallbackSentinelFailover(t *testing.T) {
 	sentinel, primary, replica := redistest.Sentinel(t)
+	logs := captureRedisLog(t)
 	o := redisstore.Options{Addresses: []string{sentinel.Addr()}, MasterName: "m", KeyPrefix: newPrefix(), Host: "mx1"}
 	s := open(t, o)
 	st := &states{}
@@ -198,5 +202,21 @@ func TestFallbackSentinelFailover(t *testing.T) {
 	// Fallback is counted with the direct one above
 	if h := hitWithin(t, f, "after"); h.Count != 2 {
 		t.Fatalf("hit after failover: %+v; want count 2 (shared with the direct hit)", h)
+	}
+
+	switched := false
+	for _, rec := range logs.records(t) {
+		if rec.Level != "DEBUG" && rec.Level != "INFO" {
+			t.Errorf("go-redis logged %+v during a failover; want nothing above Info", rec)
+		}
+		if strings.Contains(rec.Msg, "dial tcp "+primary.Addr()) && rec.Level != "DEBUG" {
+			t.Errorf("a failed dial to the dead primary logged %+v; want Debug", rec)
+		}
+		if strings.HasPrefix(rec.Msg, "sentinel: new master") && strings.Contains(rec.Msg, replica.Addr()) {
+			switched = rec.Level == "INFO" && rec.Component == "redis"
+		}
+	}
+	if !switched {
+		t.Fatalf("no Info record of the switch to %s from go-redis in:\n%s", replica.Addr(), logs.String())
 	}
 }

@@ -9,13 +9,34 @@ import (
 	"github.com/redis/go-redis/v9"
 )
 
-// SetLogger sends go-redis's own messages (failed dials, Sentinel master
-// switches) to l at level Warn with component=redis, instead of the
-// standard logger. go-redis has one logger per process, so this is global.
+// SetLogger sends go-redis's own messages to l with component=redis,
+// instead of the standard logger: connection failures at Debug, Sentinel
+// news (a new master) at Info; see level. go-redis has one logger per
+// process, so this is global.
 func SetLogger(l *slog.Logger) { redis.SetLogger(slogger{l}) }
 
 type slogger struct{ l *slog.Logger }
 
 func (s slogger) Printf(ctx context.Context, format string, v ...any) {
-	s.l.WarnContext(ctx, strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: "), "component", "redis")
+	msg := strings.TrimPrefix(fmt.Sprintf(format, v...), "redis: ")
+	s.l.Log(ctx, level(msg), msg, "component", "redis")
+}
+
+// level is the slog level of one go-redis message (its "redis: " prefix
+// removed).
+//
+// During an outage go-redis logs a line per failed dial (after its own
+// retries: up to one per pooled connection, 10 per CPU), per failed query of
+// a Sentinel and per connection it fails to close, while the store's caller
+// (counters.Fallback in the daemon) logs the outage once: those routine
+// connection messages, and any other go-redis message, go to Debug. The
+// Sentinel client's news stays at Info: the master it switched to (after a
+// failover, and the first one it finds when it connects, which go-redis
+// words alike), the sentinel it chose, a sentinel it discovered. A Sentinel
+// message that reports a failure is a connection failure.
+func level(msg string) slog.Level {
+	if strings.HasPrefix(msg, "sentinel:") && !strings.Contains(msg, "failed") {
+		return slog.LevelInfo
+	}
+	return slog.LevelDebug
 }

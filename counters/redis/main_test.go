@@ -10,6 +10,10 @@ import (
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
 )
 
+// testLogger receives go-redis's messages; a test that sets another logger
+// puts it back.
+var testLogger *slog.Logger
+
 func TestMain(m *testing.M) {
 	flag.Parse()
 	// go-redis logs every failed dial of the outage tests; with -v they go
@@ -18,6 +22,7 @@ func TestMain(m *testing.M) {
 	if testing.Verbose() {
 		w = os.Stderr
 	}
-	redisstore.SetLogger(slog.New(slog.NewTextHandler(w, nil)))
+	testLogger = slog.New(slog.NewTextHandler(w, &slog.HandlerOptions{Level: slog.LevelDebug}))
+	redisstore.SetLogger(testLogger)
 	os.Exit(m.Run())
 }

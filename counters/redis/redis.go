@@ -136,7 +136,8 @@ func New(o Options) (*Store, error) {
 		PoolSize:        o.PoolSize,
 		DisableIdentity: true, // no CLIENT SETINFO round trip per connection
 		// go-redis ≥ 9.15 sends CLIENT MAINT_NOTIFICATIONS on connect,
-		// which Redis 7.0 rejects.
+		// which Redis 7.0 rejects (noMaintNotifications in redis_test.go
+		// checks on the servers that it is never sent).
 		MaintNotificationsConfig: &maintnotifications.Config{Mode: maintnotifications.ModeDisabled},
 	}
 	if o.TLS {

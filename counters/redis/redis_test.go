@@ -1,9 +1,12 @@
 package redisstore_test
 
 import (
+	"bytes"
 	"context"
+	"encoding/json"
 	"fmt"
 	"io"
+	"log/slog"
 	"math/rand/v2"
 	"net"
 	"strconv"
@@ -78,6 +81,217 @@ func suite(t *testing.T, base redisstore.Options) {
 		}
 		t.Logf("%d keys, each with a TTL", n)
 	})
+	t.Run("TTLs cover two windows and the bans", func(t *testing.T) { ttlsCover(t, base) })
+	t.Run("no CLIENT MAINT_NOTIFICATIONS", func(t *testing.T) { noMaintNotifications(t, base) })
+}
+
+// ttlsCover writes windows, bans from hits and manual bans under a prefix of
+// its own (on Redis's clock), then reads the PTTL of every key under that
+// prefix: each must be positive, a window's at least 2 × its window and a
+// bucket's ban index and details at least the longest remaining ban in it,
+// less the time since the write measured here (and 1 ms for Redis's
+// rounding to the ms), and none above what was set.
+func ttlsCover(t *testing.T, base redisstore.Options) {
+	o := base
+	o.KeyPrefix, o.Host = newPrefix(), "mx1"
+	s := open(t, o)
+	type write struct {
+		at  time.Time     // just before the write
+		ttl time.Duration // the TTL it must set
+	}
+	windows := map[string]write{} // counted key → its last write, 2 × window
+	bans := map[string]write{}    // counted key → its ban, the ban's length
+	hit := func(key string, r limits.Rate) limits.Hit {
+		t.Helper()
+		at := time.Now()
+		h, err := s.Hit(ctx, key, 1, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		if h.BannedUntil.IsZero() {
+			windows[key] = write{at, 2 * r.Window}
+		} else {
+			delete(windows, key) // a ban starts the window over
+			bans[key] = write{at, r.Ban}
+		}
+		return h
+	}
+	for _, w := range []time.Duration{10 * time.Second, time.Minute, time.Hour} {
+		for i := 0; i < 3; i++ {
+			hit("w"+w.String(), limits.Rate{Max: 100, Window: w})
+		}
+	}
+	// a refused hit without a ban writes its window too
+	for i, want := range []bool{false, true} {
+		if h := hit("refused", limits.Rate{Max: 1, Window: time.Minute}); h.Crossed != want {
+			t.Fatalf("hit %d of refused: %+v", i, h)
+		}
+	}
+	// bans from hits: one shorter than two windows, one longer
+	for _, ban := range []time.Duration{30 * time.Second, 2 * time.Hour} {
+		r := limits.Rate{Max: 1, Window: time.Minute, Ban: ban, Reason: "frequency"}
+		hit("banned"+ban.String(), r)
+		if h := hit("banned"+ban.String(), r); h.BannedUntil.Sub(h.Now) != ban {
+			t.Fatalf("ban %v: %+v", ban, h)
+		}
+	}
+	// manual bans, each shorter than the one before: 300 keys in 256
+	// buckets, so some bucket gets a shorter ban after a longer one, which
+	// must not shorten its index's TTL
+	for i := 0; i < 300; i++ {
+		key, d := "m"+strconv.Itoa(i), time.Hour+time.Duration(300-i)*time.Minute
+		at := time.Now()
+		if _, err := s.Ban(ctx, key, d, "manual"); err != nil {
+			t.Fatal(err)
+		}
+		bans[key] = write{at, d}
+	}
+
+	seenWindows, seenBans, shared := map[string]bool{}, map[string]bool{}, 0
+	check := func(k string, pttl time.Duration, read time.Time, ws ...write) {
+		t.Helper()
+		var least, most time.Duration
+		for _, w := range ws {
+			least = max(least, w.ttl-read.Sub(w.at)-time.Millisecond)
+			most = max(most, w.ttl)
+		}
+		if pttl <= 0 || pttl < least || pttl > most {
+			t.Errorf("%s: PTTL %v; want at least %v, at most %v", k, pttl, least, most)
+		}
+	}
+	forEachPrimary(t, s.Client(), func(c *redis.Client) {
+		iter := c.Scan(ctx, 0, o.KeyPrefix+"*", 1000).Iterator()
+		for iter.Next(ctx) {
+			k := iter.Val()
+			pttl, err := c.PTTL(ctx, k).Result()
+			read := time.Now()
+			if err != nil {
+				t.Error(err) // not Fatal: under Cluster f runs on another goroutine
+				return
+			}
+			_, rest, _ := strings.Cut(k, "}:")
+			switch {
+			case strings.HasPrefix(rest, "w:"):
+				key := strings.TrimPrefix(rest, "w:")
+				w, ok := windows[key]
+				if !ok {
+					t.Errorf("%s: a window of no counted key (PTTL %v)", k, pttl)
+					continue
+				}
+				seenWindows[key] = true
+				check(k, pttl, read, w)
+			case rest == "bans" || rest == "info":
+				var members []string
+				if rest == "bans" {
+					members, err = c.ZRange(ctx, k, 0, -1).Result()
+				} else {
+					members, err = c.HKeys(ctx, k).Result()
+				}
+				if err != nil || len(members) == 0 {
+					t.Errorf("%s: members %v, %v", k, members, err)
+					continue
+				}
+				var ws []write
+				for _, m := range members {
+					w, ok := bans[m]
+					if !ok {
+						t.Errorf("%s: %q was not banned", k, m)
+						continue
+					}
+					ws = append(ws, w)
+					if rest == "bans" {
+						seenBans[m] = true
+					}
+				}
+				if len(members) > 1 && rest == "bans" {
+					shared++
+				}
+				check(k, pttl, read, ws...)
+			default:
+				t.Errorf("%s: a key of no known kind (PTTL %v)", k, pttl)
+			}
+		}
+		if err := iter.Err(); err != nil {
+			t.Error(err)
+		}
+	})
+	if len(seenWindows) != len(windows) || len(seenBans) != len(bans) {
+		t.Fatalf("found %d of %d windows and %d of %d bans", len(seenWindows), len(windows), len(seenBans), len(bans))
+	}
+	if shared == 0 {
+		t.Fatal("no ban index holds two bans: a shorter ban never followed a longer one in a bucket")
+	}
+}
+
+// noMaintNotifications checks that the store never sends CLIENT
+// MAINT_NOTIFICATIONS (go-redis ≥ 9.15 does on connect unless told not to).
+//
+// It looks for the command's trace in the servers' statistics rather than
+// at the go-redis options New builds: that is what reaches Redis, whatever
+// go-redis does with its options. Redis 7.0 rejects the unknown subcommand
+// with "ERR unknown subcommand", counted in errorstat_ERR only (a rejected
+// call has no cmdstat line); a Redis that knows the subcommand counts
+// cmdstat_client|maint_notifications. The statistics are reset and read
+// with redistest.Do, a bare RESP connection that sends no handshake. A
+// go-redis client with default options must leave the trace on every
+// primary, else this check could not see the command on the installed Redis.
+func noMaintNotifications(t *testing.T, base redisstore.Options) {
+	traces := func() map[string]string {
+		t.Helper()
+		found := map[string]string{}
+		for _, addr := range base.Addresses {
+			for _, section := range []string{"commandstats", "errorstats"} {
+				info, err := redistest.Do(addr, "INFO", section)
+				if err != nil {
+					t.Fatal(err)
+				}
+				for _, line := range strings.Split(info, "\r\n") {
+					if strings.HasPrefix(line, "cmdstat_client|maint_notifications:") || strings.HasPrefix(line, "errorstat_ERR:") {
+						found[addr] += line + " "
+					}
+				}
+			}
+		}
+		return found
+	}
+	for _, addr := range base.Addresses {
+		if _, err := redistest.Do(addr, "CONFIG", "RESETSTAT"); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if tr := traces(); len(tr) != 0 {
+		t.Fatalf("traces after CONFIG RESETSTAT: %v", tr)
+	}
+
+	o := base
+	o.KeyPrefix = newPrefix()
+	s := open(t, o)
+	r := limits.Rate{Max: 1, Window: time.Minute, Ban: time.Minute, Reason: "frequency"}
+	for i := 0; i < 2; i++ {
+		if _, err := s.Hit(ctx, "k", 1, r); err != nil {
+			t.Fatal(err)
+		}
+	}
+	if _, err := s.Bans(ctx); err != nil { // a pipeline to every primary
+		t.Fatal(err)
+	}
+	if err := s.Ping(ctx); err != nil {
+		t.Fatal(err)
+	}
+	if tr := traces(); len(tr) != 0 {
+		t.Fatalf("the store sent CLIENT MAINT_NOTIFICATIONS: %v", tr)
+	}
+
+	control := redis.NewUniversalClient(&redis.UniversalOptions{Addrs: base.Addresses, IsClusterMode: base.Cluster, DisableIdentity: true})
+	defer control.Close()
+	forEachPrimary(t, control, func(c *redis.Client) {
+		if err := c.Ping(ctx).Err(); err != nil {
+			t.Error(err)
+		}
+	})
+	if tr := traces(); len(tr) != len(base.Addresses) {
+		t.Fatalf("a default go-redis client left a trace on %d of %d primaries (%v): this check cannot see CLIENT MAINT_NOTIFICATIONS", len(tr), len(base.Addresses), tr)
+	}
 }
 
 func forEachPrimary(t *testing.T, c redis.UniversalClient, f func(*redis.Client)) {
@@ -216,26 +430,185 @@ func TestSameAnswersAsMemory(t *testing.T) {
 	}
 }
 
-// Without an injected clock the script reads Redis's TIME.
+// Without an injected clock every script reads Redis's TIME, so hosts with
+// skewed clocks agree. Two stores (hosts mx-a and mx-b) take turns on one
+// key: the time each hit answers with lies between two TIME calls to the
+// same Redis around it, and a ban one host makes is seen by the other with
+// the same end. On one machine Redis and the host share a clock, so this
+// bracket alone could not tell Redis's time from the host's: the time
+// argument each store sends to its scripts is also checked to be empty,
+// which makes the script read TIME (script.go), never a host's clock.
 func TestServerClock(t *testing.T) {
 	srv := redistest.Standalone(t)
-	s := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: newPrefix()})
-	before := time.Now()
-	h, err := s.Hit(ctx, "k", 1, limits.Rate{Max: 1, Window: time.Minute, Ban: time.Hour, Reason: "frequency"})
+	prefix := newPrefix()
+	var timeArgs []string
+	a := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: prefix, Host: "mx-a"})
+	b := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: prefix, Host: "mx-b"})
+	a.Client().AddHook(scriptTimeHook{&timeArgs})
+	b.Client().AddHook(scriptTimeHook{&timeArgs})
+	direct := redis.NewClient(&redis.Options{Addr: srv.Addr(), DisableIdentity: true})
+	defer direct.Close()
+	redisMs := func() int64 {
+		t.Helper()
+		tm, err := direct.Time(ctx).Result()
+		if err != nil {
+			t.Fatal(err)
+		}
+		return tm.UnixMilli()
+	}
+	bracket := func(what string, f func() time.Time) time.Time {
+		t.Helper()
+		before := redisMs()
+		got := f()
+		after := redisMs()
+		if ms := got.UnixMilli(); ms < before || ms > after {
+			t.Fatalf("%s at %d ms; Redis's TIME was %d ms before and %d ms after", what, ms, before, after)
+		}
+		return got
+	}
+	r := limits.Rate{Max: 1, Window: time.Minute, Ban: time.Hour, Reason: "frequency"}
+	hit := func(s *redisstore.Store) limits.Hit {
+		t.Helper()
+		h, err := s.Hit(ctx, "k", 1, r)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return h
+	}
+
+	var h1, h2, h3 limits.Hit
+	bracket("mx-a's first hit", func() time.Time { h1 = hit(a); return h1.Now })
+	bracket("mx-b's hit", func() time.Time { h2 = hit(b); return h2.Now })
+	bracket("mx-a's hit on the ban", func() time.Time { h3 = hit(a); return h3.Now })
+	if h1.Count != 1 || h1.Crossed || !h2.Crossed || h2.BannedUntil.Sub(h2.Now) != time.Hour {
+		t.Fatalf("hits %+v, %+v; want count 1, then crossed and banned for an hour", h1, h2)
+	}
+	if !h3.BannedUntil.Equal(h2.BannedUntil) || h3.BanReason == "" {
+		t.Fatalf("mx-a sees the ban of mx-b as %+v; want until %v with its reason", h3, h2.BannedUntil)
+	}
+	manual := bracket("mx-b's manual ban", func() time.Time {
+		ban, err := b.Ban(ctx, "j", time.Hour, "manual")
+		if err != nil {
+			t.Fatal(err)
+		}
+		if ban.Until.Sub(ban.Since) != time.Hour {
+			t.Fatalf("manual ban %+v", ban)
+		}
+		return ban.Since
+	})
+	bans, err := a.Bans(ctx)
+	if err != nil || len(bans) != 2 {
+		t.Fatalf("mx-a lists %+v, %v; want mx-b's 2 bans", bans, err)
+	}
+	for _, ban := range bans {
+		if want := map[string]time.Time{"k": h2.Now, "j": manual}[ban.Key]; !ban.Since.Equal(want) || ban.Host != "mx-b" {
+			t.Fatalf("mx-a lists %+v; want mx-b's ban since %v", ban, want)
+		}
+	}
+	if len(timeArgs) == 0 {
+		t.Fatal("no script call seen")
+	}
+	for _, arg := range timeArgs {
+		if arg != "" {
+			t.Fatalf("a store sent the time %q to its script; want \"\" (read Redis's TIME)", arg)
+		}
+	}
+}
+
+// scriptTimeHook records ARGV[1], the time argument, of every script call.
+type scriptTimeHook struct{ args *[]string }
+
+func (h scriptTimeHook) DialHook(next redis.DialHook) redis.DialHook { return next }
+func (h scriptTimeHook) ProcessHook(next redis.ProcessHook) redis.ProcessHook {
+	return func(ctx context.Context, cmd redis.Cmder) error {
+		if name := cmd.Name(); name == "evalsha" || name == "eval" {
+			args := cmd.Args() // name, script, numkeys, keys..., ARGV...
+			if nk, ok := args[2].(int); ok && len(args) > 3+nk {
+				*h.args = append(*h.args, fmt.Sprint(args[3+nk]))
+			}
+		}
+		return next(ctx, cmd)
+	}
+}
+func (h scriptTimeHook) ProcessPipelineHook(next redis.ProcessPipelineHook) redis.ProcessPipelineHook {
+	return next
+}
+
+// A failed dial: go-redis's own message about it reaches the logger that
+// SetLogger set, at Debug with component=redis (an outage is logged once
+// by the store's caller; go-redis would log it once per connection).
+func TestDialFailureLoggedAtDebug(t *testing.T) {
+	l, err := net.Listen("tcp", "127.0.0.1:0")
 	if err != nil {
 		t.Fatal(err)
 	}
-	if d := h.Now.Sub(before); d < -time.Second || d > 5*time.Second || h.Count != 1 {
-		t.Fatalf("hit %+v at %v", h, before)
+	addr := l.Addr().String()
+	l.Close() // nothing listens there now: connection refused
+	logs := captureRedisLog(t)
+	s := open(t, redisstore.Options{Addresses: []string{addr}})
+	if _, err := s.Hit(ctx, "k", 1, limits.Rate{Max: 10, Window: time.Minute}); err == nil {
+		t.Fatalf("a hit on %s (nothing listening) succeeded", addr)
 	}
-	h, _ = s.Hit(ctx, "k", 1, limits.Rate{Max: 1, Window: time.Minute, Ban: time.Hour, Reason: "frequency"})
-	if !h.Crossed || h.BannedUntil.Sub(h.Now) != time.Hour {
-		t.Fatalf("second hit %+v", h)
+	dials := 0
+	for _, rec := range logs.records(t) {
+		if !strings.Contains(rec.Msg, addr) {
+			continue // another test's leftover connection
+		}
+		if rec.Level != "DEBUG" || rec.Component != "redis" {
+			t.Errorf("logged %+v; want level DEBUG, component redis", rec)
+		}
+		if strings.Contains(rec.Msg, "dial") {
+			dials++
+		}
 	}
-	bans, err := s.Bans(ctx)
-	if err != nil || len(bans) != 1 || !bans[0].Since.Equal(h.Now) {
-		t.Fatalf("bans %+v, %v", bans, err)
+	if dials == 0 {
+		t.Fatalf("no message of the failed dial to %s in:\n%s", addr, logs.String())
 	}
+}
+
+// captureRedisLog sends go-redis's messages, at every level, to the buffer
+// it returns until the test ends.
+func captureRedisLog(t *testing.T) *lockedBuffer {
+	buf := &lockedBuffer{}
+	redisstore.SetLogger(slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
+	t.Cleanup(func() { redisstore.SetLogger(testLogger) })
+	return buf
+}
+
+type logRecord struct{ Level, Msg, Component string }
+
+// records decodes the JSON lines logged so far.
+func (b *lockedBuffer) records(t *testing.T) []logRecord {
+	t.Helper()
+	var out []logRecord
+	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
+		if line == "" {
+			continue
+		}
+		var rec logRecord
+		if err := json.Unmarshal([]byte(line), &rec); err != nil {
+			t.Fatalf("%v: %q", err, line)
+		}
+		out = append(out, rec)
+	}
+	return out
+}
+
+type lockedBuffer struct {
+	mu sync.Mutex
+	b  bytes.Buffer
+}
+
+func (b *lockedBuffer) Write(p []byte) (int, error) {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.Write(p)
+}
+
+func (b *lockedBuffer) String() string {
+	b.mu.Lock()
+	defer b.mu.Unlock()
+	return b.b.String()
 }
 
 // After SCRIPT FLUSH (a restarted or new server) EVALSHA fails with NOSCRIPT
