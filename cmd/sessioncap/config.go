@@ -24,13 +24,18 @@ import (
 )
 
 // defaultConfigPath is read when -config is not given and the file exists.
-const defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+// It and defaultAdminListen are variables only so that the tests can build
+// a binary (-ldflags -X) that never reads or binds the host's files.
+var defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+
+// defaultAdminListen is the admin socket when [admin] listen is not set; it
+// is skipped when its directory does not exist (see startAdmin).
+var defaultAdminListen = "unix:/run/sessioncap/admin.sock"
 
 // Built-in defaults of the settings that are not policy.
 const (
 	defaultListen        = "inet:127.0.0.1:10029"
 	defaultMetricsListen = "127.0.0.1:9829"
-	defaultAdminListen   = "unix:/run/sessioncap/admin.sock"
 	// stateFileAuto puts the state file in systemd's StateDirectory
 	// ($STATE_DIRECTORY/state) and writes none when that is not set, so
 	// "go run ./cmd/sessioncap" writes nothing the admin did not choose.
@@ -768,3 +773,4 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 		v.add("store.redis.key_prefix", "must not contain braces or white space (braces would break the Cluster hash tags)")
 	}
 }
+
