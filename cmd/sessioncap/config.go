@@ -759,6 +759,11 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	}
 	rc.Username = rf.Username.get("")
 	rc.PasswordFile = rf.PasswordFile.get("")
+	if rc.PasswordFile != "" && sc.Backend == "redis" {
+		if _, err := readPasswordFile(rc.PasswordFile); err != nil {
+			v.add("store.redis.password_file", "%s", err.Error())
+		}
+	}
 	db := rf.DB.get(0)
 	if db < 0 {
 		v.add("store.redis.db", "must not be negative, got %d", db)
@@ -774,3 +779,17 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	}
 }
 
+// readPasswordFile returns the password in path without the white space
+// around it (the trailing newline an editor or echo leaves). The error
+// names the path and the reason, without Go's operation prefix.
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("cannot read %q: %v", path, err)
+	}
+	return strings.TrimSpace(string(b)), nil
+}
