@@ -24,13 +24,18 @@ import (
 )
 
 // defaultConfigPath is read when -config is not given and the file exists.
-const defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+// It and defaultAdminListen are variables only so that the tests can build
+// a binary (-ldflags -X) that never reads or binds the host's files.
+var defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+
+// defaultAdminListen is the admin socket when [admin] listen is not set; it
+// is skipped when its directory does not exist (see startAdmin).
+var defaultAdminListen = "unix:/run/sessioncap/admin.sock"
 
 // Built-in defaults of the settings that are not policy.
 const (
 	defaultListen        = "inet:127.0.0.1:10029"
 	defaultMetricsListen = "127.0.0.1:9829"
-	defaultAdminListen   = "unix:/run/sessioncap/admin.sock"
 	// stateFileAuto puts the state file in systemd's StateDirectory
 	// ($STATE_DIRECTORY/state) and writes none when that is not set, so
 	// "go run ./cmd/sessioncap" writes nothing the admin did not choose.
@@ -754,6 +759,11 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	}
 	rc.Username = rf.Username.get("")
 	rc.PasswordFile = rf.PasswordFile.get("")
+	if rc.PasswordFile != "" && sc.Backend == "redis" {
+		if _, err := readPasswordFile(rc.PasswordFile); err != nil {
+			v.add("store.redis.password_file", "%s", err.Error())
+		}
+	}
 	db := rf.DB.get(0)
 	if db < 0 {
 		v.add("store.redis.db", "must not be negative, got %d", db)
@@ -767,4 +777,19 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	if strings.ContainsAny(rc.KeyPrefix, "{} \t\r\n") {
 		v.add("store.redis.key_prefix", "must not contain braces or white space (braces would break the Cluster hash tags)")
 	}
+}
+
+// readPasswordFile returns the password in path without the white space
+// around it (the trailing newline an editor or echo leaves). The error
+// names the path and the reason, without Go's operation prefix.
+func readPasswordFile(path string) (string, error) {
+	b, err := os.ReadFile(path)
+	if err != nil {
+		var pe *fs.PathError
+		if errors.As(err, &pe) {
+			err = pe.Err
+		}
+		return "", fmt.Errorf("cannot read %q: %v", path, err)
+	}
+	return strings.TrimSpace(string(b)), nil
 }

@@ -67,7 +67,9 @@ bad-values.toml:10: frequency.window: a duration must be a string with a unit su
 bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
 bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
 bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
-		"bad-redis-standalone.toml": `bad-redis-standalone.toml:4: store.redis.addresses: lists 2 servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)`,
+		"bad-redis-password-missing.toml": `bad-redis-password-missing.toml:8: store.redis.password_file: cannot read "/nonexistent/redis.password": no such file or directory`,
+		"bad-redis-password-dir.toml":     `bad-redis-password-dir.toml:5: store.redis.password_file: cannot read "/": is a directory`,
+		"bad-redis-standalone.toml":       `bad-redis-standalone.toml:4: store.redis.addresses: lists 2 servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)`,
 		"bad-store.toml": `bad-store.toml:2: store.backend: must be "memory" or "redis", got "etcd"
 bad-store.toml:3: store.timeout: must be longer than 0s
 bad-store.toml:4: store.on_error: must be "local" or "tempfail", got "ignore"

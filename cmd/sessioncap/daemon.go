@@ -40,6 +40,9 @@ type daemonOptions struct {
 	configRequired bool
 	listen         *string // flag overrides; nil when not given
 	metricsListen  *string
+	// stateSaveEvery replaces stateSaveInterval when > 0: tests set it to
+	// see a periodic save without waiting a minute.
+	stateSaveEvery time.Duration
 }
 
 // stateSaveInterval is how often the memory store's state file is written
@@ -372,15 +375,19 @@ func (d *daemon) stateFile() string {
 	return ""
 }
 
-// saveStatePeriodically writes the state file every stateSaveInterval until
-// the returned function is called.
+// saveStatePeriodically writes the state file every stateSaveInterval (or
+// opts.stateSaveEvery) until the returned function is called.
 func (d *daemon) saveStatePeriodically() (stop func()) {
 	if d.stateFile() == "" {
 		return func() {}
 	}
+	every := stateSaveInterval
+	if d.opts.stateSaveEvery > 0 {
+		every = d.opts.stateSaveEvery
+	}
 	done := make(chan struct{})
 	go func() {
-		t := time.NewTicker(stateSaveInterval)
+		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
 			select {

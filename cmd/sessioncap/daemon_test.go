@@ -28,7 +28,13 @@ func TestMain(m *testing.M) {
 		os.Exit(1)
 	}
 	binary = filepath.Join(dir, "sessioncap")
-	build := exec.Command("go", "build", "-race", "-o", binary, ".")
+	// The binary's built-in config file and admin socket are in a directory
+	// that does not exist: a daemon started without -config never reads the
+	// host's /etc/sessioncap/sessioncap.toml nor binds its admin socket.
+	absent := filepath.Join(dir, "absent")
+	ldflags := fmt.Sprintf("-X 'main.defaultConfigPath=%s' -X 'main.defaultAdminListen=unix:%s'",
+		filepath.Join(absent, "sessioncap.toml"), filepath.Join(absent, "admin.sock"))
+	build := exec.Command("go", "build", "-race", "-ldflags", ldflags, "-o", binary, ".")
 	build.Stderr = os.Stderr
 	if err := build.Run(); err != nil {
 		fmt.Fprintln(os.Stderr, "building the binary:", err)
@@ -55,14 +61,45 @@ type daemonProc struct {
 
 func startDaemon(t *testing.T, config string) *daemonProc {
 	t.Helper()
+	return startDaemonEnv(t, config, environ())
+}
+
+// startDaemonEnv runs the binary on config (with an admin socket of its own
+// unless config has [admin]) in the environment env.
+func startDaemonEnv(t *testing.T, config string, env []string) *daemonProc {
+	t.Helper()
 	dir := t.TempDir()
 	path := filepath.Join(dir, "sessioncap.toml")
-	d := &daemonProc{t: t, exited: make(chan struct{}), admin: "unix:" + filepath.Join(dir, "admin.sock"), config: path}
+	admin := "unix:" + filepath.Join(dir, "admin.sock")
 	if !strings.Contains(config, "[admin]") { // never the host's /run/sessioncap/admin.sock
-		config += "\n[admin]\nlisten = \"" + d.admin + "\"\n"
+		config += "\n[admin]\nlisten = \"" + admin + "\"\n"
 	}
 	writeFile(t, path, config)
-	d.cmd = exec.Command(binary, "-config", path, "-listen", "inet:127.0.0.1:0", "-metrics-listen", "127.0.0.1:0")
+	cmd := exec.Command(binary, "-config", path, "-listen", "inet:127.0.0.1:0", "-metrics-listen", "127.0.0.1:0")
+	cmd.Env = env
+	d := startProc(t, cmd)
+	d.admin, d.config = admin, path
+	return d
+}
+
+// environ is the test's environment without STATE_DIRECTORY (a test runner
+// under systemd may have one: state_file = "auto" would write there) and
+// with the variables in set (KEY=VALUE) added.
+func environ(set ...string) []string {
+	var env []string
+	for _, kv := range os.Environ() {
+		if !strings.HasPrefix(kv, "STATE_DIRECTORY=") {
+			env = append(env, kv)
+		}
+	}
+	return append(env, set...)
+}
+
+// startProc starts cmd, the binary with -listen inet:… and -metrics-listen,
+// and waits until it logs where it listens.
+func startProc(t *testing.T, cmd *exec.Cmd) *daemonProc {
+	t.Helper()
+	d := &daemonProc{t: t, cmd: cmd, exited: make(chan struct{})}
 	stderr, err := d.cmd.StderrPipe()
 	if err != nil {
 		t.Fatal(err)
@@ -332,7 +369,7 @@ func TestDaemonUnixSocket(t *testing.T) {
 	cfg := filepath.Join(dir, "sessioncap.toml")
 	writeFile(t, cfg, "")
 	cmd := exec.Command(binary, "-config", cfg, "-listen", "unix:"+sock, "-metrics-listen", "")
-	cmd.Env = append(os.Environ(), "HOME="+dir)
+	cmd.Env = environ("HOME=" + dir)
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}

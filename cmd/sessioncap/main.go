@@ -33,7 +33,7 @@ func main() {
 	os.Exit(run(os.Args[1:], os.Stdout, os.Stderr))
 }
 
-const usageText = `Usage:
+var usageText = `Usage:
   sessioncap [-config FILE] [-listen SPEC] [-metrics-listen HOST:PORT]
   sessioncap check-config [-config FILE] [-explain ADDRESS [-user NAME] [-sender ADDRESS]]
   sessioncap version

@@ -3,8 +3,6 @@ package main
 import (
 	"context"
 	"fmt"
-	"os"
-	"strings"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
@@ -42,12 +40,12 @@ func (d *daemon) openStore(reg prometheus.Registerer, host string) error {
 
 	rc := sc.Redis
 	password := ""
-	if rc.PasswordFile != "" {
-		b, err := os.ReadFile(rc.PasswordFile)
+	if rc.PasswordFile != "" { // checked with the config; read again here, it may have changed since
+		p, err := readPasswordFile(rc.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("store.redis.password_file: %w", err)
 		}
-		password = strings.TrimSpace(string(b))
+		password = p
 	}
 	redisstore.SetLogger(d.log) // adds component=redis itself
 	shared, err := redisstore.New(redisstore.Options{

@@ -279,22 +279,49 @@ func waitFor(t testing.TB, d time.Duration, what string, ok func() bool) {
 // Do sends one command in RESP and returns the reply flattened to text
 // (array elements separated by spaces), for setup without a client.
 func Do(addr string, args ...string) (string, error) {
+	return do(addr, nil, args)
+}
+
+// DoAuth is Do on a connection that first authenticates with AUTH as user
+// (the default user when user is "") with password.
+func DoAuth(addr, user, password string, args ...string) (string, error) {
+	auth := []string{"AUTH", password}
+	if user != "" {
+		auth = []string{"AUTH", user, password}
+	}
+	return do(addr, auth, args)
+}
+
+// do sends first (when not nil) and then args on one connection and
+// returns the reply to args.
+func do(addr string, first, args []string) (string, error) {
 	c, err := net.DialTimeout("tcp", addr, time.Second)
 	if err != nil {
 		return "", err
 	}
 	defer c.Close()
 	c.SetDeadline(time.Now().Add(2 * time.Second))
-	var b strings.Builder
-	fmt.Fprintf(&b, "*%d\r\n", len(args))
-	for _, a := range args {
-		fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+	r := bufio.NewReader(c)
+	send := func(args []string) ([]string, error) {
+		var b strings.Builder
+		fmt.Fprintf(&b, "*%d\r\n", len(args))
+		for _, a := range args {
+			fmt.Fprintf(&b, "$%d\r\n%s\r\n", len(a), a)
+		}
+		if _, err := c.Write([]byte(b.String())); err != nil {
+			return nil, err
+		}
+		var out []string
+		err := readReply(r, &out)
+		return out, err
 	}
-	if _, err := c.Write([]byte(b.String())); err != nil {
-		return "", err
+	if first != nil {
+		if _, err := send(first); err != nil {
+			return "", err
+		}
 	}
-	var out []string
-	if err := readReply(bufio.NewReader(c), &out); err != nil {
+	out, err := send(args)
+	if err != nil {
 		return "", err
 	}
 	return strings.Join(out, " "), nil
