@@ -256,10 +256,12 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 				continue
 			}
 			log.Warn("second signal; exiting at once", "signal", sig.String())
+			stopSaving()
 			d.saveState()
 			return exitRuntime
 		}
 	}
+	stopSaving() // no periodic save may overwrite the final one with an older snapshot
 	d.saveState()
 	if metricsSrv != nil {
 		_ = metricsSrv.Shutdown(sctx)
@@ -376,7 +378,8 @@ func (d *daemon) stateFile() string {
 }
 
 // saveStatePeriodically writes the state file every stateSaveInterval (or
-// opts.stateSaveEvery) until the returned function is called.
+// opts.stateSaveEvery) until the returned function is called; stop waits
+// for a save in progress and may be called more than once.
 func (d *daemon) saveStatePeriodically() (stop func()) {
 	if d.stateFile() == "" {
 		return func() {}
@@ -385,8 +388,9 @@ func (d *daemon) saveStatePeriodically() (stop func()) {
 	if d.opts.stateSaveEvery > 0 {
 		every = d.opts.stateSaveEvery
 	}
-	done := make(chan struct{})
+	done, exited := make(chan struct{}), make(chan struct{})
 	go func() {
+		defer close(exited)
 		t := time.NewTicker(every)
 		defer t.Stop()
 		for {
@@ -398,7 +402,8 @@ func (d *daemon) saveStatePeriodically() (stop func()) {
 			}
 		}
 	}()
-	return func() { close(done) }
+	var once sync.Once
+	return func() { once.Do(func() { close(done); <-exited }) }
 }
 
 // saveState writes the memory store's bans and windows to the state file.
