@@ -97,6 +97,8 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		windows, bans, err := d.local.ReadStateFile(p)
 		if err != nil {
 			log.Error("state file unusable; starting without it", "state_file", p, "err", err)
+		} else if _, statErr := os.Stat(p); errors.Is(statErr, os.ErrNotExist) {
+			log.Info("no state file yet; it is written at shutdown and every minute", "state_file", p)
 		} else {
 			log.Info("state loaded", "state_file", p, "windows", windows, "bans", bans)
 		}
