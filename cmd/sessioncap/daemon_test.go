@@ -40,6 +40,9 @@ func TestMain(m *testing.M) {
 		fmt.Fprintln(os.Stderr, "building the binary:", err)
 		os.Exit(1)
 	}
+	// The binary is built with -race, whose runtime sleeps 1s at exit:
+	// every CLI command the tests run would pay it.
+	os.Setenv("GORACE", strings.TrimSpace(os.Getenv("GORACE")+" atexit_sleep_ms=0"))
 	code := m.Run()
 	os.RemoveAll(dir)
 	os.Exit(code)
