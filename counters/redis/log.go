@@ -5,6 +5,8 @@ import (
 	"fmt"
 	"log/slog"
 	"strings"
+	"sync"
+	"sync/atomic"
 
 	"github.com/redis/go-redis/v9"
 )
@@ -12,8 +14,28 @@ import (
 // SetLogger sends go-redis's own messages to l with component=redis,
 // instead of the standard logger: connection failures at Debug, Sentinel
 // news (a new master) at Info; see level. go-redis has one logger per
-// process, so this is global.
-func SetLogger(l *slog.Logger) { redis.SetLogger(slogger{l}) }
+// process, so this is global. go-redis reads its logger variable without
+// synchronisation, so it is set only once, to a forwarder; later calls
+// swap the forwarder's target atomically and are safe while clients run.
+func SetLogger(l *slog.Logger) {
+	target.Store(l)
+	installOnce.Do(func() { redis.SetLogger(forwarder{}) })
+}
+
+var (
+	target      atomic.Pointer[slog.Logger]
+	installOnce sync.Once
+)
+
+// forwarder is the logger go-redis holds: it passes each message to the
+// logger SetLogger set last.
+type forwarder struct{}
+
+func (forwarder) Printf(ctx context.Context, format string, v ...any) {
+	if l := target.Load(); l != nil {
+		slogger{l}.Printf(ctx, format, v...)
+	}
+}
 
 type slogger struct{ l *slog.Logger }
 
