@@ -22,17 +22,7 @@ func TestFleetSharesBansThroughRedis(t *testing.T) {
 	config := fmt.Sprintf("[frequency]\nmax_connections = 3\nwindow = \"1h\"\nban = \"1h\"\n"+
 		"[store]\nbackend = \"redis\"\ntimeout = \"%s\"\n[store.redis]\naddresses = [\"%s\"]\n", timeout, rds.Addr())
 	a, b := startDaemon(t, config), startDaemon(t, config)
-	connect := func(d *daemonProc, client string) (uint16, time.Duration) {
-		t.Helper()
-		start := time.Now()
-		s, act := d.connectFrom(client)
-		took := time.Since(start)
-		s.Close()
-		if !act.StopProcessing() {
-			return 0, took
-		}
-		return act.SMTPCode, took
-	}
+	connect := (*daemonProc).connectCode
 	var baseline []time.Duration
 	for i, d := range []*daemonProc{a, b, a} {
 		code, took := connect(d, "192.0.2.7")

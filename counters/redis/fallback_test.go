@@ -205,7 +205,7 @@ func TestFallbackSentinelFailover(t *testing.T) {
 	}
 
 	switched := false
-	for _, rec := range logs.records(t) {
+	for _, rec := range logRecords(t, logs) {
 		if rec.Level != "DEBUG" && rec.Level != "INFO" {
 			t.Errorf("go-redis logged %+v during a failover; want nothing above Info", rec)
 		}

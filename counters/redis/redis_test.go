@@ -1,7 +1,6 @@
 package redisstore_test
 
 import (
-	"bytes"
 	"context"
 	"encoding/json"
 	"fmt"
@@ -22,6 +21,7 @@ import (
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
 	"github.com/sessioncap/sessioncap/counters/storetest"
 	"github.com/sessioncap/sessioncap/internal/redistest"
+	"github.com/sessioncap/sessioncap/internal/testkit"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -550,7 +550,7 @@ func TestDialFailureLoggedAtDebug(t *testing.T) {
 		t.Fatalf("a hit on %s (nothing listening) succeeded", addr)
 	}
 	dials := 0
-	for _, rec := range logs.records(t) {
+	for _, rec := range logRecords(t, logs) {
 		if !strings.Contains(rec.Msg, addr) {
 			continue // another test's leftover connection
 		}
@@ -568,8 +568,8 @@ func TestDialFailureLoggedAtDebug(t *testing.T) {
 
 // captureRedisLog sends go-redis's messages, at every level, to the buffer
 // it returns until the test ends.
-func captureRedisLog(t *testing.T) *lockedBuffer {
-	buf := &lockedBuffer{}
+func captureRedisLog(t *testing.T) *testkit.SyncBuffer {
+	buf := &testkit.SyncBuffer{}
 	redisstore.SetLogger(slog.New(slog.NewJSONHandler(buf, &slog.HandlerOptions{Level: slog.LevelDebug})))
 	t.Cleanup(func() { redisstore.SetLogger(testLogger) })
 	return buf
@@ -578,7 +578,7 @@ func captureRedisLog(t *testing.T) *lockedBuffer {
 type logRecord struct{ Level, Msg, Component string }
 
 // records decodes the JSON lines logged so far.
-func (b *lockedBuffer) records(t *testing.T) []logRecord {
+func logRecords(t *testing.T, b *testkit.SyncBuffer) []logRecord {
 	t.Helper()
 	var out []logRecord
 	for _, line := range strings.Split(strings.TrimSpace(b.String()), "\n") {
@@ -592,23 +592,6 @@ func (b *lockedBuffer) records(t *testing.T) []logRecord {
 		out = append(out, rec)
 	}
 	return out
-}
-
-type lockedBuffer struct {
-	mu sync.Mutex
-	b  bytes.Buffer
-}
-
-func (b *lockedBuffer) Write(p []byte) (int, error) {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.Write(p)
-}
-
-func (b *lockedBuffer) String() string {
-	b.mu.Lock()
-	defer b.mu.Unlock()
-	return b.b.String()
 }
 
 // After SCRIPT FLUSH (a restarted or new server) EVALSHA fails with NOSCRIPT
