@@ -88,34 +88,31 @@ func TestFleetSharesBansThroughRedis(t *testing.T) {
 // waitMetricAtLeast polls the scrape until series is at least min.
 func (d *daemonProc) waitMetricAtLeast(series string, min float64) {
 	d.t.Helper()
-	deadline := time.Now().Add(20 * time.Second)
-	for {
-		for _, line := range strings.Split(d.scrape(), "\n") {
-			if v, ok := strings.CutPrefix(line, series+" "); ok {
-				if f, err := strconv.ParseFloat(v, 64); err == nil && f >= min {
-					return
-				}
-			}
-		}
-		if time.Now().After(deadline) {
-			d.t.Fatalf("%s never reached %v:\n%s", series, min, d.logs())
-		}
-		time.Sleep(20 * time.Millisecond)
-	}
+	d.waitSeries(series, fmt.Sprintf("at least %v", min), func(v string) bool {
+		f, err := strconv.ParseFloat(v, 64)
+		return err == nil && f >= min
+	})
 }
 
 // waitMetric polls the scrape until series has value.
 func (d *daemonProc) waitMetric(series, value string) {
 	d.t.Helper()
+	d.waitSeries(series, value, func(v string) bool { return v == value })
+}
+
+// waitSeries polls the scrape, for up to 20s, until the value of series
+// satisfies ok (want describes it for the failure).
+func (d *daemonProc) waitSeries(series, want string, ok func(value string) bool) {
+	d.t.Helper()
 	deadline := time.Now().Add(20 * time.Second)
 	for {
 		for _, line := range strings.Split(d.scrape(), "\n") {
-			if line == series+" "+value {
+			if v, found := strings.CutPrefix(line, series+" "); found && ok(v) {
 				return
 			}
 		}
 		if time.Now().After(deadline) {
-			d.t.Fatalf("%s never became %s:\n%s", series, value, d.logs())
+			d.t.Fatalf("%s never became %s:\n%s", series, want, d.logs())
 		}
 		time.Sleep(20 * time.Millisecond)
 	}
