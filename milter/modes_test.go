@@ -431,11 +431,7 @@ func TestErrorsBanSurvivesPrefixReload(t *testing.T) {
 	if bans, _ := h.store.Bans(context.Background()); len(bans) != 1 || bans[0].Key != "err:192.0.2.0/24" {
 		t.Fatalf("bans %+v, want the /24 banned for errors", bans)
 	}
-	narrower := *rules
-	narrower.IPv4Prefix = 32
-	if err := h.srv.SetRules(&narrower); err != nil {
-		t.Fatal(err)
-	}
+	h.reloadWithIPv4Prefix(rules, 32)
 	h.clock.Add(time.Minute)
 	_, act := h.connect("192.0.2.52")
 	wantReply(t, act, 421, "421 4.7.0 Too many rejected recipients from your network (limit 1 per 1h); try again in 9m")

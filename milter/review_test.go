@@ -59,11 +59,7 @@ func TestReloadOfPrefixLengthKeepsBans(t *testing.T) {
 	if _, act := h.connect("192.0.2.2"); !act.StopProcessing() {
 		t.Fatal("second connection of the /24 not refused")
 	}
-	narrower := *rules
-	narrower.IPv4Prefix = 32
-	if err := h.srv.SetRules(&narrower); err != nil {
-		t.Fatal(err)
-	}
+	h.reloadWithIPv4Prefix(rules, 32)
 	h.clock.Add(time.Minute)
 	_, act := h.connect("192.0.2.3")
 	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 9m")
@@ -84,11 +80,7 @@ func TestReloadOfPrefixLengthKeepsManualBans(t *testing.T) {
 	if _, err := h.store.Ban(context.Background(), "freq:192.0.2.0/24", 24*time.Hour, "manual: ticket 7"); err != nil {
 		t.Fatal(err)
 	}
-	narrower := *rules
-	narrower.IPv4Prefix = 32
-	if err := h.srv.SetRules(&narrower); err != nil {
-		t.Fatal(err)
-	}
+	h.reloadWithIPv4Prefix(rules, 32)
 	h.clock.Add(time.Hour)
 	_, act := h.connect("192.0.2.3")
 	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 23h")
@@ -183,4 +175,14 @@ type unavailableStore struct{}
 
 func (unavailableStore) Hit(context.Context, string, int64, limits.Rate) (limits.Hit, error) {
 	return limits.Hit{}, fmt.Errorf("redis: %w", counters.ErrUnavailable)
+}
+
+// reloadWithIPv4Prefix reloads rules with another IPv4 prefix length.
+func (h *harness) reloadWithIPv4Prefix(rules *limits.Rules, bits int) {
+	h.t.Helper()
+	r := *rules
+	r.IPv4Prefix = bits
+	if err := h.srv.SetRules(&r); err != nil {
+		h.t.Fatal(err)
+	}
 }
