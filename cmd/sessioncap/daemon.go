@@ -22,6 +22,7 @@ import (
 	"github.com/prometheus/client_golang/prometheus/promhttp"
 
 	"github.com/sessioncap/sessioncap/admin"
+	"github.com/sessioncap/sessioncap/config"
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/internal/socket"
@@ -53,7 +54,7 @@ const stateSaveInterval = time.Minute
 type daemon struct {
 	reloadMu sync.Mutex // one reload at a time (signal and admin)
 	opts     daemonOptions
-	cfg      *Config
+	cfg      *config.Config
 	log      *slog.Logger
 	level    *slog.LevelVar
 	local    *counters.Memory // the in-memory store (the fallback with Redis)
@@ -66,7 +67,7 @@ type daemon struct {
 	loadedAt time.Time
 }
 
-func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan os.Signal, stderr io.Writer) int {
+func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs <-chan os.Signal, stderr io.Writer) int {
 	listen, metricsListen := cfg.Listen, cfg.MetricsListen
 	if opts.listen != nil {
 		listen = *opts.listen
@@ -81,7 +82,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		log.Warn(fmt.Sprintf(format, v...), "component", "go-milter")
 	}
 
-	network, address, err := parseListen(listen)
+	network, address, err := config.ParseListen(listen)
 	if err != nil {
 		log.Error("bad listen address", "listen", listen, "err", err)
 		return exitConfig
@@ -149,7 +150,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 	var pln net.Listener
 	policySpec := ""
 	if d.pol != nil {
-		pnet, paddr, _ := parseListen(cfg.PolicyListen) // validated with the config
+		pnet, paddr, _ := config.ParseListen(cfg.PolicyListen) // validated with the config
 		if pln, err = listenMilter(pnet, paddr); err != nil {
 			ln.Close()
 			log.Error("cannot listen for Postfix policy requests", "policy_listen", cfg.PolicyListen, "err", err)
@@ -159,7 +160,7 @@ func runDaemon(ctx context.Context, cfg *Config, opts daemonOptions, sigs <-chan
 		if pnet == "unix" {
 			defer os.Remove(paddr)
 		}
-		if concurrencyConfigured(cfg.Rules) {
+		if config.ConcurrencyConfigured(cfg.Rules) {
 			log.Info("concurrency caps apply to milter sessions only: Postfix tells a policy server nothing when a session ends (use smtpd_client_connection_count_limit)")
 		}
 	}
@@ -291,7 +292,7 @@ func newLogger(format string, level *slog.LevelVar, w io.Writer) *slog.Logger {
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
-	cfg, err := LoadConfig(d.opts.configPath, d.opts.configRequired)
+	cfg, err := config.Load(d.opts.configPath, d.opts.configRequired)
 	if err == nil {
 		err = d.eng.SetRules(cfg.Rules) // both front-ends
 	}
@@ -335,7 +336,7 @@ func (d *daemon) startAdmin() (*http.Server, string, error) {
 	if spec == "" {
 		return nil, "", nil
 	}
-	if spec == defaultAdminListen {
+	if spec == config.DefaultAdminListen {
 		if _, err := os.Stat(filepath.Dir(strings.TrimPrefix(spec, "unix:"))); err != nil {
 			d.log.Warn("no admin socket: its directory does not exist; set [admin] listen to use sessioncap bans/unban/status", "admin_listen", spec)
 			return nil, "", nil
@@ -370,7 +371,7 @@ func (d *daemon) storeUp() bool {
 // under systemd and none otherwise.
 func (d *daemon) stateFile() string {
 	p := d.cfg.Store.StateFile
-	if p != stateFileAuto {
+	if p != config.StateFileAuto {
 		return p
 	}
 	if dir, _, _ := strings.Cut(os.Getenv("STATE_DIRECTORY"), ":"); dir != "" {
@@ -488,16 +489,6 @@ func (d *daemon) httpHandler(reg *prometheus.Registry) http.Handler {
 	return mux
 }
 
-// parseListen reads a milter socket in Postfix notation (inet:HOST:PORT,
-// inet6:[ADDR]:PORT, unix:/PATH) or Sendmail notation (inet:PORT@HOST).
-func parseListen(spec string) (network, address string, err error) {
-	network, address, err = socket.Parse(spec)
-	if err != nil {
-		return "", "", fmt.Errorf("listen %w", err)
-	}
-	return network, address, nil
-}
-
 // listenSpec writes an opened socket back in Postfix notation.
 func listenSpec(network, address string) string {
 	switch network {
@@ -534,93 +525,4 @@ func sdNotify(state string) {
 	}
 	defer c.Close()
 	_, _ = c.Write([]byte(state))
-}
-
-// summary describes a loaded configuration for check-config.
-func summary(cfg *Config) string {
-	r := cfg.Rules
-	var b strings.Builder
-	fmt.Fprintf(&b, "%s: OK\n", cfg.Path)
-	fmt.Fprintf(&b, "mode %s; milter %s; metrics %q\n", r.Mode, cfg.Listen, cfg.MetricsListen)
-	if r.NeedsTagging() {
-		fmt.Fprintf(&b, "tag: header %s\n", r.TagHeader)
-	}
-	fmt.Fprintf(&b, "milter: allow %v, read_timeout %s\n", cfg.MilterAllow, cfg.ReadTimeout)
-	if cfg.PolicyListen == "" {
-		b.WriteString("policy: off\n")
-	} else {
-		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s\n", cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout)
-	}
-	describe := func(p limits.Policy) {
-		s, f, c := p.Session, p.Frequency, p.Concurrency
-		fmt.Fprintf(&b, "  session: max_messages %s, max_bytes %s, max_recipients %s, overrun %s, mode %s\n",
-			capString(s.MaxMessages), capString(s.MaxBytes), capString(s.MaxRecipients), s.Overrun, r.ModeOf(s.Mode))
-		fmt.Fprintf(&b, "  frequency: max_connections %s per %s, ban %s, mode %s\n", capString(f.MaxConnections), f.Window, f.Ban, r.ModeOf(f.Mode))
-		fmt.Fprintf(&b, "  concurrency: max_per_address %s, max_total %s, mode %s\n", capString(c.MaxPerAddress), capString(c.MaxTotal), r.ModeOf(c.Mode))
-		if e := p.Errors; e.On() {
-			fmt.Fprintf(&b, "  errors: max_per_session %s, max_per_window %s per %s, ban %s, mode %s\n",
-				capString(e.MaxPerSession), capString(e.MaxPerWindow), e.Window, e.Ban, r.ModeOf(e.Mode))
-		}
-	}
-	b.WriteString("default:\n")
-	describe(r.Default)
-	for i, o := range r.Overrides {
-		auth := "any"
-		if o.Authenticated != nil {
-			auth = fmt.Sprint(*o.Authenticated)
-		}
-		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s", i, o.Networks, auth)
-		if len(o.Users) > 0 {
-			fmt.Fprintf(&b, ", users %v", o.Users)
-		}
-		if len(o.SenderDomains) > 0 {
-			fmt.Fprintf(&b, ", sender_domains %v", o.SenderDomains)
-		}
-		fmt.Fprintln(&b)
-		describe(o.Policy)
-	}
-	fmt.Fprintf(&b, "exempt: networks %v, authenticated %v\n", r.ExemptNetworks, r.ExemptAuthenticated)
-	if sn := r.SenderNetworks; sn.MaxNetworks > 0 {
-		fmt.Fprintf(&b, "sender_networks: max_networks %d per %s, networks /%d and /%d, %d exempt domains, mode %s\n",
-			sn.MaxNetworks, sn.Window, sn.IPv4Prefix, sn.IPv6Prefix, len(sn.ExemptDomains), r.ModeOf(sn.Mode))
-	}
-	if len(r.Deny.Networks) > 0 {
-		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())
-	}
-	fmt.Fprintf(&b, "addresses: ipv4 /%d, ipv6 /%d, max_tracked %d, max_bans %d\n", r.IPv4Prefix, r.IPv6Prefix, cfg.MaxTracked, cfg.MaxBans)
-	st := cfg.Store
-	fmt.Fprintf(&b, "store: %s, timeout %s, on_error %s, state_file %q\n", st.Backend, st.Timeout, st.OnError, st.StateFile)
-	if st.Backend == "redis" {
-		kind := "standalone"
-		switch {
-		case st.Redis.MasterName != "":
-			kind = "sentinel, master " + st.Redis.MasterName
-		case st.Redis.Cluster:
-			kind = "cluster"
-		}
-		fmt.Fprintf(&b, "  redis: %s %v, db %d, tls %v, key_prefix %q\n", kind, st.Redis.Addresses, st.Redis.DB, st.Redis.TLS, st.Redis.KeyPrefix)
-	}
-	fmt.Fprintf(&b, "admin: %q\n", cfg.AdminListen)
-	return b.String()
-}
-
-// concurrencyConfigured reports whether any policy has a concurrency cap.
-func concurrencyConfigured(r *limits.Rules) bool {
-	c := func(p limits.Policy) bool { return p.Concurrency.MaxPerAddress > 0 || p.Concurrency.MaxTotal > 0 }
-	if c(r.Default) {
-		return true
-	}
-	for _, o := range r.Overrides {
-		if c(o.Policy) {
-			return true
-		}
-	}
-	return false
-}
-
-func capString(n int64) string {
-	if n == 0 {
-		return "off"
-	}
-	return fmt.Sprint(n)
 }

@@ -32,7 +32,7 @@ func TestMain(m *testing.M) {
 	// that does not exist: a daemon started without -config never reads the
 	// host's /etc/sessioncap/sessioncap.toml nor binds its admin socket.
 	absent := filepath.Join(dir, "absent")
-	ldflags := fmt.Sprintf("-X 'main.defaultConfigPath=%s' -X 'main.defaultAdminListen=unix:%s'",
+	ldflags := fmt.Sprintf("-X 'main.config.DefaultPath=%s' -X 'main.config.DefaultAdminListen=unix:%s'",
 		filepath.Join(absent, "sessioncap.toml"), filepath.Join(absent, "admin.sock"))
 	build := exec.Command("go", "build", "-race", "-ldflags", ldflags, "-o", binary, ".")
 	build.Stderr = os.Stderr

@@ -16,6 +16,7 @@ import (
 	"syscall"
 
 	"github.com/sessioncap/sessioncap/admin"
+	"github.com/sessioncap/sessioncap/config"
 )
 
 // version is set at build time: -ldflags "-X main.version=1.2.3".
@@ -48,16 +49,16 @@ at connect, MAIL FROM, RCPT TO and end of message, always with a 4xx reply,
 so the sender keeps every refused message and retries it on a new
 connection.
 
-Without -config it reads ` + defaultConfigPath + ` if that file exists, and
+Without -config it reads ` + config.DefaultPath + ` if that file exists, and
 otherwise runs with built-in defaults.
 
 Options:
   -config FILE               TOML configuration file
   -listen SPEC               milter socket in Postfix notation, overriding the file:
                              inet:HOST:PORT, inet6:[ADDR]:PORT, unix:/PATH
-                             (default ` + defaultListen + `)
+                             (default ` + config.DefaultListen + `)
   -metrics-listen HOST:PORT  Prometheus /metrics address; "" disables
-                             (default ` + defaultMetricsListen + `)
+                             (default ` + config.DefaultMetricsListen + `)
 
 Admin commands (bans, ban, unban, reload, status) talk to the running daemon
 over its admin socket; each takes -admin SPEC (default
@@ -109,9 +110,9 @@ func run(args []string, stdout, stderr io.Writer) int {
 
 	path, required := *configPath, true
 	if path == "" {
-		path, required = defaultConfigPath, false
+		path, required = config.DefaultPath, false
 	}
-	cfg, err := LoadConfig(path, required)
+	cfg, err := config.Load(path, required)
 	if err != nil {
 		fmt.Fprintf(stderr, "sessioncap: bad configuration:\n%v\n", err)
 		return exitConfig
@@ -132,7 +133,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 func checkConfig(args []string, stdout, stderr io.Writer) int {
 	fs := flag.NewFlagSet("sessioncap check-config", flag.ContinueOnError)
 	fs.SetOutput(stderr)
-	configPath := fs.String("config", defaultConfigPath, "TOML configuration file")
+	configPath := fs.String("config", config.DefaultPath, "TOML configuration file")
 	explainAddr := fs.String("explain", "", "show the rules and override that apply to a client `ADDRESS`")
 	user := fs.String("user", "", "with -explain: the SMTP AUTH user (`NAME`, {auth_authen})")
 	sender := fs.String("sender", "", "with -explain: the MAIL FROM `ADDRESS`")
@@ -142,7 +143,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		}
 		return exitConfig
 	}
-	cfg, err := LoadConfig(*configPath, true)
+	cfg, err := config.Load(*configPath, true)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
 		return exitConfig
@@ -152,10 +153,10 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 			fmt.Fprintln(stderr, "sessioncap check-config: -user and -sender need -explain ADDRESS")
 			return exitConfig
 		}
-		fmt.Fprint(stdout, summary(cfg))
+		fmt.Fprint(stdout, cfg.Summary())
 		return exitOK
 	}
-	if err := explain(stdout, cfg, *explainAddr, *user, *sender); err != nil {
+	if err := cfg.Explain(stdout, *explainAddr, *user, *sender); err != nil {
 		fmt.Fprintln(stderr, "sessioncap check-config:", err)
 		return exitConfig
 	}

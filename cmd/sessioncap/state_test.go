@@ -18,6 +18,7 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/sessioncap/sessioncap/config"
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/internal/testkit"
 )
@@ -264,7 +265,7 @@ func TestDaemonNoConfigWritesNothing(t *testing.T) {
 // the file while the daemon that made it still serves.
 func TestDaemonSavesStatePeriodically(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
-	cfg, err := ParseConfig("periodic.toml", []byte(banConfig+"[store]\nstate_file = \""+state+"\"\n[admin]\nlisten = \"\"\n"))
+	cfg, err := config.Parse("periodic.toml", []byte(banConfig+"[store]\nstate_file = \""+state+"\"\n[admin]\nlisten = \"\"\n"))
 	if err != nil {
 		t.Fatal(err)
 	}

@@ -7,6 +7,7 @@ import (
 
 	"github.com/prometheus/client_golang/prometheus"
 
+	"github.com/sessioncap/sessioncap/config"
 	"github.com/sessioncap/sessioncap/counters"
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
 )
@@ -41,7 +42,7 @@ func (d *daemon) openStore(reg prometheus.Registerer, host string) error {
 	rc := sc.Redis
 	password := ""
 	if rc.PasswordFile != "" { // checked with the config; read again here, it may have changed since
-		p, err := readPasswordFile(rc.PasswordFile)
+		p, err := config.ReadPasswordFile(rc.PasswordFile)
 		if err != nil {
 			return fmt.Errorf("store.redis.password_file: %w", err)
 		}

@@ -1,4 +1,7 @@
-package main
+// Package config turns sessioncap's TOML file into the rules and settings
+// the daemon runs with: every key checked, every error reported at once
+// with its file, line and key.
+package config
 
 import (
 	"bytes"
@@ -18,28 +21,29 @@ import (
 	"github.com/BurntSushi/toml"
 
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/internal/socket"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
 	"github.com/sessioncap/sessioncap/policy"
 )
 
-// defaultConfigPath is read when -config is not given and the file exists.
-// It and defaultAdminListen are variables only so that the tests can build
+// DefaultPath is read when -config is not given and the file exists.
+// It and DefaultAdminListen are variables only so that the tests can build
 // a binary (-ldflags -X) that never reads or binds the host's files.
-var defaultConfigPath = "/etc/sessioncap/sessioncap.toml"
+var DefaultPath = "/etc/sessioncap/sessioncap.toml"
 
-// defaultAdminListen is the admin socket when [admin] listen is not set; it
+// DefaultAdminListen is the admin socket when [admin] listen is not set; it
 // is skipped when its directory does not exist (see startAdmin).
-var defaultAdminListen = "unix:/run/sessioncap/admin.sock"
+var DefaultAdminListen = "unix:/run/sessioncap/admin.sock"
 
 // Built-in defaults of the settings that are not policy.
 const (
-	defaultListen        = "inet:127.0.0.1:10029"
-	defaultMetricsListen = "127.0.0.1:9829"
-	// stateFileAuto puts the state file in systemd's StateDirectory
+	DefaultListen        = "inet:127.0.0.1:10029"
+	DefaultMetricsListen = "127.0.0.1:9829"
+	// StateFileAuto puts the state file in systemd's StateDirectory
 	// ($STATE_DIRECTORY/state) and writes none when that is not set, so
 	// "go run ./cmd/sessioncap" writes nothing the admin did not choose.
-	stateFileAuto = "auto"
+	StateFileAuto = "auto"
 )
 
 // defaultMilterAllow is the loopback networks: only local processes may
@@ -214,15 +218,15 @@ type overrideTable struct {
 	PolicyTables
 }
 
-// configError is one problem in a file, with where it is.
-type configError struct {
+// Error is one problem in a file, with where it is.
+type Error struct {
 	File string
 	Line int // 0 when unknown
 	Key  string
 	Msg  string
 }
 
-func (e configError) Error() string {
+func (e Error) Error() string {
 	var b strings.Builder
 	b.WriteString(e.File)
 	if e.Line > 0 {
@@ -236,10 +240,10 @@ func (e configError) Error() string {
 	return b.String()
 }
 
-// ConfigErrors is every problem found in one file, in file order.
-type ConfigErrors []configError
+// Errors is every problem found in one file, in file order.
+type Errors []Error
 
-func (es ConfigErrors) Error() string {
+func (es Errors) Error() string {
 	lines := make([]string, len(es))
 	for i, e := range es {
 		lines[i] = e.Error()
@@ -247,13 +251,13 @@ func (es ConfigErrors) Error() string {
 	return strings.Join(lines, "\n")
 }
 
-// DefaultConfig returns the built-in configuration.
-func DefaultConfig() *Config {
+// Default returns the built-in configuration.
+func Default() *Config {
 	return &Config{
-		Listen:            defaultListen,
+		Listen:            DefaultListen,
 		MilterAllow:       defaultMilterAllow(),
 		ReadTimeout:       milter.DefaultReadTimeout,
-		MetricsListen:     defaultMetricsListen,
+		MetricsListen:     DefaultMetricsListen,
 		PolicyAllow:       defaultMilterAllow(),
 		PolicyReadTimeout: policy.DefaultReadTimeout,
 		LogFormat:         "text",
@@ -265,37 +269,37 @@ func DefaultConfig() *Config {
 			Backend:   "memory",
 			Timeout:   100 * time.Millisecond,
 			OnError:   "local",
-			StateFile: stateFileAuto,
+			StateFile: StateFileAuto,
 			Redis:     RedisConfig{Addresses: []string{"127.0.0.1:6379"}, KeyPrefix: "sessioncap:"},
 		},
-		AdminListen: defaultAdminListen,
+		AdminListen: DefaultAdminListen,
 	}
 }
 
-// LoadConfig reads path. With required false a missing file gives the
+// Load reads path. With required false a missing file gives the
 // built-in defaults (the default path is optional, an explicit one is not).
-func LoadConfig(path string, required bool) (*Config, error) {
+func Load(path string, required bool) (*Config, error) {
 	data, err := os.ReadFile(path)
 	if errors.Is(err, fs.ErrNotExist) && !required {
-		return DefaultConfig(), nil
+		return Default(), nil
 	}
 	if err != nil {
-		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+		return nil, Errors{{File: path, Msg: err.Error()}}
 	}
-	return ParseConfig(path, data)
+	return Parse(path, data)
 }
 
-// ParseConfig parses and validates a TOML configuration. The error, if any,
-// is a ConfigErrors listing every problem as FILE:LINE: key: message.
-func ParseConfig(path string, data []byte) (*Config, error) {
+// Parse parses and validates a TOML configuration. The error, if any,
+// is a Errors listing every problem as FILE:LINE: key: message.
+func Parse(path string, data []byte) (*Config, error) {
 	var fc fileConfig
 	md, err := toml.NewDecoder(bytes.NewReader(data)).Decode(&fc)
 	if err != nil {
 		var pe toml.ParseError
 		if errors.As(err, &pe) {
-			return nil, ConfigErrors{{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
+			return nil, Errors{{File: path, Line: pe.Position.Line, Key: pe.LastKey, Msg: pe.Message}}
 		}
-		return nil, ConfigErrors{{File: path, Msg: err.Error()}}
+		return nil, Errors{{File: path, Msg: err.Error()}}
 	}
 	v := validator{file: path, lines: keyLines(string(data))}
 	reported := map[string]bool{}
@@ -322,11 +326,11 @@ func ParseConfig(path string, data []byte) (*Config, error) {
 type validator struct {
 	file  string
 	lines map[string]int
-	errs  ConfigErrors
+	errs  Errors
 }
 
 func (v *validator) add(key, format string, args ...any) {
-	v.errs = append(v.errs, configError{File: v.file, Line: v.line(key), Key: key, Msg: fmt.Sprintf(format, args...)})
+	v.errs = append(v.errs, Error{File: v.file, Line: v.line(key), Key: key, Msg: fmt.Sprintf(format, args...)})
 }
 
 // line finds where key was written; keys of arrays of tables fall back to
@@ -381,10 +385,10 @@ func keyPath(k toml.Key) string { return strings.Join(k, ".") }
 // build turns a decoded file into a Config, adding the errors that need more
 // than one value to see.
 func (v *validator) build(fc *fileConfig) *Config {
-	cfg := DefaultConfig()
+	cfg := Default()
 	cfg.Listen = fc.Listen.get(cfg.Listen)
 	if fc.Listen.set && fc.Listen.err == nil {
-		if _, _, err := parseListen(cfg.Listen); err != nil {
+		if _, _, err := ParseListen(cfg.Listen); err != nil {
 			v.add("listen", "%s", err.Error())
 		}
 	}
@@ -441,7 +445,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 	cfg.AdminListen = fc.Admin.Listen.get(cfg.AdminListen)
 	cfg.AdminToken = fc.Admin.TokenFile.get("")
 	if cfg.AdminListen != "" {
-		if network, _, err := parseListen(cfg.AdminListen); err != nil {
+		if network, _, err := ParseListen(cfg.AdminListen); err != nil {
 			v.add("admin.listen", "%s", err.Error())
 		} else if network != "unix" && cfg.AdminToken == "" {
 			v.add("admin.listen", "an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise")
@@ -495,7 +499,7 @@ func (v *validator) buildPolicy(cfg *Config, fc *fileConfig) {
 	pt := &fc.Policy
 	cfg.PolicyListen = pt.Listen.get(cfg.PolicyListen)
 	if cfg.PolicyListen != "" {
-		if _, _, err := parseListen(cfg.PolicyListen); err != nil {
+		if _, _, err := ParseListen(cfg.PolicyListen); err != nil {
 			v.add("policy.listen", "%s", err.Error())
 		}
 	}
@@ -736,7 +740,7 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 		v.add("store.on_error", "must be \"local\" or \"tempfail\", got %q", o)
 	}
 	sc.StateFile = st.StateFile.get(sc.StateFile)
-	if sc.StateFile != "" && sc.StateFile != stateFileAuto && !strings.HasPrefix(sc.StateFile, "/") {
+	if sc.StateFile != "" && sc.StateFile != StateFileAuto && !strings.HasPrefix(sc.StateFile, "/") {
 		v.add("store.state_file", "must be \"auto\", \"\" (off) or an absolute path, got %q", sc.StateFile)
 	}
 	rc, rf := &sc.Redis, &st.Redis
@@ -760,7 +764,7 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	rc.Username = rf.Username.get("")
 	rc.PasswordFile = rf.PasswordFile.get("")
 	if rc.PasswordFile != "" && sc.Backend == "redis" {
-		if _, err := readPasswordFile(rc.PasswordFile); err != nil {
+		if _, err := ReadPasswordFile(rc.PasswordFile); err != nil {
 			v.add("store.redis.password_file", "%s", err.Error())
 		}
 	}
@@ -779,10 +783,10 @@ func (v *validator) buildStore(sc *StoreConfig, fc *fileConfig) {
 	}
 }
 
-// readPasswordFile returns the password in path without the white space
+// ReadPasswordFile returns the password in path without the white space
 // around it (the trailing newline an editor or echo leaves). The error
 // names the path and the reason, without Go's operation prefix.
-func readPasswordFile(path string) (string, error) {
+func ReadPasswordFile(path string) (string, error) {
 	b, err := os.ReadFile(path)
 	if err != nil {
 		var pe *fs.PathError
@@ -792,4 +796,14 @@ func readPasswordFile(path string) (string, error) {
 		return "", fmt.Errorf("cannot read %q: %v", path, err)
 	}
 	return strings.TrimSpace(string(b)), nil
+}
+
+// ParseListen reads a socket in Postfix notation (inet:HOST:PORT,
+// inet6:[ADDR]:PORT, unix:/PATH) or Sendmail notation (inet:PORT@HOST).
+func ParseListen(spec string) (network, address string, err error) {
+	network, address, err = socket.Parse(spec)
+	if err != nil {
+		return "", "", fmt.Errorf("listen %w", err)
+	}
+	return network, address, nil
 }

@@ -1,4 +1,4 @@
-package main
+package config
 
 import (
 	"fmt"
@@ -13,7 +13,7 @@ import (
 // (at connect), and to its transactions as user (SMTP AUTH, "" for none)
 // with sender (MAIL FROM, "" for the null sender): what check-config
 // -explain shows.
-func explain(w io.Writer, cfg *Config, addrText, user, sender string) error {
+func (cfg *Config) Explain(w io.Writer, addrText, user, sender string) error {
 	addr, err := netip.ParseAddr(strings.TrimPrefix(addrText, "IPv6:"))
 	if err != nil {
 		return fmt.Errorf("-explain: %q is not an IP address", addrText)

@@ -1,0 +1,283 @@
+package config
+
+import (
+	"fmt"
+	"net/netip"
+	"os"
+	"path/filepath"
+	"reflect"
+	"regexp"
+	"strings"
+	"testing"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+func TestBadConfigs(t *testing.T) {
+	want := map[string]string{
+		"bad-listen.toml": `bad-listen.toml:1: listen: listen "tcp:127.0.0.1:25": unknown socket type "tcp" (want inet, inet6 or unix)`,
+		"bad-milter.toml": `bad-milter.toml:3: milter.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
+bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+		"bad-milter-values.toml": `bad-milter-values.toml:3: milter.allow: network "127.0.0.1/8" has host bits set; did you mean "127.0.0.0/8"?
+bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
+		"bad-policy.toml": `bad-policy.toml:3: policy.listen: listen "tcp:127.0.0.1:10030": unknown socket type "tcp" (want inet, inet6 or unix)
+bad-policy.toml:4: policy.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
+bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
+bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
+bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
+		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
+bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
+bad-override.toml:16: override[3].users: "" is not a user name or @domain
+bad-override.toml:16: override[3].users: "a@b@c" is not a user name or @domain
+bad-override.toml:17: override[3].sender_domains: "x@example.org" is not a domain`,
+		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
+bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
+		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
+		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
+bad-unknown-keys.toml:6: frequncy: unknown key`,
+		"bad-deny.toml": `bad-deny.toml:3: deny.networks: network "198.51.100.7/24" has host bits set; did you mean "198.51.100.0/24"?
+bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
+bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
+bad-deny.toml:8: replies.banned: code 554 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-sender-networks.toml": `bad-sender-networks.toml:4: sender_networks.window: must be longer than 0s while max_networks is set
+bad-sender-networks.toml:5: sender_networks.ipv4_prefix: must be between 1 and 32, got 0
+bad-sender-networks.toml:6: sender_networks.ipv6_prefix: must be between 1 and 128, got 129
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "user@example.org" is not a domain
+bad-sender-networks.toml:7: sender_networks.exempt_domains: "" is not a domain
+bad-sender-networks.toml:8: sender_networks.mode: must be "enforce", "monitor", "tag" or "off", got "loud"
+bad-sender-networks.toml:11: replies.sender_networks: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-errors.toml": `bad-errors.toml:4: errors.window: must be longer than 0s while max_per_window is set
+bad-errors.toml:5: errors.max_per_session: must not be negative (0 disables the limit), got -2
+bad-errors.toml:10: override[0].errors.mode: must be "enforce", "monitor", "tag" or "off", got "ban"
+bad-errors.toml:13: replies.errors_banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
+		"bad-modes.toml": `bad-modes.toml:5: session.mode: must be "enforce", "monitor", "tag" or "off", got "strict"
+bad-modes.toml:11: tag.header: "X Sessioncap:" is not a header name (printable ASCII without spaces or colons, at most 76 characters)
+bad-modes.toml:16: override[0].concurrency.mode: must be "enforce", "monitor", "tag" or "off", got "warn"`,
+		"bad-values.toml": `bad-values.toml:2: mode: must be "enforce", "monitor", "tag" or "off", got "block"
+bad-values.toml:5: session.max_messages: must not be negative (0 disables the limit), got -1
+bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
+bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
+bad-values.toml:10: frequency.window: a duration must be a string with a unit such as "90s" or "5m", got the bare number 60
+bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
+bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
+bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
+		"bad-redis-password-missing.toml": `bad-redis-password-missing.toml:8: store.redis.password_file: cannot read "/nonexistent/redis.password": no such file or directory`,
+		"bad-redis-password-dir.toml":     `bad-redis-password-dir.toml:5: store.redis.password_file: cannot read "/": is a directory`,
+		"bad-redis-standalone.toml":       `bad-redis-standalone.toml:4: store.redis.addresses: lists 2 servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)`,
+		"bad-store.toml": `bad-store.toml:2: store.backend: must be "memory" or "redis", got "etcd"
+bad-store.toml:3: store.timeout: must be longer than 0s
+bad-store.toml:4: store.on_error: must be "local" or "tempfail", got "ignore"
+bad-store.toml:5: store.state_file: must be "auto", "" (off) or an absolute path, got "state.json"
+bad-store.toml:8: store.redis.addresses: "localhost" is not HOST:PORT
+bad-store.toml:9: store.redis.cluster: cannot be true with master_name set: Sentinel and Cluster exclude each other
+bad-store.toml:11: store.redis.master_name_typo: unknown key
+bad-store.toml:12: store.redis.db: must be 0 with cluster = true (Redis Cluster has one database)
+bad-store.toml:13: store.redis.key_prefix: must not contain braces or white space (braces would break the Cluster hash tags)
+bad-store.toml:16: admin.listen: an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise
+bad-store.toml:19: addresses.max_bans: must be at least 1 (it bounds the memory bans use)`,
+	}
+	files, err := filepath.Glob("../testdata/config/bad-*.toml")
+	if err != nil || len(files) == 0 {
+		t.Fatalf("no bad configs: %v", err)
+	}
+	for _, f := range files {
+		name := filepath.Base(f)
+		t.Run(name, func(t *testing.T) {
+			exp, ok := want[name]
+			if !ok {
+				t.Fatalf("no expected message for %s: add it to this table", name)
+			}
+			data, err := os.ReadFile(f)
+			if err != nil {
+				t.Fatal(err)
+			}
+			_, err = Parse(name, data)
+			if err == nil {
+				t.Fatal("accepted")
+			}
+			if got := err.Error(); got != exp {
+				t.Fatalf("got:\n%s\nwant:\n%s", got, exp)
+			}
+		})
+	}
+}
+
+func TestGoodConfig(t *testing.T) {
+	cfg, err := Load("../testdata/config/good-full.toml", true)
+	if err != nil {
+		t.Fatal(err)
+	}
+	yes := true
+	r := cfg.Rules
+	wantDefault := limits.Policy{
+		Session:     limits.Session{MaxMessages: 50, MaxBytes: 5_000_000, MaxRecipients: 200, Overrun: limits.OverrunTempfail},
+		Frequency:   limits.Frequency{MaxConnections: 30, Window: 90 * time.Second, Ban: 10 * time.Minute},
+		Concurrency: limits.Concurrency{MaxPerAddress: 5, MaxTotal: 500},
+		Errors:      limits.Errors{MaxPerSession: 10, MaxPerWindow: 50, Window: 30 * time.Minute, Ban: 2 * time.Hour},
+	}
+	if r.Default != wantDefault {
+		t.Errorf("default policy %+v\nwant %+v", r.Default, wantDefault)
+	}
+	if len(r.Overrides) != 2 {
+		t.Fatalf("%d overrides", len(r.Overrides))
+	}
+	o0 := wantDefault
+	o0.Session.MaxMessages, o0.Session.MaxBytes, o0.Concurrency.MaxPerAddress = 1000, 1<<30, 100
+	if r.Overrides[0].Policy != o0 || r.Overrides[0].Authenticated != nil ||
+		!reflect.DeepEqual(r.Overrides[0].Networks, []netip.Prefix{netip.MustParsePrefix("198.51.100.0/24")}) {
+		t.Errorf("override 0: %+v", r.Overrides[0])
+	}
+	o1 := wantDefault
+	o1.Session.MaxMessages = 500
+	if r.Overrides[1].Policy != o1 || r.Overrides[1].Authenticated == nil || *r.Overrides[1].Authenticated != yes {
+		t.Errorf("override 1: %+v", r.Overrides[1])
+	}
+	if cfg.Listen != "inet:127.0.0.1:10030" || cfg.MetricsListen != "127.0.0.1:9830" || cfg.LogFormat != "json" ||
+		cfg.LogLevel.String() != "DEBUG" || cfg.MaxTracked != 5000 || r.Mode != limits.ModeMonitor ||
+		r.IPv4Prefix != 24 || r.IPv6Prefix != 56 || !r.ExemptAuthenticated || len(r.ExemptNetworks) != 3 {
+		t.Errorf("settings: %+v rules %+v", cfg, r)
+	}
+	if fmt.Sprint(cfg.MilterAllow) != "[127.0.0.0/8 ::1/128 10.1.2.0/24]" || cfg.ReadTimeout != 30*time.Minute {
+		t.Errorf("[milter]: allow %v, read_timeout %v", cfg.MilterAllow, cfg.ReadTimeout)
+	}
+	if got := r.Replies[limits.ReplySessionMessages]; got.Text != "Enough for now ({value} of {cap}); reconnect" || got.Code != 421 {
+		t.Errorf("reply override: %+v", got)
+	}
+}
+
+func TestShippedConfigIsDefaults(t *testing.T) {
+	data, err := os.ReadFile("../packaging/sessioncap.toml")
+	if err != nil {
+		t.Fatal(err)
+	}
+	setting := regexp.MustCompile(`^#([a-z_0-9]+ = .*)$`)
+	var out []string
+	inOverride, uncommented := false, 0
+	for _, line := range strings.Split(string(data), "\n") {
+		switch {
+		case strings.HasPrefix(line, "#[[override]]"):
+			inOverride = true
+		case strings.HasPrefix(line, "["):
+			inOverride = false
+		}
+		if m := setting.FindStringSubmatch(line); m != nil && !inOverride {
+			line = m[1]
+			uncommented++
+		}
+		out = append(out, line)
+	}
+	cfg, err := Parse("sessioncap.toml", []byte(strings.Join(out, "\n")))
+	if err != nil {
+		t.Fatal(err)
+	}
+	def := Default()
+	cfg.Path = ""
+	if !reflect.DeepEqual(cfg.Rules.Default, def.Rules.Default) {
+		t.Errorf("policy %+v\nwant %+v", cfg.Rules.Default, def.Rules.Default)
+	}
+	if !reflect.DeepEqual(cfg.Rules.Replies, def.Rules.Replies) {
+		t.Errorf("replies differ from the defaults:\n%v\n%v", cfg.Rules.Replies, def.Rules.Replies)
+	}
+	cfg.Rules.ExemptNetworks = nil // [] in the file, nil built in
+	cfg.Rules.Deny.Networks = nil
+	if !reflect.DeepEqual(cfg, def) {
+		t.Errorf("config %+v\nwant %+v", cfg, def)
+	}
+	// every key of the schema appears in the file
+	for _, k := range []string{"listen", "allow", "read_timeout", "mode", "format", "level", "max_messages", "max_bytes", "max_recipients", "overrun",
+		"max_connections", "window", "ban", "max_per_address", "max_total", "ipv4_prefix", "ipv6_prefix", "max_tracked",
+		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
+		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
+		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
+		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
+			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
+		}
+	}
+	if uncommented != 65 {
+		t.Errorf("%d settings found, want 65", uncommented)
+	}
+}
+
+func TestMissingDefaultFileGivesDefaults(t *testing.T) {
+	cfg, err := Load(filepath.Join(t.TempDir(), "absent.toml"), false)
+	if err != nil || !reflect.DeepEqual(cfg, Default()) {
+		t.Fatalf("got %+v, %v", cfg, err)
+	}
+	if _, err := Load(filepath.Join(t.TempDir(), "absent.toml"), true); err == nil {
+		t.Fatal("a missing explicit -config file must be an error")
+	}
+}
+
+func TestByteSizes(t *testing.T) {
+	tests := []struct {
+		in   any
+		want int64
+		err  bool
+	}{
+		{int64(1000), 1000, false}, {"50MB", 50_000_000, false}, {"10MiB", 10 << 20, false},
+		{"1.5 GB", 1_500_000_000, false}, {"512k", 512_000, false}, {"100", 100, false}, {"7b", 7, false},
+		{"-1MB", 0, true}, {"MB", 0, true}, {int64(-5), 0, true}, {1.5, 0, true}, {"1e30TB", 0, true},
+	}
+	for _, tt := range tests {
+		got, err := parseByteSize(tt.in)
+		if (err != nil) != tt.err || got != tt.want {
+			t.Errorf("parseByteSize(%v) = %d, %v", tt.in, got, err)
+		}
+	}
+}
+
+func TestModesConfig(t *testing.T) {
+	cfg, err := Parse("modes.toml", []byte(`
+mode = "monitor"
+[session]
+mode = "tag"
+[tag]
+header = "X-Spam-Sessioncap"
+[deny]
+networks = ["203.0.113.0/24"]
+[replies]
+deny = "550 5.7.1 Not here"
+[[override]]
+networks = ["192.0.2.0/24"]
+[override.frequency]
+mode = "enforce"
+[override.session]
+mode = "off"
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules
+	d, o := &r.Default, &r.Overrides[0].Policy
+	for _, c := range []struct {
+		p    *limits.Policy
+		l    limits.Limit
+		want limits.Mode
+	}{
+		{d, limits.LimitSessionMessages, limits.ModeTag},
+		{d, limits.LimitFrequency, limits.ModeMonitor},
+		{d, limits.LimitConcurrencyAddress, limits.ModeMonitor},
+		{o, limits.LimitSessionBytes, limits.ModeOff},
+		{o, limits.LimitFrequency, limits.ModeEnforce},
+		{o, limits.LimitBanned, limits.ModeEnforce},
+		{o, limits.LimitConcurrencyTotal, limits.ModeMonitor},
+	} {
+		if got := r.LimitMode(c.p, c.l); got != c.want {
+			t.Errorf("%s of %p: %s, want %s", c.l, c.p, got, c.want)
+		}
+	}
+	if len(cfg.Rules.Deny.Networks) != 1 || cfg.Rules.ModeOf(cfg.Rules.Deny.Mode) != limits.ModeMonitor ||
+		cfg.Rules.Replies[limits.ReplyDeny].String() != "550 5.7.1 Not here" {
+		t.Errorf("deny: %+v, reply %v", cfg.Rules.Deny, cfg.Rules.Replies[limits.ReplyDeny])
+	}
+	if !r.NeedsTagging() || r.TagHeader != "X-Spam-Sessioncap" {
+		t.Errorf("tagging %v, header %q", r.NeedsTagging(), r.TagHeader)
+	}
+	if s := cfg.Summary(); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
+		t.Errorf("summary:\n%s", s)
+	}
+}
