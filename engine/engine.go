@@ -48,6 +48,7 @@ type Engine struct {
 	rules        atomic.Pointer[limits.Rules]
 	prevRules    atomic.Pointer[limits.Rules] // the rules before the last SetRules
 	legacy       atomic.Pointer[[]legacyKeys] // prefix lengths of earlier rules whose bans may still be in force
+	prefixes     prefixCache                  // prefix lengths of manual bans on other prefixes (prefixban.go)
 	store        Store
 	metrics      *Metrics
 	log          *slog.Logger
@@ -176,28 +177,55 @@ func samePrefixes(a, b *limits.Rules) bool {
 }
 
 // AdmitFrequency asks the store about key under the frequency rule f, after
-// checking the keys of replaced prefix lengths for bans still in force. One
-// store round trip unless a reload changed the prefix lengths.
+// checking the keys of replaced prefix lengths and of manual bans on other
+// prefixes for bans still in force. One store round trip unless a reload
+// changed the prefix lengths or such a manual ban is in force. Every store
+// call gets a budget of its own (store.timeout): a slow store answering
+// each call in time is not failed for the sum of them.
 func (e *Engine) AdmitFrequency(addr netip.Addr, scope, key string, f limits.Frequency) (limits.Admission, error) {
-	ctx, cancel := context.WithTimeout(context.Background(), e.storeTimeout)
-	defer cancel()
+	ctx := context.Background()
 	h, err := e.LegacyBan(ctx, limits.KeyFrequency, scope, addr, key)
 	if err != nil {
 		return limits.Admission{}, err
 	}
 	if h.BannedUntil.IsZero() {
-		if h, err = e.store.Hit(ctx, key, 1, f.Rate()); err != nil {
+		if h, err = e.prefixBan(ctx, addr, key); err != nil {
+			return limits.Admission{}, err
+		}
+	}
+	if h.BannedUntil.IsZero() {
+		c, cancel := e.callContext(ctx)
+		h, err = e.store.Hit(c, key, 1, f.Rate())
+		cancel()
+		if err != nil {
 			return limits.Admission{}, err
 		}
 	}
 	return limits.FrequencyVerdict(h), nil
 }
 
+// callContext bounds one store call by the store timeout. It keeps the
+// cancellation of parent but not its deadline: a caller that makes several
+// store calls under one context gives each its own budget, so that a store
+// answering every call within store.timeout is not failed for their sum (a
+// failure the Fallback would blame on the caller and never count).
+func (e *Engine) callContext(parent context.Context) (context.Context, context.CancelFunc) {
+	c, cancel := context.WithTimeout(context.WithoutCancel(parent), e.storeTimeout)
+	stop := context.AfterFunc(parent, func() {
+		if !errors.Is(parent.Err(), context.DeadlineExceeded) {
+			cancel()
+		}
+	})
+	return c, func() { stop(); cancel() }
+}
+
 // LegacyBan looks for a ban in force on the key of kind and scope that addr
 // had under the prefix lengths of rules a reload replaced (key is its key
 // now, not asked again). It returns the store's answer for the first such
 // ban, a zero Hit when there is none: no store call unless a reload changed
-// the prefix lengths within the longest ban.
+// the prefix lengths within the longest ban. Each store call gets its own
+// budget of store.timeout; ctx's cancellation stops them, its deadline does
+// not shorten them.
 func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.Addr, key string) (limits.Hit, error) {
 	l := e.legacy.Load()
 	if l == nil {
@@ -209,7 +237,9 @@ func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.A
 		if !k.until.After(now) || old == key {
 			continue
 		}
-		h, err := e.store.Hit(ctx, old, 0, limits.Rate{})
+		c, cancel := e.callContext(ctx)
+		h, err := e.store.Hit(c, old, 0, limits.Rate{})
+		cancel()
 		if err != nil {
 			return limits.Hit{}, err
 		}

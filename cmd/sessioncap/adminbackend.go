@@ -5,10 +5,12 @@ import (
 	"errors"
 	"fmt"
 	"net/netip"
+	"slices"
 	"time"
 
 	"github.com/sessioncap/sessioncap/admin"
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -17,13 +19,20 @@ type adminBackend struct{ d *daemon }
 
 var _ admin.Backend = adminBackend{}
 
-func (b adminBackend) Bans(ctx context.Context) ([]counters.Ban, error) { return b.d.store.Bans(ctx) }
+// Bans lists the bans of clients in force, without the store's record of
+// banned prefix lengths (engine.PrefixBanLengthsKey).
+func (b adminBackend) Bans(ctx context.Context) ([]counters.Ban, error) {
+	bans, err := b.d.store.Bans(ctx)
+	return slices.DeleteFunc(bans, engine.IsPrefixBanLengths), err
+}
 
 // Unban lifts every ban covering target: of every policy scope and of prefix
 // lengths from before a reload.
 func (b adminBackend) Unban(ctx context.Context, target string) ([]string, error) {
 	bans, err := b.d.store.Bans(ctx)
 	if err != nil {
+		// Lifting only what this host can see would look like success
+		// while the shared store keeps the ban.
 		return nil, err
 	}
 	var lifted []string
@@ -40,32 +49,25 @@ func (b adminBackend) Unban(ctx context.Context, target string) ([]string, error
 	return lifted, nil
 }
 
-// Ban bans the key that connections from target are counted under: an
-// address, or a prefix of exactly the configured length.
+// Ban bans target: an address is banned under the key its connections are
+// counted under; a prefix of any length is banned as a whole, and a
+// connection from any address inside it is refused (engine.BanPrefix).
 func (b adminBackend) Ban(ctx context.Context, target string, d time.Duration, reason string) (counters.Ban, error) {
 	r := b.d.srv.Rules()
-	var addr netip.Addr
-	if p, err := netip.ParsePrefix(target); err == nil {
-		want := r.IPv6Prefix
-		if p.Addr().Is4() {
-			want = r.IPv4Prefix
+	p, err := netip.ParsePrefix(target)
+	if err != nil {
+		addr, err := netip.ParseAddr(target)
+		if err != nil {
+			return counters.Ban{}, fmt.Errorf("%w: %v", admin.ErrInvalid, err)
 		}
-		if p.Bits() != want {
-			return counters.Ban{}, fmt.Errorf("%w: connections are counted per /%d (addresses.ipv%d_prefix); ban an address or a /%d prefix",
-				admin.ErrInvalid, want, map[bool]int{true: 4, false: 6}[p.Addr().Is4()], want)
-		}
-		addr = p.Addr()
-	} else if addr, err = netip.ParseAddr(target); err != nil {
-		return counters.Ban{}, fmt.Errorf("%w: %v", admin.ErrInvalid, err)
+		p = r.Key(addr)
 	}
-	_, scope, exempt := r.ForConnect(addr)
-	if exempt {
+	if _, _, exempt := r.ForConnect(p.Addr()); exempt {
 		return counters.Ban{}, fmt.Errorf("%w: %s is in exempt.networks, which skip every limit", admin.ErrInvalid, target)
 	}
-	key := limits.StoreKey(limits.KeyFrequency, scope, r.Key(addr))
-	ban, err := b.d.store.Ban(ctx, key, d, counters.StoredReason(counters.OriginManual, reason))
-	if err == nil {
-		b.d.log.Warn("banned", "key", key, "prefix", r.Key(addr).String(), "origin", ban.Origin, "reason", ban.Reason,
+	ban, err := b.d.eng.BanPrefix(ctx, p, d, counters.StoredReason(counters.OriginManual, reason))
+	if err == nil || ban.Key != "" {
+		b.d.log.Warn("banned", "key", ban.Key, "prefix", p.String(), "origin", ban.Origin, "reason", ban.Reason,
 			"ban", d.String(), "until", ban.Until.UTC().Format(time.RFC3339), "mode", string(r.LimitMode(&r.Default, limits.LimitBanned)))
 	}
 	return ban, err
