@@ -6,14 +6,17 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"net/http"
 	"os"
 	"strings"
 	"sync"
 	"unicode"
 )
 
-// maxConns bounds the connections the admin server holds at once; more
-// wait in the kernel's backlog.
+// maxConns bounds the connections the admin server holds at once. A new
+// connection that finds every slot taken closes one that sits idle between
+// requests (keep-alive); with none idle, it waits for a slot, and further
+// ones wait in the kernel's backlog.
 const maxConns = 32
 
 // ParseSpec reads an admin socket address in the notation of the milter
@@ -75,6 +78,9 @@ type Listener struct {
 	inode os.FileInfo // of the socket we created, so Close removes only ours
 	sem   chan struct{}
 	once  sync.Once
+
+	mu   sync.Mutex
+	idle map[*conn]struct{} // connections between requests (trackState)
 }
 
 // Listen opens the admin socket spec (see ParseSpec). Over TCP it needs a
@@ -92,7 +98,7 @@ func Listen(spec, tokenFile, group string) (net.Listener, error) {
 			return nil, err
 		}
 	}
-	l := &Listener{token: token, sem: make(chan struct{}, maxConns)}
+	l := &Listener{token: token, sem: make(chan struct{}, maxConns), idle: make(map[*conn]struct{})}
 	if network != "unix" {
 		if tokenFile == "" {
 			return nil, fmt.Errorf("admin socket %s: listening on TCP needs admin.token_file (a bearer token every request must carry); or use a unix socket", spec)
@@ -118,19 +124,56 @@ func listenUnix(path, group string) (net.Listener, error) {
 	return ln, nil
 }
 
-// Accept waits for a free connection slot, then for a connection.
+// Accept waits for a connection, then for a free slot: when every slot is
+// taken it first closes a connection idle between requests, so that
+// keep-alive connections never lock an operator out.
 func (l *Listener) Accept() (net.Conn, error) {
-	l.sem <- struct{}{}
 	c, err := l.Listener.Accept()
 	if err != nil {
-		<-l.sem
 		return nil, err
+	}
+	select {
+	case l.sem <- struct{}{}:
+	default:
+		l.closeIdle()
+		l.sem <- struct{}{}
 	}
 	pc := &conn{Conn: c, release: func() { <-l.sem }}
 	if uc, ok := c.(*net.UnixConn); ok {
 		pc.peer = peerAddr(uc)
 	}
 	return pc, nil
+}
+
+// closeIdle closes one connection idle between requests, if any.
+func (l *Listener) closeIdle() {
+	l.mu.Lock()
+	var victim *conn
+	for c := range l.idle {
+		victim = c
+		delete(l.idle, c)
+		break
+	}
+	l.mu.Unlock()
+	if victim != nil {
+		victim.Close()
+	}
+}
+
+// trackState is the http.Server's ConnState hook (NewServer sets it): it
+// keeps the set of idle connections closeIdle picks from.
+func (l *Listener) trackState(nc net.Conn, st http.ConnState) {
+	c, ok := nc.(*conn)
+	if !ok {
+		return
+	}
+	l.mu.Lock()
+	if st == http.StateIdle {
+		l.idle[c] = struct{}{}
+	} else {
+		delete(l.idle, c)
+	}
+	l.mu.Unlock()
 }
 
 // Addr is the socket's address; for a unix socket, its final path.

@@ -26,7 +26,7 @@ const (
 	readHeaderTimeout = 5 * time.Second
 	readTimeout       = 10 * time.Second
 	writeTimeout      = 30 * time.Second
-	idleTimeout       = 60 * time.Second
+	idleTimeout       = 10 * time.Second
 	backendTimeout    = 20 * time.Second // under writeTimeout, so the answer still goes out
 )
 
@@ -46,14 +46,15 @@ type Options struct {
 // the token read from the token file, which the handler then requires over
 // TCP. Serve it with srv.Serve(ln), stop it with srv.Shutdown.
 func NewServer(ln net.Listener, b Backend, opts Options) *http.Server {
-	if l, ok := ln.(*Listener); ok && opts.Token == "" {
+	l, isListener := ln.(*Listener)
+	if isListener && opts.Token == "" {
 		opts.Token = l.token
 	}
 	log := opts.Logger
 	if log == nil {
 		log = slog.New(slog.DiscardHandler)
 	}
-	return &http.Server{
+	srv := &http.Server{
 		Handler:           NewHandler(b, opts),
 		ReadHeaderTimeout: readHeaderTimeout,
 		ReadTimeout:       readTimeout,
@@ -62,6 +63,10 @@ func NewServer(ln net.Listener, b Backend, opts Options) *http.Server {
 		MaxHeaderBytes:    maxHeaderBytes,
 		ErrorLog:          slog.NewLogLogger(log.Handler(), slog.LevelDebug),
 	}
+	if isListener {
+		srv.ConnState = l.trackState
+	}
+	return srv
 }
 
 // NewHandler serves the admin API (paths under /v1/) from b.
@@ -138,6 +143,8 @@ func (h *handler) authenticate(next http.Handler) http.Handler {
 func (h *handler) deny(w http.ResponseWriter, r *http.Request, why string) {
 	h.log.Warn("admin request refused", "action", "auth", "remote", r.RemoteAddr, "path", r.URL.Path, "err", why)
 	w.Header().Set("WWW-Authenticate", `Bearer realm="sessioncap"`)
+	// A client without the token gets no keep-alive slot to sit on.
+	w.Header().Set("Connection", "close")
 	writeError(w, http.StatusUnauthorized, "unauthorized: "+why)
 }
 

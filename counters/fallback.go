@@ -3,6 +3,7 @@ package counters
 import (
 	"context"
 	"errors"
+	"fmt"
 	"sync"
 	"sync/atomic"
 	"time"
@@ -26,10 +27,27 @@ const DefaultFallbackTimeout = 100 * time.Millisecond
 // DefaultProbeInterval is how often a down primary is probed.
 const DefaultProbeInterval = time.Second
 
+// DefaultAdminTimeout bounds each listing and admin call to the primary
+// (Bans, Ban, Unban): listing 100 000 bans takes far longer than a hit.
+const DefaultAdminTimeout = 10 * time.Second
+
+// ErrSharedUnreachable is returned, wrapped, by an admin call (Bans, Ban,
+// Unban) that could not reach the primary under on_error = "local": what
+// it did, it did on this host only, and the error says so.
+var ErrSharedUnreachable = errors.New("counters: the shared store could not be reached")
+
 // Pinger is implemented by stores that can check their backend cheaply; a
-// Fallback probes a down primary with Ping, else with Stats.
+// Fallback probes a down primary with Probe, else Ping, else Stats.
 type Pinger interface {
 	Ping(ctx context.Context) error
+}
+
+// Prober is implemented by stores that can check that their backend takes
+// writes (a Redis that answers PING may refuse every write: maxmemory with
+// noeviction, a read-only replica after a failover). A Fallback closes its
+// breaker only after Probe succeeds.
+type Prober interface {
+	Probe(ctx context.Context) error
 }
 
 // FallbackOptions configure NewFallback; zero values take the defaults.
@@ -37,6 +55,9 @@ type FallbackOptions struct {
 	Timeout       time.Duration // per call to the primary; DefaultFallbackTimeout when <= 0
 	OnError       string        // OnErrorLocal (the default when "") or OnErrorTempfail
 	ProbeInterval time.Duration // DefaultProbeInterval when <= 0
+	// AdminTimeout bounds each listing and admin call (Bans, Ban, Unban);
+	// DefaultAdminTimeout when <= 0. These calls never open the breaker.
+	AdminTimeout time.Duration
 
 	// OnStateChange is called once when the primary goes down and once when
 	// it is back (to log once per outage and set sessioncap_store_up). Calls
@@ -44,7 +65,7 @@ type FallbackOptions struct {
 	OnStateChange func(up bool)
 	// Observe is called after every call to the primary (not while it is
 	// down) with the operation ("hit", "ban", "unban", "bans", "stats",
-	// "ping"), its duration and its error.
+	// "ping", the probe of a down primary), its duration and its error.
 	Observe func(op string, d time.Duration, err error)
 }
 
@@ -66,6 +87,14 @@ type FallbackOptions struct {
 // both there and locally, an error towards refusing, never towards
 // admitting.
 //
+// Listing and admin calls (Bans, Ban, Unban) are different: each is
+// bounded by AdminTimeout, not Timeout; it is tried on the primary even
+// while the breaker is open, and its failure never opens the breaker (a
+// listing of 100 000 bans must not send every connection to the local
+// store). When it could not reach the primary it says so (an error
+// wrapping ErrSharedUnreachable, or ErrUnavailable under "tempfail")
+// rather than present this host's state as the fleet's.
+//
 // The primary must honour its context's deadline (the Redis store does).
 // A caller that cancels its context, or whose deadline left the primary
 // less than half of Timeout, gets its context's error, and the breaker
@@ -78,6 +107,7 @@ type Fallback struct {
 	pinger   func(context.Context) error
 	local    *Memory
 	timeout  time.Duration
+	admin    time.Duration
 	interval time.Duration
 	tempfail bool
 	onChange func(bool)
@@ -100,6 +130,7 @@ func NewFallback(primary Store, local *Memory, o FallbackOptions) (*Fallback, er
 		primary:  primary,
 		local:    local,
 		timeout:  o.Timeout,
+		admin:    o.AdminTimeout,
 		interval: o.ProbeInterval,
 		onChange: o.OnStateChange,
 		observe:  o.Observe,
@@ -118,7 +149,12 @@ func NewFallback(primary Store, local *Memory, o FallbackOptions) (*Fallback, er
 	if f.interval <= 0 {
 		f.interval = DefaultProbeInterval
 	}
-	if p, ok := primary.(Pinger); ok {
+	if f.admin <= 0 {
+		f.admin = DefaultAdminTimeout
+	}
+	if p, ok := primary.(Prober); ok {
+		f.pinger = p.Probe
+	} else if p, ok := primary.(Pinger); ok {
 		f.pinger = p.Ping
 	} else {
 		f.pinger = func(ctx context.Context) error { _, err := primary.Stats(ctx); return err }
@@ -170,6 +206,29 @@ func (f *Fallback) callerGaveUp(ctx context.Context, start time.Time) bool {
 		return d.Sub(start) < f.timeout/2
 	}
 	return true
+}
+
+// adminCall runs op on the primary within AdminTimeout (and ctx), whether
+// the breaker is open or not, and never changes the breaker. A failure is
+// returned wrapping ErrSharedUnreachable, or as ErrUnavailable under
+// "tempfail"; the caller's own cancellation as its context's error.
+func (f *Fallback) adminCall(ctx context.Context, name string, op func(context.Context) error) error {
+	c, cancel := context.WithTimeout(ctx, f.admin)
+	start := time.Now()
+	err := op(c)
+	cancel()
+	if f.observe != nil {
+		f.observe(name, time.Since(start), err)
+	}
+	switch {
+	case err == nil:
+		return nil
+	case ctx.Err() != nil && errors.Is(err, ctx.Err()):
+		return ctx.Err()
+	case f.tempfail:
+		return fmt.Errorf("%w: %v", ErrUnavailable, err)
+	}
+	return fmt.Errorf("%w (%v)", ErrSharedUnreachable, err)
 }
 
 func (f *Fallback) unavailable() (bool, error) {
@@ -247,44 +306,62 @@ func (f *Fallback) Hit(ctx context.Context, key string, n int64, r limits.Rate) 
 	return f.local.Hit(ctx, key, n, r)
 }
 
-// Ban implements Store; a ban made while the primary is down stays local.
+// Ban implements Store. A ban the primary could not take is made locally
+// under "local" (it holds on this host until it ends) and the error, which
+// wraps ErrSharedUnreachable, says so; under "tempfail" nothing is banned.
 func (f *Fallback) Ban(ctx context.Context, key string, d time.Duration, reason string) (Ban, error) {
 	var b Ban
-	fb, err := f.call(ctx, "ban", func(c context.Context) (err error) {
+	err := f.adminCall(ctx, "ban", func(c context.Context) (err error) {
 		b, err = f.primary.Ban(c, key, d, reason)
 		return err
 	})
-	if err != nil || !fb {
+	if err == nil || !errors.Is(err, ErrSharedUnreachable) {
 		return b, err
 	}
-	return f.local.Ban(ctx, key, d, reason)
+	b, lerr := f.local.Ban(ctx, key, d, reason)
+	if lerr != nil {
+		return b, lerr
+	}
+	return b, fmt.Errorf("banned on this host only: %w", err)
 }
 
-// Unban implements Store: it lifts the key's ban both locally and, when it
-// is up, on the primary; it reports whether either held one.
+// Unban implements Store: it lifts the key's ban both locally and on the
+// primary; it reports whether either held one. When the primary could not
+// be reached the error says so (the shared ban, if any, is still in force
+// and comes back here when the primary does).
 func (f *Fallback) Unban(ctx context.Context, key string) (bool, error) {
 	was, _ := f.local.Unban(ctx, key)
 	var shared bool
-	_, err := f.call(ctx, "unban", func(c context.Context) (err error) {
+	err := f.adminCall(ctx, "unban", func(c context.Context) (err error) {
 		shared, err = f.primary.Unban(c, key)
 		return err
 	})
+	if err != nil && errors.Is(err, ErrSharedUnreachable) {
+		err = fmt.Errorf("lifted on this host only: %w", err)
+	}
 	return was || shared, err
 }
 
-// Bans implements Store: the primary's bans (when it is up) and the local
-// ones, one per key (the one ending last).
+// Bans implements Store: the primary's bans and the local ones, one per
+// key (the one ending last). When the primary could not be reached it
+// returns the local bans with an error wrapping ErrSharedUnreachable (or
+// ErrUnavailable under "tempfail" and no bans): never the local list alone
+// as if it were the fleet's.
 func (f *Fallback) Bans(ctx context.Context) ([]Ban, error) {
 	var shared []Ban
-	if _, err := f.call(ctx, "bans", func(c context.Context) (err error) {
+	err := f.adminCall(ctx, "bans", func(c context.Context) (err error) {
 		shared, err = f.primary.Bans(c)
 		return err
-	}); err != nil {
+	})
+	if err != nil && !errors.Is(err, ErrSharedUnreachable) {
 		return nil, err
+	}
+	if err != nil {
+		err = fmt.Errorf("only this host's bans could be listed: %w", err)
 	}
 	local, _ := f.local.Bans(ctx)
 	if len(local) == 0 {
-		return shared, nil
+		return shared, err
 	}
 	byKey := make(map[string]int, len(shared))
 	for i, b := range shared {
@@ -298,7 +375,7 @@ func (f *Fallback) Bans(ctx context.Context) ([]Ban, error) {
 		}
 	}
 	sortBans(shared)
-	return shared, nil
+	return shared, err
 }
 
 // Stats implements Store: the primary's stats while it is up, else the

@@ -145,6 +145,10 @@ type banLister interface {
 	Bans(ctx context.Context) ([]counters.Ban, error)
 }
 
+// listTimeout bounds listing the store's bans at a reload: far longer than
+// one hit takes (counters.DefaultAdminTimeout).
+const listTimeout = counters.DefaultAdminTimeout
+
 // lastBanEnd returns until when bans keyed under the prefix lengths of old
 // may be in force: the longest ban old's rules can start, or the end of
 // the last ban in the store if that is later (a manual ban may be longer
@@ -156,7 +160,7 @@ func (e *Engine) lastBanEnd(old *limits.Rules, now time.Time) time.Time {
 	if !ok {
 		return until
 	}
-	ctx, cancel := e.StoreContext()
+	ctx, cancel := context.WithTimeout(context.Background(), listTimeout)
 	defer cancel()
 	bans, err := l.Bans(ctx)
 	if err != nil {

@@ -183,17 +183,19 @@ func (e *Engine) BanPrefix(ctx context.Context, p netip.Prefix, d time.Duration,
 		return b.Ban(ctx, limits.StoreKey(limits.KeyFrequency, scope, p), d, reason)
 	}
 	ban, err := b.Ban(ctx, limits.StoreKey(limits.KeyFrequency, "", p), d, reason)
-	if err != nil {
+	if ban.Key == "" {
 		return ban, err
 	}
+	// A ban made on this host only (the shared store unreachable) still
+	// needs its length recorded here; err says what happened.
 	// Record the length, kept until the longest such ban ends. A ban of
 	// the lengths key replaces only a shorter one, so the new record ends
 	// strictly later than the one it replaces: there is no moment without
 	// one.
 	now := e.now()
-	h, err := e.store.Hit(ctx, PrefixBanLengthsKey, 0, limits.Rate{})
-	if err != nil {
-		return ban, fmt.Errorf("the ban of %s is in force, but its prefix length could not be recorded (admission will not find it): %w", p, err)
+	h, herr := e.store.Hit(ctx, PrefixBanLengthsKey, 0, limits.Rate{})
+	if herr != nil {
+		return ban, fmt.Errorf("the ban of %s is in force, but its prefix length could not be recorded (admission will not find it): %w", p, herr)
 	}
 	var v4, v6 []int
 	if !h.BannedUntil.IsZero() {
@@ -211,9 +213,9 @@ func (e *Engine) BanPrefix(ctx context.Context, p netip.Prefix, d time.Duration,
 		until = h.BannedUntil
 	}
 	keep := until.Sub(now) + time.Millisecond
-	if _, err := b.Ban(ctx, PrefixBanLengthsKey, keep, counters.StoredReason(counters.OriginManual, text)); err != nil {
-		return ban, fmt.Errorf("the ban of %s is in force, but its prefix length could not be recorded (admission will not find it): %w", p, err)
+	if rb, rerr := b.Ban(ctx, PrefixBanLengthsKey, keep, counters.StoredReason(counters.OriginManual, text)); rb.Key == "" {
+		return ban, fmt.Errorf("the ban of %s is in force, but its prefix length could not be recorded (admission will not find it): %w", p, rerr)
 	}
 	e.prefixes.p.Store(&prefixLengths{v4: v4, v6: v6, until: now.Add(keep), checked: now})
-	return ban, nil
+	return ban, err
 }
