@@ -229,8 +229,8 @@ func TestFallbackLocalBansStay(t *testing.T) {
 	if h, _ := f.Hit(ctx, "freq:192.0.2.0/24", 4, limit); !h.Crossed || h.BannedUntil.IsZero() {
 		t.Fatalf("local crossing: %+v", h)
 	}
-	if _, err := f.Ban(ctx, "freq:198.51.100.0/24", time.Hour, "manual"); err != nil {
-		t.Fatal(err)
+	if b, err := f.Ban(ctx, "freq:198.51.100.0/24", time.Hour, "manual"); !errors.Is(err, counters.ErrSharedUnreachable) || b.Host != "local" {
+		t.Fatalf("manual ban during the outage: %+v, %v; want it made locally and the error saying so", b, err)
 	}
 	p.mode.Store(healthy)
 	waitUp(t, f)

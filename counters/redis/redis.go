@@ -399,6 +399,23 @@ func (s *Store) Ping(ctx context.Context) error {
 	return s.c.Ping(ctx).Err()
 }
 
+// probeKey is the key Probe writes: a window that expires by itself.
+const probeKey = "probe"
+
+// Probe checks that Redis takes writes through the path hits take: Ping
+// (every primary under Cluster), then a hit on probeKey through the hit
+// script. A Redis that answers PING but refuses writes (maxmemory with
+// noeviction, a read-only replica after a failover) fails it, so a
+// counters.Fallback does not close its breaker on it. Under Cluster the
+// write reaches the primary of probeKey's slot only.
+func (s *Store) Probe(ctx context.Context) error {
+	if err := s.Ping(ctx); err != nil {
+		return err
+	}
+	_, err := s.Hit(ctx, probeKey, 1, limits.Rate{Max: 1 << 30, Window: time.Second})
+	return err
+}
+
 // Close implements counters.Store.
 func (s *Store) Close() error {
 	if s.closed.Swap(true) {
