@@ -544,6 +544,9 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	if e.MaxPerWindow > 0 && e.Window <= 0 && (prefix == "" || t.Errors.MaxPerWindow.set || t.Errors.Window.set) { // else reported for the default already
 		v.add(joinKey(prefix, "errors.window"), "must be longer than 0s while max_per_window is set")
 	}
+	if prefix == "" || t.Errors.Window.set {
+		v.minWindow(joinKey(prefix, "errors.window"), e.Window)
+	}
 	if e.MaxPerWindow > 1<<31 {
 		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)
 	}
@@ -564,12 +567,24 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	if f.MaxConnections > 0 && f.Window <= 0 {
 		v.add(joinKey(prefix, "frequency.window"), "must be longer than 0s while max_connections is set")
 	}
+	if prefix == "" || t.Frequency.Window.set {
+		v.minWindow(joinKey(prefix, "frequency.window"), f.Window)
+	}
 	if f.MaxConnections > 1<<31 {
 		v.add(joinKey(prefix, "frequency.max_connections"), "must be at most %d", int64(1)<<31)
 	}
 	c := &p.Concurrency
 	c.MaxPerAddress = int64(t.Concurrency.MaxPerAddress.get(count(c.MaxPerAddress)))
 	c.MaxTotal = int64(t.Concurrency.MaxTotal.get(count(c.MaxTotal)))
+}
+
+// minWindow refuses a window shorter than a second (0s is refused, or
+// means off, by the caller): the stores count in milliseconds, and a
+// window that short counts nothing an admin means.
+func (v *validator) minWindow(key string, d time.Duration) {
+	if d > 0 && d < time.Second {
+		v.add(key, "must be at least 1s, got %q", d.String())
+	}
 }
 
 func (v *validator) applyReplies(rs limits.Replies, fc *fileConfig) {
@@ -701,6 +716,7 @@ func (v *validator) buildSenderNetworks(sn *limits.SenderNetworks, fc *fileConfi
 	if sn.MaxNetworks > 0 && sn.Window <= 0 {
 		v.add("sender_networks.window", "must be longer than 0s while max_networks is set")
 	}
+	v.minWindow("sender_networks.window", sn.Window)
 	sn.IPv4Prefix = int(t.IPv4Prefix.get(int64(sn.IPv4Prefix)))
 	if sn.IPv4Prefix < 1 || sn.IPv4Prefix > 32 {
 		v.add("sender_networks.ipv4_prefix", "must be between 1 and 32, got %d", sn.IPv4Prefix)

@@ -42,6 +42,10 @@ bad-unknown-keys.toml:6: frequncy: unknown key`,
 bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
 bad-deny.toml:8: replies.banned: code 554 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail`,
+		"bad-windows.toml": `bad-windows.toml:3: frequency.window: must be at least 1s, got "500µs"
+bad-windows.toml:7: errors.window: must be at least 1s, got "500µs"
+bad-windows.toml:11: sender_networks.window: must be at least 1s, got "500µs"
+bad-windows.toml:16: override[0].frequency.window: must be at least 1s, got "999ms"`,
 		"bad-sender-networks.toml": `bad-sender-networks.toml:4: sender_networks.window: must be longer than 0s while max_networks is set
 bad-sender-networks.toml:5: sender_networks.ipv4_prefix: must be between 1 and 32, got 0
 bad-sender-networks.toml:6: sender_networks.ipv6_prefix: must be between 1 and 128, got 129

@@ -81,7 +81,9 @@ func Apply(w *Window, bannedUntil, now, n int64, r Rate) (h Hit, newBannedUntil 
 	if r.Max <= 0 || r.Window <= 0 {
 		return h, 0
 	}
-	est := w.estimate(now, r.Window.Milliseconds()) + float64(n)
+	// A window under 1 ms counts as 1 ms, as the Redis store's script
+	// counts it: never divide by zero (config refuses windows under 1s).
+	est := w.estimate(now, max(r.Window.Milliseconds(), 1)) + float64(n)
 	h.Count = int64(est + 0.5)
 	if est <= float64(r.Max) {
 		w.Curr = satAdd(w.Curr, n)
