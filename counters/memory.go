@@ -54,6 +54,7 @@ type Memory struct {
 	tail      int32 // least recently seen slot, -1 when empty
 	bans      map[string]*Ban
 	evictions uint64
+	saveHook  func() // tests: called by Save once it has released the lock
 }
 
 // slot is one tracked key; prev and next are slot indexes (-1: none).
@@ -130,8 +131,11 @@ func splitKey(key string) (string, ckey) {
 }
 
 // keyString is the key that k was made from.
-func (m *Memory) keyString(k ckey) string {
-	name := m.names.list[k.name].s
+func (m *Memory) keyString(k ckey) string { return keyString(m.names.list, k) }
+
+// keyString is the key that k was made from, its name in names.
+func keyString(names []nameRef, k ckey) string {
+	name := names[k.name].s
 	if k.fam == 0 {
 		return name
 	}

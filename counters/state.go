@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"slices"
 	"time"
 
 	"github.com/sessioncap/sessioncap/limits"
@@ -32,28 +33,40 @@ type stateWindow struct {
 // Save writes the bans in force and the windows still in their last two
 // fixed windows, one JSON object a line between a header and an end line,
 // least recently seen first (so Load keeps the recency order).
+//
+// Hits are not held up while the keys are rendered: under the store's lock
+// Save only copies the slots (one copy of a pointer-free slice, about 48
+// bytes a tracked key) and the bans; it selects, renders and writes from
+// the copy with the lock released.
 func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 	now := m.now()
 	m.mu.Lock()
 	m.pruneBans(now)
-	lines := make([]stateWindow, 0, len(m.slots)+len(m.bans))
-	for i := m.tail; i >= 0; i = m.slots[i].prev {
-		s := &m.slots[i]
-		if maxWindow > 0 && now.UnixMilli()-s.w.Start >= 2*maxWindow.Milliseconds() {
-			continue // would start over anyway
-		}
-		lines = append(lines, stateWindow{Key: m.keyString(s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
-	}
+	slots := slices.Clone(m.slots)
+	names := slices.Clone(m.names.list)
+	tail := m.tail
+	bans := make([]Ban, 0, len(m.bans))
 	for _, b := range m.bans {
-		c := *b
-		lines = append(lines, stateWindow{Key: b.Key, Banned: &c})
+		bans = append(bans, *b)
 	}
 	m.mu.Unlock()
+	if m.saveHook != nil {
+		m.saveHook()
+	}
 	bw := bufio.NewWriter(w)
 	fmt.Fprintln(bw, stateMagic)
 	enc := json.NewEncoder(bw)
-	for i := range lines {
-		if err := enc.Encode(&lines[i]); err != nil {
+	for i := tail; i >= 0; i = slots[i].prev {
+		s := &slots[i]
+		if maxWindow > 0 && now.UnixMilli()-s.w.Start >= 2*maxWindow.Milliseconds() {
+			continue // would start over anyway
+		}
+		if err := enc.Encode(stateWindow{Key: keyString(names, s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr}); err != nil {
+			return err
+		}
+	}
+	for i := range bans {
+		if err := enc.Encode(stateWindow{Key: bans[i].Key, Banned: &bans[i]}); err != nil {
 			return err
 		}
 	}
