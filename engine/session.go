@@ -2,7 +2,6 @@ package engine
 
 import (
 	"net/netip"
-	"strconv"
 	"strings"
 	"time"
 
@@ -77,10 +76,9 @@ type Session struct {
 	rules *limits.Rules // the rules of this session
 	opts  Options
 
-	connected bool
-	addr      netip.Addr // invalid for a session without an IP address
-	client    string     // addr for logs ("" for none)
-	lease     *counters.Lease
+	addr   netip.Addr // invalid for a session without an IP address
+	client string     // addr for logs ("" for none)
+	lease  *counters.Lease
 
 	state limits.SessionState
 
@@ -177,7 +175,6 @@ func (s *Session) InTransaction() bool { return s.inTx }
 // Options.Leases, the concurrency caps. An invalid addr (a unix socket, an
 // unparseable address) gets the session caps only.
 func (s *Session) Connect(addr netip.Addr) Verdict {
-	s.connected = true
 	s.eng.metrics.Sessions.Inc()
 	if !addr.IsValid() {
 		return Verdict{}
@@ -393,7 +390,6 @@ func (s *Session) endTransaction() {
 func (s *Session) End() {
 	s.lease.Release()
 	s.lease = nil
-	s.connected = false
 }
 
 // decide logs and counts c's refusal under its mode and turns it into the
@@ -447,13 +443,4 @@ func (s *Session) admitConcurrency(policy *limits.Policy, scope string, prefix n
 	var a limits.Admission
 	s.lease, a.Verdict, a.Active, a.Total = s.opts.Leases.Acquire(limits.StoreKey("conn", scope, prefix), policy.Concurrency, !mode.Refuses())
 	return s.decide(check{refusal: a.Refusal(*policy, s.rules.Replies), mode: mode})
-}
-
-// scopeOf names the store-key scope of override i of r (-1: the default
-// policy), as Rules.ForConnect does.
-func scopeOf(i int) string {
-	if i < 0 {
-		return ""
-	}
-	return "override" + strconv.Itoa(i)
 }

@@ -62,7 +62,7 @@ func (s *Session) resolveErrors(c limits.Client) {
 	if s.errKey == "" || !c.HasAddr {
 		return // exempt at connect, or no address: no window
 	}
-	scope := scopeOf(i)
+	scope := r.Scope(i)
 	if scope == s.errScope {
 		return
 	}

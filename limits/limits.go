@@ -339,7 +339,16 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if i < 0 {
 		return r.Default, "", false
 	}
-	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
+	return r.Overrides[i].Policy, r.Scope(i), false
+}
+
+// Scope names the store-key scope of override i (see StoreKey): "" for the
+// default policy (i < 0).
+func (r *Rules) Scope(i int) string {
+	if i < 0 {
+		return ""
+	}
+	return "override" + strconv.Itoa(i)
 }
 
 // ExemptAddr reports whether addr is in the exempt networks.
