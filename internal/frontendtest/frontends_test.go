@@ -30,6 +30,9 @@ var (
 	banned     = "421 4.7.0 Your network is temporarily banned"
 	deny       = "554 5.7.1 Access denied"
 	snet       = "451 4.7.1 Mail from your sender domain comes from too many networks"
+	conc       = "421 4.7.0 Too many concurrent connections from your network"
+	errs       = "421 4.7.0 Too many errors in this session"
+	errsBanned = "421 4.7.0 Too many rejected recipients from your network"
 )
 
 func no(reply string) out   { return out{reply: reply} }
@@ -42,6 +45,7 @@ type sess struct {
 	want   []out
 	policy []out         // what the policy front-end answers where README says it differs; nil: want
 	after  time.Duration // the clock moves on after the session
+	open   bool          // the session stays open while the next ones run
 }
 
 // tx is a transaction of one recipient and a small message from
@@ -86,7 +90,10 @@ type scenario struct {
 	rules    func() *limits.Rules
 	sessions []sess
 	refusals map[string]float64
-	tags     []string
+	// policyRefusals replaces refusals for the policy front-end where
+	// README says it differs.
+	policyRefusals map[string]float64
+	tags           []string
 }
 
 func scenarios() []scenario {
@@ -280,6 +287,54 @@ func scenarios() []scenario {
 			},
 			refusals: map[string]float64{"session_messages/mail/enforce": 1},
 		},
+		// The rules only the milter can enforce, with what the policy
+		// front-end answers instead (README's front-end tables).
+		scenario{
+			name:  "concurrency",
+			rules: rules(func(r *limits.Rules) { r.Default.Concurrency = limits.Concurrency{MaxPerAddress: 1} }),
+			sessions: []sess{
+				{client: "192.0.2.17", txs: txs(1, nil), want: oks(1), open: true},
+				{client: "192.0.2.17", txs: txs(1, nil), want: []out{no(conc)}, policy: oks(1)},
+				{client: "192.0.2.18", txs: txs(1, nil), want: oks(1)},
+			},
+		},
+		scenario{
+			name:  "errors/per_session",
+			rules: rules(func(r *limits.Rules) { r.Default.Errors = limits.Errors{MaxPerSession: 2} }),
+			sessions: []sess{{client: "192.0.2.19",
+				txs:    txs(2, func(t *frontendtest.Tx) { t.Rejected = 1 }),
+				want:   []out{ok, no(errs)},
+				policy: []out{ok, ok}}},
+		},
+		scenario{
+			name: "errors/window",
+			rules: rules(func(r *limits.Rules) {
+				r.Default.Errors = limits.Errors{MaxPerWindow: 2, Window: time.Hour, Ban: time.Hour}
+			}),
+			sessions: []sess{
+				{client: "192.0.2.20", txs: txs(1, func(t *frontendtest.Tx) { t.Rejected = 3 }), want: []out{no(errsBanned)}, policy: oks(1)},
+				{client: "192.0.2.20", txs: txs(1, nil), want: []out{no(errsBanned)}, policy: oks(1)},
+			},
+			refusals:       map[string]float64{"errors/rcpt/enforce": 1, "errors/connect/enforce": 1},
+			policyRefusals: map[string]float64{"errors/rcpt/enforce": 0, "errors/connect/enforce": 0},
+		},
+		scenario{
+			// an override's own window, matched from MAIL FROM on: its
+			// ban holds in the next session (issue 15 item 12)
+			name: "errors/override_window",
+			rules: rules(func(r *limits.Rules) {
+				o := limits.Override{SenderDomains: []string{"example.org"}, Policy: r.Default}
+				o.Policy.Errors = limits.Errors{MaxPerWindow: 2, Window: time.Hour, Ban: time.Hour}
+				r.Overrides = []limits.Override{o}
+			}),
+			sessions: []sess{
+				{client: "192.0.2.21", txs: txs(1, func(t *frontendtest.Tx) { t.Rejected = 3 }), want: []out{no(errsBanned)}, policy: oks(1)},
+				{client: "192.0.2.21", txs: txs(1, nil), want: []out{no(errsBanned)}, policy: oks(1)},
+				{client: "192.0.2.21", txs: txs(1, sender("a@example.com")), want: oks(1)},
+			},
+			refusals:       map[string]float64{"errors/rcpt/enforce": 1, "errors/mail/enforce": 1},
+			policyRefusals: map[string]float64{"errors/rcpt/enforce": 0, "errors/mail/enforce": 0},
+		},
 		scenario{
 			name: "rules/off",
 			rules: rules(func(r *limits.Rules) {
@@ -339,9 +394,16 @@ func TestFrontendsGiveTheSameVerdicts(t *testing.T) {
 								last = got.Tags
 							}
 						}
+						if !s.open {
+							conn.Close()
+						}
 						h.Clock.Add(s.after)
 					}
-					for key, n := range sc.refusals {
+					counts := sc.refusals
+					if k == frontendtest.Policy && sc.policyRefusals != nil {
+						counts = sc.policyRefusals
+					}
+					for key, n := range counts {
 						f := strings.Split(key, "/")
 						if got := h.Refusals(f[0], f[1], f[2]); got != n {
 							t.Errorf("sessioncap_refusals_total{limit=%q,stage=%q,mode=%q} = %v, want %v", f[0], f[1], f[2], got, n)

@@ -116,7 +116,11 @@ type Tx struct {
 	User   string // SASL login, "" for none
 	Size   int64  // SIZE= of MAIL FROM, 0 for none
 	Rcpts  int    // recipients
-	Bytes  int    // message size: header and body bytes (at least 16)
+	// Rejected recipients the MTA refused itself before the others (an
+	// unknown user): the milter hears of them (errors rule), a policy
+	// service does not.
+	Rejected int
+	Bytes    int // message size: header and body bytes (at least 16)
 }
 
 // Result is what the MTA would have answered in one transaction.
@@ -205,6 +209,15 @@ func reply(act *gomilter.Action) string {
 	return fmt.Sprintf("%d", act.SMTPCode)
 }
 
+// Close ends the session as the client's QUIT does: the milter hears of
+// it (its concurrency lease ends); the policy server never does.
+func (s *Session) Close() {
+	if s.ms != nil {
+		_ = s.ms.Close()
+	}
+	s.closed = true
+}
+
 // Closed reports whether the session has ended.
 func (s *Session) Closed() bool { return s.closed }
 
@@ -245,6 +258,15 @@ func (s *Session) sendMilter(tx Tx) Result {
 	if act.StopProcessing() {
 		_ = s.ms.Abort(nil)
 		return stop(act)
+	}
+	if tx.Rejected > 0 {
+		s.macros.Set(gomilter.MacroRcptMailer, "error")
+		for i := 0; i < tx.Rejected; i++ {
+			if _, err := s.ms.Rcpt(fmt.Sprintf("unknown%d@example.net", i), ""); err != nil {
+				t.Fatalf("milter rejected rcpt: %v", err)
+			}
+		}
+		s.macros.Set(gomilter.MacroRcptMailer, "local")
 	}
 	accepted := 0
 	for i := 0; i < tx.Rcpts; i++ {
