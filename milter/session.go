@@ -186,18 +186,15 @@ func (s *session) BodyChunk(chunk []byte, _ gomilter.Modifier) (*gomilter.Respon
 	return gomilter.RespContinue, nil
 }
 
-// EndOfMessage passes the message's size where only {msg_size} reports it
-// and answers: accept with the tag headers, or, with overrun = "tempfail",
-// a 452 that keeps the mail with the sender.
+// EndOfMessage answers: accept with the tag headers, or, with overrun =
+// "tempfail", a 452 that keeps the mail with the sender. The message's
+// bytes were counted from its headers and body (a byte cap negotiates
+// them on every milter connection).
 func (s *session) EndOfMessage(m gomilter.Modifier) (*gomilter.Response, error) {
 	defer s.srv.observe(limits.StageEOM, time.Now())
 	core := s.sess()
 	core.SetQueueID(m.Get(gomilter.MacroQueueId))
-	size := int64(-1)
-	if s.rules.NeedsBodies() {
-		size = s.countSize(m.Get(macroMsgSize), core)
-	}
-	v := core.EndOfMessage(size, -1)
+	v := core.EndOfMessage(-1, -1)
 	if v.Refusal != nil {
 		return s.respond(v)
 	}
@@ -219,31 +216,6 @@ func (s *session) addTags(m gomilter.Modifier, tags []string) {
 		}
 		s.srv.metrics.tags.Inc()
 		s.srv.log.Info("tagged", "client_ip", s.core.Client(), "queue_id", s.core.QueueID(), "header", name, "value", v, "mode", string(limits.ModeTag))
-	}
-}
-
-// countSize returns the message's size from {msg_size} when headers and body
-// were not sent (-1 when they were, or it is missing), and learns whether
-// the MTA reports it.
-func (s *session) countSize(raw string, core *engine.Session) int64 {
-	n, err := strconv.ParseInt(raw, 10, 64)
-	ok := err == nil && n >= 0
-	if raw != "" && !ok {
-		s.srv.metrics.malformed.WithLabelValues(malformedMsgSize).Inc()
-		s.srv.log.Warn("ignoring unparseable {msg_size}", "client_ip", core.Client(), "queue_id", core.QueueID(), "value", raw)
-	}
-	s.srv.learnSizeMacro(ok)
-	switch {
-	case !sizeByMacro(s.proto):
-		s.srv.metrics.sizeSource.WithLabelValues(sizeFromStream).Inc()
-		return -1
-	case ok:
-		s.srv.metrics.sizeSource.WithLabelValues(sizeFromMacro).Inc()
-		return n
-	default:
-		s.srv.metrics.sizeSource.WithLabelValues(sizeUnknown).Inc()
-		s.srv.log.Warn("no message size: neither headers and body nor {msg_size} were sent; the message counts 0 bytes", "client_ip", core.Client(), "queue_id", core.QueueID())
-		return -1
 	}
 }
 
