@@ -54,10 +54,10 @@ func BenchmarkBodyChunk(b *testing.B) {
 // trips dominate, not the policy.
 //
 // The sub-benchmarks noop, sessioncap, sessioncap-msgsize and
-// sessioncap-nobytes report each
-// alone (with its allocations); "interleaved" runs one transaction through
-// each in turn per iteration (rotating the order) and reports the mean time
-// of each and its ratio to the no-op milter, which holds on a noisy machine:
+// sessioncap-nobytes report each alone (with its allocations);
+// "interleaved" runs one transaction through each in turn per iteration
+// (rotating the order) and reports the mean time of each and its ratio to
+// the no-op milter, which holds on a noisy machine:
 //
 //	go test -run '^$' -bench 'Transaction/interleaved' -benchtime 2000x ./milter/
 func BenchmarkTransaction(b *testing.B) {
