@@ -58,8 +58,8 @@ type daemon struct {
 	// reload does not change (listeners, [store], the state file) are read
 	// from it, never from cfg. It is never written after start, so the
 	// state saver and the metrics read it without a lock.
-	boot *config.Config
-	cfg  *config.Config // the configuration loaded last; written under reloadMu
+	boot     *config.Config
+	cfg      *config.Config // the configuration loaded last; written under reloadMu
 	log      *slog.Logger
 	level    *slog.LevelVar
 	local    *counters.Memory // the in-memory store (the fallback with Redis)
