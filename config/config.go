@@ -544,6 +544,14 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	if e.MaxPerWindow > 0 && e.Window <= 0 && (prefix == "" || t.Errors.MaxPerWindow.set || t.Errors.Window.set) { // else reported for the default already
 		v.add(joinKey(prefix, "errors.window"), "must be longer than 0s while max_per_window is set")
 	}
+	if e.MaxPerWindow > 0 && e.Ban <= 0 {
+		switch {
+		case t.Errors.Ban.set:
+			v.add(joinKey(prefix, "errors.ban"), "must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)")
+		case t.Errors.MaxPerWindow.set:
+			v.add(joinKey(prefix, "errors.max_per_window"), "needs errors.ban longer than 0s, and it is %s: the window refuses only by banning (max_per_window = 0 turns it off)", e.Ban)
+		} // else reported for the default already
+	}
 	if e.MaxPerWindow > 1<<31 {
 		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)
 	}

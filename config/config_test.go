@@ -78,6 +78,8 @@ bad-store.toml:12: store.redis.db: must be 0 with cluster = true (Redis Cluster 
 bad-store.toml:13: store.redis.key_prefix: must not contain braces or white space (braces would break the Cluster hash tags)
 bad-store.toml:16: admin.listen: an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise
 bad-store.toml:19: addresses.max_bans: must be at least 1 (it bounds the memory bans use)`,
+		"bad-errors-ban.toml": `bad-errors-ban.toml:5: errors.ban: must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)
+bad-errors-ban.toml:10: override[0].errors.max_per_window: needs errors.ban longer than 0s, and it is 0s: the window refuses only by banning (max_per_window = 0 turns it off)`,
 	}
 	files, err := filepath.Glob("../testdata/config/bad-*.toml")
 	if err != nil || len(files) == 0 {

@@ -303,6 +303,16 @@ func (r *Rules) Validate() error {
 	if bad != "" {
 		return fmt.Errorf("limits: unknown mode %q", bad)
 	}
+	var inert *Errors
+	r.any(func(p *Policy) bool {
+		if p.Errors.windowOn() && p.Errors.Ban <= 0 {
+			inert = &p.Errors
+		}
+		return inert != nil
+	})
+	if inert != nil {
+		return fmt.Errorf("limits: errors window (max %d per %v) without a ban refuses nothing: set a ban, or max_per_window 0", inert.MaxPerWindow, inert.Window)
+	}
 	if r.NeedsTagging() && !ValidHeaderName(r.TagHeader) {
 		return fmt.Errorf("limits: tag header %q is not a valid header name", r.TagHeader)
 	}
