@@ -357,7 +357,7 @@ func (e *Engine) CheckSender(r *limits.Rules, addr netip.Addr, hasAddr bool, fro
 	}
 	ctx, cancel := e.StoreContext()
 	defer cancel()
-	ref, err := sn.Check(domain, addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
+	ref, err := sn.Check(domain, addr, e.now(), func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
 		return e.store.Hit(ctx, key, n, rate)
 	}, r.Replies)
 	if err != nil {
