@@ -520,9 +520,31 @@ func (r *Rules) LongestBan() time.Duration {
 	return d
 }
 
-// LongestWindow returns the longest frequency window of any policy.
+// LongestWindow returns the longest frequency window of any policy (the
+// windows of the other rules are in KeyWindows).
 func (r *Rules) LongestWindow() time.Duration {
 	var d time.Duration
 	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Window); return false })
 	return d
+}
+
+// KeyWindows returns, for every kind of store key the rules count (the
+// text before the key's first ':'), the longest store window any rule
+// counts a key of that kind under: a key's window has expired, and need
+// not be kept (in a state file), once two of these have passed since it
+// started. A rule that counts keys of a new kind adds it here.
+func (r *Rules) KeyWindows() map[string]time.Duration {
+	w := map[string]time.Duration{
+		KeyFrequency:     0,
+		KeyErrors:        0,
+		KeySenderNetwork: r.SenderNetworks.KeyWindow(),
+		KeySenderDomain:  r.SenderNetworks.KeyWindow(),
+		KeySenderNew:     r.SenderNetworks.KeyWindow(),
+	}
+	r.any(func(p *Policy) bool {
+		w[KeyFrequency] = max(w[KeyFrequency], p.Frequency.Window)
+		w[KeyErrors] = max(w[KeyErrors], p.Errors.Window)
+		return false
+	})
+	return w
 }

@@ -216,3 +216,24 @@ func TestSenderNetworksCountsThePreviousWindow(t *testing.T) {
 		t.Fatalf("a fourth network 20 minutes after the first two: %+v, want refused with value 4", r)
 	}
 }
+
+// KeyWindows gives each key kind the longest window a rule counts it under,
+// the sender-networks keys included (two rule windows: see keyRate).
+func TestKeyWindows(t *testing.T) {
+	r := DefaultRules()
+	r.Default.Errors = Errors{MaxPerWindow: 5, Window: time.Hour, Ban: time.Hour}
+	o := Override{Policy: r.Default}
+	o.Policy.Frequency.Window = 10 * time.Minute
+	r.Overrides = []Override{o}
+	r.SenderNetworks.MaxNetworks = 3
+	got := r.KeyWindows()
+	want := map[string]time.Duration{"freq": 10 * time.Minute, "err": time.Hour, "snet": 48 * time.Hour, "sdom": 48 * time.Hour, "snew": 48 * time.Hour}
+	if len(got) != len(want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	for k, d := range want {
+		if got[k] != d {
+			t.Errorf("%s: %v, want %v", k, got[k], d)
+		}
+	}
+}

@@ -424,7 +424,7 @@ func (d *daemon) saveState() {
 	if p == "" {
 		return
 	}
-	if err := d.local.WriteStateFile(p, d.srv.Rules().LongestWindow()); err != nil {
+	if err := d.local.WriteStateFile(p, d.eng.Rules().KeyWindows()); err != nil {
 		d.log.Error("cannot write the state file", "state_file", p, "err", err)
 	}
 }
