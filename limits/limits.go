@@ -4,8 +4,11 @@
 package limits
 
 import (
+	"crypto/sha256"
+	"encoding/hex"
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -168,7 +171,10 @@ type Override struct {
 	// SenderDomains are MAIL FROM domains (lowercase), each matching itself
 	// and its subdomains.
 	SenderDomains []string
-	Policy        Policy // complete: the defaults with the override's values applied
+	// Name keys the override's store state (see Scope); "" keys it by
+	// what it matches.
+	Name   string
+	Policy Policy // complete: the defaults with the override's values applied
 }
 
 // Client is what is known of a client when a policy is chosen: at connect
@@ -195,6 +201,54 @@ func (o *Override) matches(c Client) bool {
 		return true
 	}
 	return c.HasAddr && containsAddr(o.Networks, c.Addr)
+}
+
+// Scope is the scope of the store keys of clients o applies to (see
+// StoreKey): "override.<Name>" for a named override, else "override-"
+// and 12 hex digits of a hash of what it matches (its networks,
+// authenticated, users and sender domains, each list in any order). It
+// does not depend on the override's position, so adding or removing
+// another override keeps every ban and window of this one; renaming it, or
+// changing what an unnamed one matches, changes it (Engine.SetRules then
+// keeps its bans in force under the old scope until they end).
+func (o *Override) Scope() string {
+	if o.Name != "" {
+		return "override." + o.Name
+	}
+	sum := sha256.Sum256([]byte(o.matchText()))
+	return "override-" + hex.EncodeToString(sum[:6])
+}
+
+// matchText is what o matches, in one canonical text.
+func (o *Override) matchText() string {
+	list := func(tag string, v []string) string {
+		v = slices.Clone(v)
+		slices.Sort(v)
+		return tag + "=" + strings.Join(v, ",") + "\n"
+	}
+	nets := make([]string, len(o.Networks))
+	for i, n := range o.Networks {
+		nets[i] = n.Masked().String()
+	}
+	auth := "any"
+	if o.Authenticated != nil {
+		auth = strconv.FormatBool(*o.Authenticated)
+	}
+	return list("networks", nets) + "authenticated=" + auth + "\n" + list("users", o.Users) + list("sender_domains", o.SenderDomains)
+}
+
+// ValidOverrideName reports whether s can name an override: 1 to 64
+// letters, digits, '-' and '_'.
+func ValidOverrideName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // AfterConnect reports whether o can only match from MAIL FROM on.
@@ -303,6 +357,20 @@ func (r *Rules) Validate() error {
 	if bad != "" {
 		return fmt.Errorf("limits: unknown mode %q", bad)
 	}
+	names := map[string]bool{}
+	for i := range r.Overrides {
+		n := r.Overrides[i].Name
+		if n == "" {
+			continue
+		}
+		if !ValidOverrideName(n) {
+			return fmt.Errorf("limits: override name %q: use 1 to 64 letters, digits, '-' and '_'", n)
+		}
+		if names[n] {
+			return fmt.Errorf("limits: override name %q given twice", n)
+		}
+		names[n] = true
+	}
 	var inert *Errors
 	r.any(func(p *Policy) bool {
 		if p.Errors.windowOn() && p.Errors.Ban <= 0 {
@@ -337,10 +405,10 @@ func (r *Rules) Denied(addr netip.Addr) *Refusal {
 }
 
 // ForConnect returns the policy for a new connection from addr, the scope of
-// the store keys it counts under ("" for the default policy, "override<N>"
-// for an override) and whether addr is exempt from every limit. At connect
-// nobody is authenticated yet, so overrides that require authentication do
-// not match.
+// the store keys it counts under ("" for the default policy, the
+// override's Scope for an override) and whether addr is exempt from every
+// limit. At connect nobody is authenticated yet, so overrides that require
+// authentication do not match.
 func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool) {
 	if containsAddr(r.ExemptNetworks, addr) {
 		return Policy{}, "", true
@@ -349,7 +417,32 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if i < 0 {
 		return r.Default, "", false
 	}
-	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
+	return r.Overrides[i].Policy, r.Overrides[i].Scope(), false
+}
+
+// ScopeOf returns the scope of the store keys of c: that of the first
+// override matching c, "" for the default policy; exemptions aside.
+func (r *Rules) ScopeOf(c Client) string {
+	if i := r.overrideFor(c); i >= 0 {
+		return r.Overrides[i].Scope()
+	}
+	return ""
+}
+
+// SameKeys reports whether every client gets the same store keys under r
+// and o: the same prefix lengths, and the same overrides (by scope and by
+// what they match) in the same order.
+func (r *Rules) SameKeys(o *Rules) bool {
+	if r.IPv4Prefix != o.IPv4Prefix || r.IPv6Prefix != o.IPv6Prefix || len(r.Overrides) != len(o.Overrides) {
+		return false
+	}
+	for i := range r.Overrides {
+		a, b := &r.Overrides[i], &o.Overrides[i]
+		if a.Scope() != b.Scope() || a.matchText() != b.matchText() {
+			return false
+		}
+	}
+	return true
 }
 
 // ExemptAddr reports whether addr is in the exempt networks.

@@ -1,0 +1,99 @@
+package milter_test
+
+import (
+	"net/netip"
+	"testing"
+	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
+)
+
+// relayOverride is an override on cidr (named name, "" for none) whose
+// clients are banned for an hour at their second connection.
+func relayOverride(r *limits.Rules, name, cidr string) limits.Override {
+	p := r.Default
+	p.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Hour, Ban: time.Hour}
+	return limits.Override{Name: name, Networks: []netip.Prefix{netip.MustParsePrefix(cidr)}, Policy: p}
+}
+
+// banThrough bans addr through the frequency rule: two connections.
+func (h *harness) banThrough(t *testing.T, addr string) {
+	t.Helper()
+	h.connect(addr)
+	if _, act := h.connect(addr); !act.StopProcessing() {
+		t.Fatalf("the second connection of %s was not refused", addr)
+	}
+}
+
+// An override's bans and windows are keyed by what lasts (its name, or
+// what it matches), never by its position: adding an override before
+// others, or removing one, keeps the bans and windows of every other.
+func TestAddingAnOverrideKeepsTheOthersBans(t *testing.T) {
+	for _, name := range []string{"relays", ""} {
+		t.Run("name="+name, func(t *testing.T) {
+			h := start(t, rulesWith(func(r *limits.Rules) {
+				r.Overrides = []limits.Override{relayOverride(r, name, "198.51.100.0/24"), relayOverride(r, "", "192.0.2.0/24")}
+			}))
+			h.banThrough(t, "198.51.100.7")
+			h.connect("192.0.2.7") // one connection in the window of the second override
+			after := rulesWith(func(r *limits.Rules) {
+				r.Overrides = []limits.Override{relayOverride(r, "new", "203.0.113.0/24"), relayOverride(r, name, "198.51.100.0/24"), relayOverride(r, "", "192.0.2.0/24")}
+			})
+			if err := h.srv.SetRules(after); err != nil {
+				t.Fatal(err)
+			}
+			h.clock.Add(time.Minute)
+			if _, act := h.connect("198.51.100.7"); !act.StopProcessing() {
+				t.Fatal("an override added before it lifted the ban of 198.51.100.7")
+			}
+			if _, act := h.connect("192.0.2.7"); !act.StopProcessing() {
+				t.Fatal("an override added before it emptied the window of 192.0.2.7: its second connection was let in")
+			}
+			if keys := h.bannedKeys(t); len(keys) != 2 {
+				t.Fatalf("bans %v, want 198.51.100.7 and 192.0.2.7", keys)
+			}
+		})
+	}
+}
+
+// A reload that renames an override, or changes what an unnamed override
+// matches, keeps the bans of its clients until they end (as a reload that
+// changes the prefix lengths does).
+func TestRenamingAnOverrideKeepsItsBans(t *testing.T) {
+	h := start(t, rulesWith(func(r *limits.Rules) {
+		r.Overrides = []limits.Override{relayOverride(r, "relays", "198.51.100.0/24"), relayOverride(r, "", "192.0.2.0/24")}
+	}))
+	h.banThrough(t, "198.51.100.7")
+	h.banThrough(t, "192.0.2.7")
+	renamed := rulesWith(func(r *limits.Rules) {
+		r.Overrides = []limits.Override{relayOverride(r, "partners", "198.51.100.0/24"), relayOverride(r, "", "192.0.0.0/16")}
+	})
+	if err := h.srv.SetRules(renamed); err != nil {
+		t.Fatal(err)
+	}
+	h.clock.Add(time.Minute)
+	for _, a := range []string{"198.51.100.7", "192.0.2.7"} {
+		_, act := h.connect(a)
+		wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 59m")
+	}
+	h.clock.Add(59 * time.Minute)
+	for _, a := range []string{"198.51.100.7", "192.0.2.7"} {
+		if _, act := h.connect(a); act.StopProcessing() {
+			t.Fatalf("%s after its ban ended: %v", a, act)
+		}
+	}
+}
+
+// bannedKeys lists the keys banned in the store.
+func (h *harness) bannedKeys(t *testing.T) []string {
+	t.Helper()
+	bans, err := h.store.Bans(t.Context())
+	if err != nil {
+		t.Fatal(err)
+	}
+	var keys []string
+	for _, b := range bans {
+		keys = append(keys, b.Key)
+	}
+	return keys
+}
