@@ -9,6 +9,8 @@ import (
 	"testing"
 	"time"
 
+	gomilter "github.com/d--j/go-milter"
+
 	"github.com/sessioncap/sessioncap/config"
 	"github.com/sessioncap/sessioncap/internal/testkit"
 )
@@ -74,5 +76,77 @@ func TestReloadWhileSavingState(t *testing.T) {
 	<-exited
 	if code != exitOK {
 		t.Fatalf("exit %d:\n%s", code, logs.String())
+	}
+}
+
+// session opens a milter session from client with its own macros (so that
+// a test can mark recipients as rejected by the MTA) and sends HELO.
+func (d *daemonProc) session(client string) (*gomilter.ClientSession, *gomilter.MacroBag) {
+	d.t.Helper()
+	macros := gomilter.NewMacroBag()
+	s, err := gomilter.NewClient("tcp", d.milter).Session(macros)
+	if err != nil {
+		d.t.Fatal(err)
+	}
+	d.t.Cleanup(func() { s.Close() })
+	if act, err := s.Conn("c.example", gomilter.FamilyInet, 1234, client); err != nil || act.StopProcessing() {
+		d.t.Fatalf("connect from %s: %v %v", client, act, err)
+	}
+	if _, err := s.Helo("c.example"); err != nil {
+		d.t.Fatal(err)
+	}
+	return s, macros
+}
+
+// A restart keeps the windows of every rule until they expire under their
+// own rule, not only those younger than two frequency windows: here the
+// frequency window is 100ms, and the errors and sender-networks windows
+// (1h) outlive it across the restart.
+func TestDaemonRestartKeepsEveryRulesWindows(t *testing.T) {
+	state := filepath.Join(t.TempDir(), "state")
+	cfg := "[frequency]\nwindow = \"100ms\"\n" +
+		"[errors]\nmax_per_window = 3\nwindow = \"1h\"\nban = \"1h\"\n" +
+		"[sender_networks]\nmax_networks = 1\nwindow = \"1h\"\n" +
+		"[store]\nstate_file = \"" + state + "\"\n"
+	d := startDaemon(t, cfg)
+	s, macros := d.session("192.0.2.44")
+	if act, err := s.Mail("<a@example.org>", ""); err != nil || act.StopProcessing() {
+		t.Fatalf("MAIL: %v %v", act, err)
+	}
+	macros.Set(gomilter.MacroRcptMailer, "error")
+	for range 2 { // two recipients the MTA rejected: 2 of 3 in the window
+		if act, err := s.Rcpt("<nobody@example.net>", ""); err != nil || act.StopProcessing() {
+			t.Fatalf("rejected RCPT: %v %v", act, err)
+		}
+	}
+	s.Close()
+	start := time.Now()
+	testkit.Eventually(t, "two frequency windows to pass", func() bool { return time.Since(start) > 250*time.Millisecond })
+	d.signal(syscall.SIGTERM)
+	if code := d.waitExit(); code != 0 {
+		t.Fatalf("exit %d", code)
+	}
+
+	d = startDaemon(t, cfg)
+	d.waitLog(`msg="state loaded"`)
+	// the sender-networks window: example.org's one network is still counted
+	other, _ := d.session("198.51.100.1")
+	if act, err := other.Mail("<b@example.org>", ""); err != nil || act.SMTPCode != 451 {
+		t.Fatalf("MAIL of example.org from a second network after the restart: %v %v, want 451", act, err)
+	}
+	// the errors window: two more rejected recipients cross 3
+	s, macros = d.session("192.0.2.44")
+	if act, err := s.Mail("<a@example.org>", ""); err != nil || act.StopProcessing() {
+		t.Fatalf("MAIL after the restart: %v %v", act, err)
+	}
+	macros.Set(gomilter.MacroRcptMailer, "error")
+	for range 2 {
+		if _, err := s.Rcpt("<nobody@example.net>", ""); err != nil {
+			t.Fatal(err)
+		}
+	}
+	macros.Set(gomilter.MacroRcptMailer, "local")
+	if act, err := s.Rcpt("<someone@example.net>", ""); err != nil || act.SMTPCode != 421 {
+		t.Fatalf("RCPT after 4 rejected recipients in the window across a restart: %v %v, want 421", act, err)
 	}
 }
