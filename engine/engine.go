@@ -197,10 +197,12 @@ func (e *Engine) AdmitFrequency(addr netip.Addr, scope, key string, f limits.Fre
 // LegacyBan looks for a ban in force on the key of kind that addr had
 // under rules a reload replaced that keyed it otherwise (its prefix under
 // their prefix lengths, its scope under their overrides); key is its key
-// now, not asked again, and scope its scope (the scope addr had under the
-// old rules is the one they gave it at connect). It returns the store's answer for the first such ban, a zero Hit when there
-// is none: no store call unless a reload changed the keys within the
-// longest ban.
+// now, not asked again, and scope its scope. The old scope is that of the
+// same override under the old rules when scope is an override matched
+// from MAIL FROM on (see limits.Rules.ScopeBefore), else the one the old
+// rules gave addr at connect. It returns the store's answer for the first
+// such ban, a zero Hit when there is none: no store call unless a reload
+// changed the keys within the longest ban.
 func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.Addr, key string) (limits.Hit, error) {
 	l := e.legacy.Load()
 	if l == nil {
@@ -211,9 +213,12 @@ func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.A
 		if !k.until.After(now) {
 			continue
 		}
-		_, oldScope, exempt := k.rules.ForConnect(addr)
-		if exempt {
-			continue // nothing was keyed
+		oldScope, ok := k.rules.ScopeBefore(e.rules.Load(), scope)
+		if !ok {
+			var exempt bool
+			if _, oldScope, exempt = k.rules.ForConnect(addr); exempt {
+				continue // nothing was keyed
+			}
 		}
 		old := limits.StoreKey(kind, oldScope, k.rules.Key(addr))
 		if old == key {

@@ -417,16 +417,45 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if i < 0 {
 		return r.Default, "", false
 	}
-	return r.Overrides[i].Policy, r.Overrides[i].Scope(), false
+	return r.Overrides[i].Policy, r.Scope(i), false
 }
 
-// ScopeOf returns the scope of the store keys of c: that of the first
-// override matching c, "" for the default policy; exemptions aside.
-func (r *Rules) ScopeOf(c Client) string {
-	if i := r.overrideFor(c); i >= 0 {
-		return r.Overrides[i].Scope()
+// Scope names the store-key scope of override i (see StoreKey and
+// Override.Scope): "" for the default policy (i < 0).
+func (r *Rules) Scope(i int) string {
+	if i < 0 {
+		return ""
 	}
-	return ""
+	return r.Overrides[i].Scope()
+}
+
+// ScopeBefore returns the scope that r, rules a reload replaced by now,
+// gave the override whose scope under now is scope, when that override
+// matches from MAIL FROM on (its clients are not known at connect): the
+// override of r with the same scope, or else the one matching the same
+// clients (renamed). ok is false for any other scope, or when r has no
+// such override.
+func (r *Rules) ScopeBefore(now *Rules, scope string) (old string, ok bool) {
+	if scope == "" {
+		return "", false
+	}
+	var cur *Override
+	for i := range now.Overrides {
+		if now.Overrides[i].Scope() == scope {
+			cur = &now.Overrides[i]
+			break
+		}
+	}
+	if cur == nil || !cur.AfterConnect() {
+		return "", false
+	}
+	match := cur.matchText()
+	for i := range r.Overrides {
+		if o := &r.Overrides[i]; o.Scope() == scope || o.matchText() == match {
+			return o.Scope(), true
+		}
+	}
+	return "", false
 }
 
 // SameKeys reports whether every client gets the same store keys under r

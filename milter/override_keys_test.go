@@ -1,9 +1,12 @@
 package milter_test
 
 import (
+	"fmt"
 	"net/netip"
 	"testing"
 	"time"
+
+	gomilter "github.com/d--j/go-milter"
 
 	"github.com/sessioncap/sessioncap/limits"
 )
@@ -96,4 +99,54 @@ func (h *harness) bannedKeys(t *testing.T) []string {
 		keys = append(keys, b.Key)
 	}
 	return keys
+}
+
+// An errors ban of an override matched from MAIL FROM on (sender_domains)
+// holds after a reload that renames the override, and after one that
+// inserts another override before it.
+func TestRenamingAMailOverrideKeepsItsErrorsBan(t *testing.T) {
+	lists := func(r *limits.Rules, name string) limits.Override {
+		o := limits.Override{Name: name, SenderDomains: []string{"example.org"}, Policy: r.Default}
+		o.Policy.Errors = limits.Errors{MaxPerWindow: 2, Window: time.Hour, Ban: time.Hour}
+		return o
+	}
+	h := start(t, rulesWith(func(r *limits.Rules) { r.Overrides = []limits.Override{lists(r, "lists")} }))
+	harvest := func(rejected int) *gomilter.Action {
+		t.Helper()
+		m, act := h.connect("192.0.2.41")
+		if act.StopProcessing() {
+			t.Fatalf("connect refused: %v", act)
+		}
+		if act, err := m.s.Mail("a@example.org", ""); err != nil || act.StopProcessing() {
+			return act
+		}
+		m.macros.Set(gomilter.MacroRcptMailer, "error")
+		for range rejected {
+			if _, err := m.s.Rcpt("nobody@example.net", ""); err != nil {
+				t.Fatal(err)
+			}
+		}
+		m.macros.Set(gomilter.MacroRcptMailer, "local")
+		act, err := m.s.Rcpt("someone@example.net", "")
+		if err != nil {
+			t.Fatal(err)
+		}
+		return act
+	}
+	if act := harvest(3); act.SMTPCode != 421 {
+		t.Fatalf("the session that crossed the window: %v, want 421", act)
+	}
+	for i, rules := range []*limits.Rules{
+		rulesWith(func(r *limits.Rules) { r.Overrides = []limits.Override{lists(r, "mailing-lists")} }),
+		rulesWith(func(r *limits.Rules) {
+			r.Overrides = []limits.Override{relayOverride(r, "", "203.0.113.0/24"), lists(r, "mailing-lists")}
+		}),
+	} {
+		if err := h.srv.SetRules(rules); err != nil {
+			t.Fatal(err)
+		}
+		h.clock.Add(time.Minute)
+		act := harvest(0)
+		wantReply(t, act, 421, fmt.Sprintf("421 4.7.0 Too many rejected recipients from your network (limit 2 per 1h); try again in %dm", 59-i))
+	}
 }

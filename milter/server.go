@@ -245,11 +245,6 @@ func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, action
 	return !r.NeedsRecipients() || proto&gomilter.OptNoRcptTo == 0
 }
 
-// logRefusal writes the one structured line per refusal and counts it.
-func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
-	s.eng.LogRefusal(r, mode, client, queueID, attrs...)
-}
-
 // observe records how long a callback took; use it as
 // defer s.observe(stage, time.Now()).
 func (s *Server) observe(stage limits.Stage, start time.Time) { s.eng.Observe(stage, start) }
