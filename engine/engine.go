@@ -277,7 +277,7 @@ func (e *Engine) Observe(stage limits.Stage, start time.Time) {
 type Admission struct {
 	limits.Admission
 	Policy limits.Policy
-	Scope  string       // "" or "override<N>", see limits.StoreKey
+	Scope  string       // "" or the override's Scope, see limits.StoreKey
 	Prefix netip.Prefix // the address prefix counted
 	Key    string       // the frequency store key
 	Exempt bool         // addr is exempt from every limit; nothing was counted
