@@ -96,9 +96,10 @@ func (sn *SenderNetworks) Network(addr netip.Addr) netip.Prefix {
 // HitFunc is a store's atomic primitive as a front-end calls it.
 type HitFunc func(key string, n int64, r Rate) (Hit, error)
 
-// Epoch numbers the fixed window of the rule that now falls in.
+// Epoch numbers the fixed window of the rule that now falls in (a Window
+// under 1ms counts as 1ms, the stores' unit).
 func (sn *SenderNetworks) Epoch(now time.Time) int64 {
-	return now.UnixMilli() / sn.Window.Milliseconds()
+	return now.UnixMilli() / max(sn.Window.Milliseconds(), 1)
 }
 
 // keyRate is the store rule of every key of the rule: a key is read until

@@ -237,3 +237,14 @@ func TestKeyWindows(t *testing.T) {
 		}
 	}
 }
+
+// A window under the stores' 1ms unit neither divides by zero nor refuses
+// a domain's first network.
+func TestSenderNetworksSubMillisecondWindow(t *testing.T) {
+	sn := DefaultSenderNetworks()
+	sn.MaxNetworks, sn.Window = 1, 500*time.Microsecond
+	m := newMapStore()
+	if r, err := sn.Check("example.org", netip.MustParseAddr("192.0.2.1"), m.now, m.hit, DefaultReplies()); r != nil || err != nil {
+		t.Fatalf("first network: %v %v", r, err)
+	}
+}
