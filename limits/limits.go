@@ -4,8 +4,6 @@
 package limits
 
 import (
-	"crypto/sha256"
-	"encoding/hex"
 	"fmt"
 	"net/netip"
 	"slices"
@@ -215,8 +213,58 @@ func (o *Override) Scope() string {
 	if o.Name != "" {
 		return "override." + o.Name
 	}
-	sum := sha256.Sum256([]byte(o.matchText()))
-	return "override-" + hex.EncodeToString(sum[:6])
+	var buf [len("override-") + 12]byte
+	n := copy(buf[:], "override-")
+	h := o.matchHash()
+	for i := len(buf) - 1; i >= n; i-- {
+		buf[i] = "0123456789abcdef"[h&0xf]
+		h >>= 4
+	}
+	return string(buf[:])
+}
+
+// matchHash hashes what o matches without allocating (Scope runs at every
+// connection): each list element is hashed alone (FNV-1a, then mixed), and
+// a list is the sum of its elements' hashes, so the order of a list does
+// not matter; the lists are told apart by a tag hashed into each element.
+func (o *Override) matchHash() uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	fnvString := func(h uint64, s string) uint64 {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint64(s[i])) * prime
+		}
+		return h
+	}
+	mix := func(h uint64) uint64 { // splitmix64's finalizer
+		h ^= h >> 30
+		h *= 0xbf58476d1ce4e5b9
+		h ^= h >> 27
+		h *= 0x94d049bb133111eb
+		return h ^ h>>31
+	}
+	var sum uint64
+	for _, n := range o.Networks {
+		n = n.Masked()
+		h := fnvString(offset, "n")
+		for _, b := range n.Addr().As16() {
+			h = (h ^ uint64(b)) * prime
+		}
+		if n.Addr().Is4() {
+			h = (h ^ 4) * prime
+		}
+		sum += mix((h ^ uint64(n.Bits())) * prime)
+	}
+	for _, u := range o.Users {
+		sum += mix(fnvString(fnvString(offset, "u"), u))
+	}
+	for _, d := range o.SenderDomains {
+		sum += mix(fnvString(fnvString(offset, "d"), d))
+	}
+	auth := "a"
+	if o.Authenticated != nil {
+		auth = strconv.FormatBool(*o.Authenticated)
+	}
+	return mix(sum + mix(fnvString(offset, auth)))
 }
 
 // matchText is what o matches, in one canonical text.
