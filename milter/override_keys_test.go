@@ -1,6 +1,7 @@
 package milter_test
 
 import (
+	"bytes"
 	"fmt"
 	"net/netip"
 	"testing"
@@ -8,7 +9,9 @@ import (
 
 	gomilter "github.com/d--j/go-milter"
 
+	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
+	"github.com/sessioncap/sessioncap/milter"
 )
 
 // relayOverride is an override on cidr (named name, "" for none) whose
@@ -149,4 +152,30 @@ func TestRenamingAMailOverrideKeepsItsErrorsBan(t *testing.T) {
 		act := harvest(0)
 		wantReply(t, act, 421, fmt.Sprintf("421 4.7.0 Too many rejected recipients from your network (limit 2 per 1h); try again in %dm", 59-i))
 	}
+}
+
+// A restart with an override added before another keeps that other
+// override's bans: the state file holds keys that do not depend on
+// positions.
+func TestRestartWithAnAddedOverrideKeepsBans(t *testing.T) {
+	before := rulesWith(func(r *limits.Rules) { r.Overrides = []limits.Override{relayOverride(r, "", "198.51.100.0/24")} })
+	h := start(t, before)
+	h.banThrough(t, "198.51.100.7")
+	var state bytes.Buffer
+	if err := h.store.Save(&state, before.KeyWindows()); err != nil {
+		t.Fatal(err)
+	}
+	after := rulesWith(func(r *limits.Rules) {
+		r.Overrides = []limits.Override{relayOverride(r, "new", "203.0.113.0/24"), relayOverride(r, "", "198.51.100.0/24")}
+	})
+	h2 := startWith(t, after, func(c *milter.Config) {
+		m := counters.NewMemory(counters.MemoryOptions{Now: c.Now})
+		if _, bans, err := m.Load(&state); err != nil || bans != 1 {
+			t.Fatalf("load: %d bans, %v", bans, err)
+		}
+		c.Store = m
+	})
+	h2.clock.Add(time.Minute)
+	_, act := h2.connect("198.51.100.7")
+	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 59m")
 }
