@@ -45,11 +45,12 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	lines := make([]stateWindow, 0, len(m.slots)+len(m.bans))
 	for i := m.tail; i >= 0; i = m.slots[i].prev {
 		s := &m.slots[i]
-		key := m.keyString(s.key)
-		if expired(key, s.w.Start, now.UnixMilli(), windows) {
+		// a compact key's name starts with its kind, whether it holds the
+		// whole key or the text before the prefix
+		if expired(m.names.list[s.key.name].s, s.w.Start, now.UnixMilli(), windows) {
 			continue
 		}
-		lines = append(lines, stateWindow{Key: key, Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
+		lines = append(lines, stateWindow{Key: m.keyString(s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
 	}
 	for _, b := range m.bans {
 		c := *b
@@ -68,8 +69,9 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	return bw.Flush()
 }
 
-// expired reports whether the window of key that started at start (Unix
-// ms) has expired at now under windows (see Save).
+// expired reports whether the window of key (or of any key that starts as
+// key does up to its first ':') that started at start (Unix ms) has
+// expired at now under windows (see Save).
 func expired(key string, start, now int64, windows map[string]time.Duration) bool {
 	kind, _, ok := strings.Cut(key, ":")
 	if !ok {
