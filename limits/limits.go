@@ -29,13 +29,14 @@ const (
 	LimitDeny               Limit = "deny"
 	LimitSenderNetworks     Limit = "sender_networks"
 	LimitErrors             Limit = "errors"
+	// LimitQuota (quota.go) is the limit of every [[rate]] rule.
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors,
+	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors, LimitQuota,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -173,6 +174,8 @@ type Override struct {
 	// what it matches.
 	Name   string
 	Policy Policy // complete: the defaults with the override's values applied
+	// Quotas replace the limit or mode of quotas ([[override.rate]]).
+	Quotas []QuotaOverride
 }
 
 // Client is what is known of a client when a policy is chosen: at connect
@@ -363,6 +366,8 @@ type Rules struct {
 	// TagHeader is the header added to the messages of a session that a
 	// limit in tag mode would have refused.
 	TagHeader string
+	// Quotas are the [[rate]] rules, in configuration order (see quota.go).
+	Quotas []Quota
 }
 
 // DefaultTagHeader is the built-in Rules.TagHeader.
@@ -431,6 +436,9 @@ func (r *Rules) Validate() error {
 	}
 	if r.NeedsTagging() && !ValidHeaderName(r.TagHeader) {
 		return fmt.Errorf("limits: tag header %q is not a valid header name", r.TagHeader)
+	}
+	if err := r.ValidateQuotas(); err != nil {
+		return err
 	}
 	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
 		return fmt.Errorf("limits: ipv4 prefix %d out of range 1..32", r.IPv4Prefix)
