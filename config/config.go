@@ -162,6 +162,7 @@ type fileConfig struct {
 		Mode          value[string]     `toml:"mode"`
 	} `toml:"sender_networks"`
 	Override []overrideTable `toml:"override"`
+	Rate     []rateTable     `toml:"rate"`
 	Replies  struct {
 		SessionMessages    value[string] `toml:"session_messages"`
 		SessionBytes       value[string] `toml:"session_bytes"`
@@ -217,6 +218,7 @@ type overrideTable struct {
 	Users         value[stringList] `toml:"users"`
 	SenderDomains value[stringList] `toml:"sender_domains"`
 	PolicyTables
+	Rate []overrideRateTable `toml:"rate"`
 }
 
 // Error is one problem in a file, with where it is.
@@ -503,6 +505,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 		v.applyPolicy(&ov.Policy, &o.PolicyTables, prefix)
 		r.Overrides = append(r.Overrides, ov)
 	}
+	v.buildRates(r, fc)
 	v.applyReplies(r.Replies, fc)
 	return cfg
 }

@@ -33,6 +33,14 @@ bad-override.toml:15: override[3]: frequency and concurrency are decided at conn
 bad-override.toml:16: override[3].users: "" is not a user name or @domain
 bad-override.toml:16: override[3].users: "a@b@c" is not a user name or @domain
 bad-override.toml:17: override[3].sender_domains: "x@example.org" is not a domain`,
+		"bad-rate.toml": `bad-rate.toml:11: rate[1].name: "user-hourly" is also the name of rate[0]: names must be unique (they key the rule's windows)
+bad-rate.toml:12: rate[1].key: must be "network", "user", "sender", "sender_domain", "recipient", got "login"
+bad-rate.toml:13: rate[1].count: must be "messages", "recipients", "bytes", got "mails"
+bad-rate.toml:14: rate[1].limit: must be more than 0, got 0 (set mode = "off" to turn the rule off)
+bad-rate.toml:15: rate[1].window: must be at least 1s, got "500ms"
+bad-rate.toml:17: rate[2]: must set name (it labels the rule's metrics and logs, and keys its windows)
+bad-rate.toml:22: rate[2].reply: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
+bad-rate.toml:28: override[0].rate[0].name: "user-daily" names no [[rate]]`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
 bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
@@ -162,7 +170,7 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 	inOverride, uncommented := false, 0
 	for _, line := range strings.Split(string(data), "\n") {
 		switch {
-		case strings.HasPrefix(line, "#[[override]]"):
+		case strings.HasPrefix(line, "#[[override]]"), strings.HasPrefix(line, "#[[rate]]"):
 			inOverride = true
 		case strings.HasPrefix(line, "["):
 			inOverride = false
@@ -196,7 +204,8 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
+		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned",
+		"name", "key", "count", "limit", "only"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
@@ -299,5 +308,52 @@ func TestOverrideName(t *testing.T) {
 	}
 	if s := cfg.Summary(); !strings.Contains(s, `override[0]: name "relays", networks [192.0.2.0/24]`) {
 		t.Errorf("summary:\n%s", s)
+	}
+}
+
+func TestRates(t *testing.T) {
+	cfg, err := Parse("rates.toml", []byte(`
+mode = "enforce"
+[[rate]]
+name = "user-hourly"
+key = "user"
+count = "messages"
+limit = 200
+window = "1h"
+
+[[rate]]
+name = "disk"
+key = "network"
+count = "bytes"
+limit = "1GB"
+window = "1h"
+mode = "monitor"
+only = "unauthenticated"
+reply = "451 4.7.1 {rule}: try again in {retry}"
+exempt.networks = ["192.0.2.0/24"]
+
+[[override]]
+users = ["big@example.com"]
+[[override.rate]]
+name = "user-hourly"
+limit = 2000
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules
+	if len(r.Quotas) != 2 {
+		t.Fatalf("%d quotas", len(r.Quotas))
+	}
+	q := r.Quotas[1]
+	if q.Name != "disk" || q.Key != limits.QuotaNetwork || q.Count != limits.CountBytes || q.Limit != 1_000_000_000 ||
+		q.Window != time.Hour || q.Mode != limits.ModeMonitor || q.Only != "unauthenticated" || q.Reply == nil || len(q.ExemptNetworks) != 1 {
+		t.Errorf("disk: %+v", q)
+	}
+	if o := r.Overrides[0].Quotas; len(o) != 1 || o[0].Name != "user-hourly" || o[0].Limit != 2000 {
+		t.Errorf("override quotas %+v", o)
+	}
+	if err := r.Validate(); err != nil {
+		t.Error(err)
 	}
 }
