@@ -54,6 +54,7 @@ type Memory struct {
 	tail      int32 // least recently seen slot, -1 when empty
 	bans      map[string]*Ban
 	evictions uint64
+	quota     quotaTable // the windows of quotas (quota.go)
 }
 
 // slot is one tracked key; prev and next are slot indexes (-1: none).
