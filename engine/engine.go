@@ -84,6 +84,7 @@ func New(cfg Config) (*Engine, error) {
 		e.storeTimeout = time.Second
 	}
 	e.rules.Store(cfg.Rules)
+	e.initQuotaMetrics(cfg.Rules)
 	return e, nil
 }
 
@@ -140,6 +141,7 @@ func (e *Engine) SetRules(r *limits.Rules) error {
 	e.legacy.Store(&keep)
 	e.prevRules.Store(old)
 	e.rules.Store(r)
+	e.initQuotaMetrics(r)
 	return nil
 }
 

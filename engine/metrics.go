@@ -20,6 +20,9 @@ type Metrics struct {
 	Malformed    *prometheus.CounterVec
 	StoreErrors  *prometheus.CounterVec
 	Duration     map[limits.Stage]prometheus.Observer
+	// QuotaRefusals counts quota refusals by rule name and mode (never by
+	// user or address); see session_quotas.go.
+	QuotaRefusals *prometheus.CounterVec
 }
 
 // The values of the "what" label of sessioncap_malformed_input_total.
@@ -62,6 +65,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"})),
 		Duration: make(map[limits.Stage]prometheus.Observer),
+		QuotaRefusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessioncap_quota_refusals_total",
+			Help: "Quota ([[rate]]) refusals, by rule (the rule's name) and mode (enforce: the 4xx was given; monitor: it would have been; tag: the mail went on with a header).",
+		}, []string{"rule", "mode"})),
 	}
 	hist := register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sessioncap_callback_duration_seconds",
@@ -112,6 +119,8 @@ func StagesOf(l limits.Limit) []limits.Stage {
 		return []limits.Stage{limits.StageMail, limits.StageEOM}
 	case limits.LimitSessionRecipients:
 		return []limits.Stage{limits.StageRcpt}
+	case limits.LimitQuota:
+		return []limits.Stage{limits.StageMail, limits.StageRcpt}
 	case limits.LimitErrors:
 		return []limits.Stage{limits.StageConnect, limits.StageMail, limits.StageRcpt}
 	default:

@@ -104,6 +104,9 @@ type Session struct {
 	errScope    string        // the scope of errKey (see limits.StoreKey)
 	errBanUntil time.Time     // a ban of errKey seen in force
 	errExempt   bool          // the transaction's errors are not counted (exempt network, or exempt authenticated)
+
+	eomRcpts int64               // the recipients the MTA reported at end of message, -1 when it did not
+	quotaBuf []limits.QuotaCheck // reused by the quota stages
 }
 
 // check is what one rule decided: a refusal (nil: nothing to say), the
@@ -338,6 +341,7 @@ func (s *Session) EndOfMessage(size, rcpts int64) Verdict {
 	if size > 0 {
 		s.state.AddBytes(int(min(size, 1<<40)))
 	}
+	s.eomRcpts = rcpts
 	if rcpts > 0 {
 		s.state.Recipients = max(0, s.state.Recipients+rcpts-s.txRcpts)
 	}

@@ -578,13 +578,14 @@ func (r *Rules) overrideFor(c Client) int {
 // NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
 // must send headers and body chunks at all.
 func (r *Rules) NeedsBodies() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() })
+	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
+		r.quotasNeed(func(q *Quota) bool { return q.Count == CountBytes })
 }
 
 // NeedsRecipients reports whether any policy has a recipient cap.
 func (r *Rules) NeedsRecipients() bool {
 	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
-		r.NeedsErrors()
+		r.NeedsErrors() || r.quotasNeed(func(q *Quota) bool { return q.Key == QuotaRecipient || q.Count == CountRecipients })
 }
 
 // NeedsErrors reports whether any policy counts errors, i.e. whether the MTA
@@ -634,7 +635,7 @@ func (r *Rules) NeedsTagging() bool {
 		(r.SenderNetworks.MaxNetworks > 0 && r.ModeOf(r.SenderNetworks.Mode) == ModeTag) || r.any(func(p *Policy) bool {
 		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
 			r.ModeOf(p.Concurrency.Mode) == ModeTag || (p.Errors.On() && r.ModeOf(p.Errors.Mode) == ModeTag)
-	})
+	}) || r.quotasTag()
 }
 
 // ValidHeaderName reports whether s is a header field name (RFC 5322 ftext:

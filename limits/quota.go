@@ -520,3 +520,43 @@ func (r *Rules) LongestQuotaWindow() time.Duration {
 	}
 	return d
 }
+
+// quotasNeed reports whether a quota that some client may have on (its
+// own mode, or an override's) satisfies f.
+func (r *Rules) quotasNeed(f func(*Quota) bool) bool {
+	for i := range r.Quotas {
+		q := &r.Quotas[i]
+		if !f(q) {
+			continue
+		}
+		if r.ModeOf(q.Mode).Decides() {
+			return true
+		}
+		for _, o := range r.Overrides {
+			for _, qo := range o.Quotas {
+				if qo.Name == q.Name && qo.Mode.Decides() && qo.Mode != "" {
+					return true
+				}
+			}
+		}
+	}
+	return false
+}
+
+// quotasTag reports whether a quota is in tag mode, its own or an
+// override's.
+func (r *Rules) quotasTag() bool {
+	for i := range r.Quotas {
+		if r.ModeOf(r.Quotas[i].Mode) == ModeTag {
+			return true
+		}
+	}
+	for _, o := range r.Overrides {
+		for _, qo := range o.Quotas {
+			if qo.Mode == ModeTag {
+				return true
+			}
+		}
+	}
+	return false
+}
