@@ -50,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		})),
 		Refusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors, quota), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
 		}, []string{"limit", "stage", "mode"})),
 		Bans: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
@@ -62,7 +62,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"what"})),
 		StoreErrors: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_store_errors_total",
-			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
+			Help: "Failed calls to the counter store, by operation (hit, quota); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"})),
 		Duration: make(map[limits.Stage]prometheus.Observer),
 		QuotaRefusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{

@@ -620,8 +620,8 @@ sessioncap_sessions_active 0
 	}
 	// every limit/stage/mode series exists from the start, at 0 unless hit
 	n, err := testutil.GatherAndCount(h.reg, "sessioncap_refusals_total")
-	if err != nil || n != 42 {
-		t.Fatalf("refusal series: %d (%v), want 42 (14 limit/stage pairs × 3 modes)", n, err)
+	if err != nil || n != 48 {
+		t.Fatalf("refusal series: %d (%v), want 48 (16 limit/stage pairs × 3 modes)", n, err)
 	}
 	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
 # HELP sessioncap_malformed_input_total Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).
