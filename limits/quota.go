@@ -560,3 +560,45 @@ func (r *Rules) quotasTag() bool {
 	}
 	return false
 }
+
+// QuotaValue turns what an operator typed for a key of kind into the value
+// the quotas count under: a network's address or prefix becomes its prefix
+// under r, senders and recipients are lowercased, a sender domain is taken
+// alone or from an address.
+func (r *Rules) QuotaValue(kind QuotaKey, v string) (string, error) {
+	v = strings.TrimSpace(v)
+	if v == "" {
+		return "", fmt.Errorf("empty %s", kind)
+	}
+	switch kind {
+	case QuotaNetwork:
+		if p, err := netip.ParsePrefix(v); err == nil {
+			return r.Key(p.Addr()).String(), nil
+		}
+		a, err := netip.ParseAddr(v)
+		if err != nil {
+			return "", fmt.Errorf("network %q is neither an address nor a prefix", v)
+		}
+		return r.Key(a).String(), nil
+	case QuotaUser:
+		return v, nil
+	case QuotaSender, QuotaRecipient:
+		return strings.ToLower(strings.TrimSuffix(strings.TrimPrefix(v, "<"), ">")), nil
+	case QuotaSenderDomain:
+		if !strings.Contains(v, "@") {
+			v = "@" + v
+		}
+		d, ok := SenderDomain(v)
+		if !ok {
+			return "", fmt.Errorf("%q is not a domain", v)
+		}
+		return d, nil
+	}
+	return "", fmt.Errorf("unknown key %q (want %s)", kind, strings.Join(func() []string {
+		s := make([]string, len(AllQuotaKeys))
+		for i, k := range AllQuotaKeys {
+			s[i] = string(k)
+		}
+		return s
+	}(), ", "))
+}

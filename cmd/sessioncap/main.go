@@ -41,6 +41,7 @@ var usageText = `Usage:
   sessioncap bans [-json] | status [-json] | reload
   sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
   sessioncap unban ADDRESS|PREFIX
+  sessioncap quota show|reset [-json] KEYKIND VALUE
 
 sessioncap is a milter that caps SMTP sessions for Postfix and Sendmail:
 messages, bytes and recipients per connection, connections per address per
@@ -60,7 +61,7 @@ Options:
   -metrics-listen HOST:PORT  Prometheus /metrics address; "" disables
                              (default ` + config.DefaultMetricsListen + `)
 
-Admin commands (bans, ban, unban, reload, status) talk to the running daemon
+Admin commands (bans, ban, unban, reload, status, quota) talk to the running daemon
 over its admin socket; each takes -admin SPEC (default
 ` + admin.DefaultListen + `) and -token-file FILE.
 "sessioncap bans -h" tells more.
@@ -84,6 +85,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitOK
 		case "bans", "ban", "unban", "reload", "status":
 			return adminCommand(args[0], args[1:], stdout, stderr)
+		case "quota":
+			return quotaCommand(args[1:], stdout, stderr)
 		case "help":
 			fmt.Fprint(stdout, usageText)
 			return exitOK
