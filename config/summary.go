@@ -59,6 +59,13 @@ func (cfg *Config) Summary() string {
 		fmt.Fprintf(&b, "sender_networks: max_networks %d per %s, networks /%d and /%d, %d exempt domains, mode %s\n",
 			sn.MaxNetworks, sn.Window, sn.IPv4Prefix, sn.IPv6Prefix, len(sn.ExemptDomains), r.ModeOf(sn.Mode))
 	}
+	for _, q := range r.Quotas {
+		fmt.Fprintf(&b, "rate %q: %d %s per %s by %s, mode %s", q.Name, q.Limit, q.Count, q.Window, q.Key, r.ModeOf(q.Mode))
+		if q.Only != "" {
+			fmt.Fprintf(&b, ", only %s", q.Only)
+		}
+		fmt.Fprintln(&b)
+	}
 	if len(r.Deny.Networks) > 0 {
 		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())
 	}

@@ -96,3 +96,57 @@ func TestFleetSharesQuotaThroughRedis(t *testing.T) {
 		}
 	}
 }
+
+func TestExplainQuotas(t *testing.T) {
+	path := t.TempDir() + "/explain.toml"
+	writeFile(t, path, `
+[[rate]]
+name = "user-hourly"
+key = "user"
+count = "messages"
+limit = 200
+window = "1h"
+[[rate]]
+name = "domain-bytes"
+key = "sender_domain"
+count = "bytes"
+limit = "1GB"
+window = "24h"
+only = "unauthenticated"
+[[rate]]
+name = "mailbox"
+key = "recipient"
+count = "messages"
+limit = 300
+window = "10m"
+[[override]]
+users = ["big@example.com"]
+[[override.rate]]
+name = "user-hourly"
+limit = 5000
+`)
+	for _, c := range []struct {
+		args []string
+		want []string
+	}{
+		{[]string{"-explain", "192.0.2.1", "-user", "big@example.com", "-sender", "Big@Example.COM"}, []string{
+			`rate "user-hourly": 5000 messages per 1h0m0s by user, mode enforce (override.rate): key user big@example.com`,
+			`rate "domain-bytes": 1000000000 bytes per 24h0m0s by sender_domain, mode enforce: skipped: only unauthenticated`,
+			`rate "mailbox": 300 messages per 10m0s by recipient, mode enforce: counted per recipient at RCPT`,
+		}},
+		{[]string{"-explain", "192.0.2.1", "-sender", "a@Example.org"}, []string{
+			`rate "user-hourly": 200 messages per 1h0m0s by user, mode enforce: skipped: no SASL user`,
+			`rate "domain-bytes": 1000000000 bytes per 24h0m0s by sender_domain, mode enforce: key sender_domain example.org`,
+		}},
+	} {
+		code, out, errOut := runCLI(append([]string{"check-config", "-config", path}, c.args...)...)
+		if code != 0 {
+			t.Fatalf("%v: exit %d: %s", c.args, code, errOut)
+		}
+		for _, w := range c.want {
+			if !strings.Contains(out, w) {
+				t.Errorf("%v: no %q in:\n%s", c.args, w, out)
+			}
+		}
+	}
+}
