@@ -20,8 +20,8 @@ type Metrics struct {
 	Malformed    *prometheus.CounterVec
 	StoreErrors  *prometheus.CounterVec
 	Duration     map[limits.Stage]prometheus.Observer
-	// QuotaRefusals counts quota refusals by rule name and mode (never by
-	// user or address); see session_quotas.go.
+	// QuotaRefusals counts quota refusals by rule name, key kind and mode
+	// (never by user or address); see session_quotas.go.
 	QuotaRefusals *prometheus.CounterVec
 }
 
@@ -67,8 +67,8 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		Duration: make(map[limits.Stage]prometheus.Observer),
 		QuotaRefusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_quota_refusals_total",
-			Help: "Quota ([[rate]]) refusals, by rule (the rule's name) and mode (enforce: the 4xx was given; monitor: it would have been; tag: the mail went on with a header).",
-		}, []string{"rule", "mode"})),
+			Help: "Quota ([[rate]]) refusals, by rule (the rule's name), key (its key kind: network, user, sender, sender_domain, recipient; never the value) and mode (enforce: the 4xx was given; monitor: it would have been; tag: the mail went on with a header).",
+		}, []string{"rule", "key", "mode"})),
 	}
 	hist := register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sessioncap_callback_duration_seconds",

@@ -97,7 +97,7 @@ func (s *Session) quotaStage(stage limits.Stage, rcpt string) check {
 // attributes: the rule, the key and its value, the use and the limit.
 func (s *Session) quotaCheck(c *limits.QuotaCheck, stage limits.Stage, u limits.QuotaUse) check {
 	ref := c.Refusal(stage, u)
-	s.eng.metrics.QuotaRefusals.WithLabelValues(c.Rule.Name, string(c.Mode)).Inc()
+	s.eng.metrics.QuotaRefusals.WithLabelValues(c.Rule.Name, string(c.Rule.Key), string(c.Mode)).Inc()
 	return check{refusal: ref, mode: c.Mode, attrs: []any{
 		"rule", c.Rule.Name, "key", string(c.Rule.Key), "key_value", c.Value,
 		"count", string(c.Rule.Count), "use", ref.Value, "need", c.Op.Need, "limit", c.Op.Limit, "window", c.Op.Window.String(),
@@ -139,7 +139,7 @@ func (s *Session) countQuotas() {
 func (e *Engine) initQuotaMetrics(r *limits.Rules) {
 	for i := range r.Quotas {
 		for _, m := range limits.AllModes {
-			e.metrics.QuotaRefusals.WithLabelValues(r.Quotas[i].Name, string(m))
+			e.metrics.QuotaRefusals.WithLabelValues(r.Quotas[i].Name, string(r.Quotas[i].Key), string(m))
 		}
 	}
 }

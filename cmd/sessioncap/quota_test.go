@@ -83,10 +83,10 @@ func TestFleetSharesQuotaThroughRedis(t *testing.T) {
 		t.Fatalf("after the reset on the other host: %s", reply)
 	}
 	b.waitLog("quota reset by operator")
-	if got := a.metric(`sessioncap_quota_refusals_total{mode="enforce",rule="user-hourly"}`); got != "0" {
+	if got := a.metric(`sessioncap_quota_refusals_total{key="user",mode="enforce",rule="user-hourly"}`); got != "0" {
 		t.Errorf("host a counted %s quota refusals, want 0", got)
 	}
-	if got := b.metric(`sessioncap_quota_refusals_total{mode="enforce",rule="user-hourly"}`); got != "1" {
+	if got := b.metric(`sessioncap_quota_refusals_total{key="user",mode="enforce",rule="user-hourly"}`); got != "1" {
 		t.Errorf("host b counted %s quota refusals, want 1", got)
 	}
 	// usage errors: flags come before the words, kinds are checked
