@@ -41,6 +41,7 @@ for i = 1, #KEYS do
   local win, lim, need, add = tonumber(ARGV[a+1]), tonumber(ARGV[a+2]), tonumber(ARGV[a+3]), tonumber(ARGV[a+4])
   local w = redis.call('HMGET', KEYS[i], 's', 'p', 'c')
   local s, p, c = tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0
+  local s0 = s
   local t = now
   if t < s then t = s end
   local el = t - s
@@ -55,7 +56,7 @@ for i = 1, #KEYS do
     refused = 1
     if ARGV[a+5] == '1' then stop = true end
   end
-  ws[i] = {s, p, c, win, add}
+  ws[i] = {s, p, c, win, add, s0}
   out[#out+1] = s
   out[#out+1] = p
   out[#out+1] = c
@@ -64,7 +65,11 @@ end
 if not stop then
   for i = 1, #KEYS do
     local w = ws[i]
-    if w[5] > 0 then
+    if w[5] > 0 and w[1] == w[6] then
+      -- the same fixed window: add to its count; the key already expires
+      -- 2 windows after its start
+      redis.call('HINCRBY', KEYS[i], 'c', int(w[5]))
+    elseif w[5] > 0 then
       redis.call('HSET', KEYS[i], 's', int(w[1]), 'p', int(w[2]), 'c', int(w[3] + w[5]))
       local ttl = 2 * w[4]
       if w[1] > now then ttl = ttl + (w[1] - now) end
