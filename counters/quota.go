@@ -55,7 +55,12 @@ func (m *Memory) quotaLocked(ops []limits.QuotaOp, now int64) []limits.QuotaUse 
 	if t.m == nil {
 		t.m = make(map[string]*list.Element)
 	}
-	ws := make([]limits.QuotaWindow, len(ops))
+	var buf [8]limits.QuotaWindow
+	ws := buf[:0]
+	if len(ops) > len(buf) {
+		ws = make([]limits.QuotaWindow, 0, len(ops))
+	}
+	ws = ws[:len(ops)]
 	for i, op := range ops {
 		if e, ok := t.m[op.Key]; ok {
 			if q := e.Value.(*quotaEntry); q.ttl > now {

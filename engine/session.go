@@ -107,6 +107,12 @@ type Session struct {
 
 	eomRcpts int64               // the recipients the MTA reported at end of message, -1 when it did not
 	quotaBuf []limits.QuotaCheck // reused by the quota stages
+	quotaOps []limits.QuotaOp    // reused by the quota stages
+	// the checks of MAIL's quotas in this transaction (their keys are
+	// counted again at end of message), and the client's network as the
+	// quotas key it
+	mailChecks []limits.QuotaCheck
+	quotaNet   string
 }
 
 // check is what one rule decided: a refusal (nil: nothing to say), the
@@ -246,6 +252,7 @@ func (s *Session) begin(m Mail) {
 	s.domain, _ = limits.SenderDomain(m.Sender)
 	s.rcpts, s.txRcpts = s.rcpts[:0], 0
 	s.txTags = s.txTags[:0]
+	s.mailChecks = s.mailChecks[:0]
 	c := s.clientOf()
 	s.caps, s.exempt = r.ForClient(c)
 	s.capsMode = r.ModeOf(s.caps.Mode)

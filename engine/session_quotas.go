@@ -1,6 +1,7 @@
 package engine
 
 import (
+	"context"
 	"errors"
 
 	"github.com/sessioncap/sessioncap/counters"
@@ -32,7 +33,10 @@ func (s *Session) eomQuotas() check { return check{} }
 
 // quotaSubject is what the quotas key on in the current transaction.
 func (s *Session) quotaSubject(rcpt string) limits.QuotaSubject {
-	return limits.QuotaSubject{Client: s.clientOf(), Sender: s.mail.Sender, Recipient: rcpt}
+	if s.quotaNet == "" && s.addr.IsValid() {
+		s.quotaNet = s.rules.Key(s.addr).String()
+	}
+	return limits.QuotaSubject{Client: s.clientOf(), Sender: s.mail.Sender, Recipient: rcpt, Network: s.quotaNet}
 }
 
 // quotaStage asks the store about the quotas of stage in one call and
@@ -51,16 +55,23 @@ func (s *Session) quotaStage(stage limits.Stage, rcpt string) check {
 	if !ok {
 		return check{}
 	}
-	s.quotaBuf = r.QuotaChecks(s.quotaBuf[:0], stage, s.quotaSubject(rcpt), s.mail.Size)
-	checks := s.quotaBuf
+	var checks []limits.QuotaCheck
+	if stage == limits.StageMail {
+		s.mailChecks = r.QuotaChecks(s.mailChecks[:0], stage, s.quotaSubject(rcpt), s.mail.Size)
+		checks = s.mailChecks
+	} else {
+		s.quotaBuf = r.QuotaChecks(s.quotaBuf[:0], stage, s.quotaSubject(rcpt), s.mail.Size)
+		checks = s.quotaBuf
+	}
 	if len(checks) == 0 {
 		return check{}
 	}
-	ops := make([]limits.QuotaOp, len(checks))
+	ops := s.quotaOps[:0]
 	for i := range checks {
-		ops[i] = checks[i].Op
+		ops = append(ops, checks[i].Op)
 	}
-	ctx, cancel := s.eng.StoreContext()
+	s.quotaOps = ops
+	ctx, cancel := s.eng.quotaContext(qs)
 	uses, err := qs.Quota(ctx, ops)
 	cancel()
 	if err != nil {
@@ -122,11 +133,14 @@ func (s *Session) countQuotas() {
 	if s.eomRcpts > 0 {
 		extra = max(0, s.eomRcpts-int64(len(s.rcpts)))
 	}
-	ops := r.QuotaCounts(nil, s.quotaSubject(""), s.rcpts, max(s.msgSize, 0), extra)
+	subj := s.quotaSubject("")
+	subj.Known = s.mailChecks
+	ops := r.QuotaCounts(s.quotaOps[:0], subj, s.rcpts, max(s.msgSize, 0), extra)
+	s.quotaOps = ops
 	if len(ops) == 0 {
 		return
 	}
-	ctx, cancel := s.eng.StoreContext()
+	ctx, cancel := s.eng.quotaContext(qs)
 	defer cancel()
 	if _, err := qs.Quota(ctx, ops); err != nil {
 		s.eng.metrics.StoreErrors.WithLabelValues("quota").Inc()
@@ -142,4 +156,14 @@ func (e *Engine) initQuotaMetrics(r *limits.Rules) {
 			e.metrics.QuotaRefusals.WithLabelValues(r.Quotas[i].Name, string(r.Quotas[i].Key), string(m))
 		}
 	}
+}
+
+// quotaContext bounds a quota call by the store timeout, except on the
+// memory store, which never waits (a timer per call would cost more than
+// the call).
+func (e *Engine) quotaContext(qs counters.QuotaStore) (context.Context, context.CancelFunc) {
+	if _, ok := qs.(*counters.Memory); ok {
+		return context.Background(), func() {}
+	}
+	return e.StoreContext()
 }

@@ -283,6 +283,12 @@ type QuotaSubject struct {
 	Client    Client
 	Sender    string // MAIL FROM without brackets, "" for the null sender
 	Recipient string // the RCPT TO of this op, "" outside RCPT
+	// Network is r.Key(Client.Addr) as text when the caller keeps it, ""
+	// to compute it.
+	Network string
+	// Known are checks already made in this transaction (at MAIL), whose
+	// store keys QuotaCounts reuses.
+	Known []QuotaCheck
 }
 
 // QuotaKeyValue returns the value rule q counts s under, false when q does
@@ -310,6 +316,9 @@ func (r *Rules) QuotaKeyValue(q *Quota, s QuotaSubject) (string, bool) {
 	case QuotaNetwork:
 		if !c.HasAddr {
 			return "", false
+		}
+		if s.Network != "" {
+			return s.Network, true
 		}
 		return r.Key(c.Addr).String(), true
 	case QuotaUser:
@@ -437,7 +446,9 @@ func (r *Rules) QuotaCounts(buf []QuotaOp, s QuotaSubject, rcpts []string, size,
 			continue
 		}
 		if q.Key != QuotaRecipient {
-			if v, ok := r.QuotaKeyValue(q, s); ok {
+			if k := knownKey(s.Known, q); k != "" {
+				buf = append(buf, QuotaOp{Key: k, Window: q.Window, Limit: p.limit, Add: n})
+			} else if v, ok := r.QuotaKeyValue(q, s); ok {
 				buf = append(buf, QuotaOp{Key: QuotaStoreKey(q.Name, q.Key, v), Window: q.Window, Limit: p.limit, Add: n})
 			}
 			continue
@@ -601,4 +612,14 @@ func (r *Rules) QuotaValue(kind QuotaKey, v string) (string, error) {
 		}
 		return s
 	}(), ", "))
+}
+
+// knownKey is the store key of a check of q among known, "" for none.
+func knownKey(known []QuotaCheck, q *Quota) string {
+	for i := range known {
+		if known[i].Rule == q {
+			return known[i].Op.Key
+		}
+	}
+	return ""
 }
