@@ -52,3 +52,33 @@ func TestQuotaRecipientAtRcpt(t *testing.T) {
 		e.expectRefusals(t, "quota", "rcpt", "enforce", 1)
 	})
 }
+
+// TestRelayQuotaZeroLoss: a real sending Postfix, with its queue and
+// retries, delivers a batch from one sender through a sender quota of 10
+// messages per 2 seconds: the messages over it get 451 4.7.1 at MAIL (at
+// RCPT through the policy front-end), are deferred once per refusal,
+// retried and delivered as the window slides; every message arrives once,
+// nothing bounces.
+func TestRelayQuotaZeroLoss(t *testing.T) {
+	for _, policy := range []bool{false, true} {
+		name := "milter"
+		if policy {
+			name = "policy"
+		}
+		t.Run(name, func(t *testing.T) {
+			st := runRelay(t, relayScenario{
+				messages: relayMessages(t, 40),
+				size:     5000,
+				sessioncap: "[frequency]\nmax_connections = 0\n" +
+					"[[rate]]\nname = \"sender-burst\"\nkey = \"sender\"\ncount = \"messages\"\nlimit = 10\nwindow = \"2s\"\n",
+				policy: policy,
+			})
+			if st.refusals421 == 0 {
+				t.Errorf("the quota never refused: the run proves nothing (%s)", st)
+			}
+			if st.deferrals != st.refusals421 {
+				t.Errorf("%d deferrals for %d refusals: each refused message should be deferred once", st.deferrals, st.refusals421)
+			}
+		})
+	}
+}
