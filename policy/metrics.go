@@ -19,6 +19,7 @@ type Metrics struct {
 	refusedConns   *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	tracked        prometheus.Gauge
+	conns          prometheus.Gauge
 	evictions      prometheus.Counter
 }
 
@@ -57,6 +58,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessioncap_policy_sessions_tracked",
 			Help: "SMTP sessions the policy front-end keeps counts for (open ones, and ended ones until they have been idle for the session idle time).",
 		}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sessioncap_policy_connections",
+			Help: "Open policy connections (Postfix keeps one per smtpd process).",
+		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sessioncap_policy_session_evictions_total",
 			Help: "Policy sessions forgotten before they were idle for the session idle time, because the session table was full; their counts start over.",
@@ -71,6 +76,6 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range []string{refusedAllow, refusedLimit} {
 		m.refusedConns.WithLabelValues(r)
 	}
-	reg.MustRegister(requests, m.protocolErrors, m.refusedConns, m.acceptErrors, m.tracked, m.evictions)
+	reg.MustRegister(requests, m.protocolErrors, m.refusedConns, m.acceptErrors, m.tracked, m.conns, m.evictions)
 	return m
 }

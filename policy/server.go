@@ -13,14 +13,17 @@
 // identified server-wide by the SMTP connection's endpoints as Postfix
 // reports them: client_address, client_port, server_address, server_port
 // (Postfix 3.0 and 3.2 and later). No two open TCP connections share them.
-// A later SMTP connection that reuses all four (the client picked the same
-// source port again) is told apart by the instance attribute: Postfix's
-// smtpd writes it as pid.seconds.microseconds.seqno (hex) at each MAIL,
-// with seqno counting transactions from 0 in every SMTP session. A request
-// whose pid differs, whose seqno went down, or whose seqno is the same with
-// another instance, belongs to a new session; so does every CONNECT
-// request. Sessions live in a table bounded by MaxSessions (least recently
-// seen evicted) and forgotten after SessionIdle without a request.
+// A later SMTP connection that reuses all four is told apart as identify.go
+// explains: at its CONNECT, when its smtpd process's policy connection last
+// spoke for other endpoints (one smtpd process serves one session at a
+// time, so its previous session has ended and leaves the table), or by the
+// instance attribute (pid.seconds.microseconds.seqno, hex, at RCPT and
+// END-OF-MESSAGE; seqno counts the session's transactions from 0). A MAIL
+// that could be the session's next or a new one's first (no CONNECT
+// requests, no instance at MAIL) is answered DUNNO and decided at its
+// first RCPT. Sessions live in a table bounded by MaxSessions (the least
+// recently seen one that no open policy connection is serving is evicted)
+// and are forgotten after SessionIdle without a request.
 // A request without a usable client port (Postfix before 3.0, or an smtpd
 // not on a socket, which reports port 0) is counted per policy connection.
 //
@@ -256,6 +259,7 @@ func (s *Server) Serve(ln net.Listener) error {
 			continue
 		}
 		s.conns[c] = struct{}{}
+		s.metrics.conns.Set(float64(len(s.conns)))
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go c.serve()
@@ -332,6 +336,7 @@ type conn struct {
 	idle bool       // waiting for the first line of a request
 
 	fallback *session // for requests without a usable client port
+	cur      *session // the session of the last request (guarded by the table's lock)
 
 	clientAddr, serverAddr addrCache
 }
@@ -349,8 +354,10 @@ func newConn(s *Server, nc net.Conn) *conn {
 func (c *conn) serve() {
 	defer func() {
 		_ = c.nc.Close()
+		c.release()
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
+		c.srv.metrics.conns.Set(float64(len(c.srv.conns)))
 		c.srv.mu.Unlock()
 		c.srv.wg.Done()
 	}()
