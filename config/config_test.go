@@ -23,10 +23,13 @@ bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit 
 bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
 		"bad-policy.toml": `bad-policy.toml:3: policy.listen: listen "tcp:127.0.0.1:10030": unknown socket type "tcp" (want inet, inet6 or unix)
 bad-policy.toml:4: policy.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
-bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300
+bad-policy.toml:6: policy.session_idle: a duration must be a string with a unit such as "90s" or "5m", got the bare number 3600`,
 		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
 bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
-bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
+bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "5m30s")
+bad-policy-values.toml:5: policy.max_sessions: must be at least 1000, got 10: each open policy connection may be serving a session (the default is 100000)
+bad-policy-values.toml:6: policy.session_idle: must be at least 5m, got "1m0s": a session may be silent that long between two requests (smtpd_timeout is 300s), and one forgotten is counted again (the default is "1h")`,
 		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
 bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
 bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
@@ -192,13 +195,13 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
+		"max_sessions", "session_idle", "token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 65 {
-		t.Errorf("%d settings found, want 65", uncommented)
+	if uncommented != 67 {
+		t.Errorf("%d settings found, want 67", uncommented)
 	}
 }
 

@@ -74,9 +74,9 @@ type Store = engine.Store
 const (
 	// DefaultReadTimeout is how long a policy connection may wait for its
 	// next request. Postfix closes idle policy connections itself after
-	// smtpd_policy_service_max_idle (300s); this only reclaims connections
-	// of MTAs that vanished.
-	DefaultReadTimeout = time.Hour
+	// smtpd_policy_service_max_idle (300s), so a connection idle for longer
+	// is not a live Postfix's: this reclaims it soon after.
+	DefaultReadTimeout = 330 * time.Second
 	// DefaultMaxConnections bounds open policy connections: Postfix opens
 	// one per smtpd process (default_process_limit is 100).
 	DefaultMaxConnections = 1000

@@ -133,6 +133,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 			Logger:      log,
 			Allow:       cfg.PolicyAllow,
 			ReadTimeout: cfg.PolicyReadTimeout,
+			MaxSessions: cfg.PolicyMaxSessions,
+			SessionIdle: cfg.PolicySessionIdle,
 		})
 	}
 	if err != nil {
@@ -311,6 +313,8 @@ func (d *daemon) reload() error {
 		{"policy.listen", d.cfg.PolicyListen, cfg.PolicyListen},
 		{"policy.allow", fmt.Sprint(d.cfg.PolicyAllow), fmt.Sprint(cfg.PolicyAllow)},
 		{"policy.read_timeout", d.cfg.PolicyReadTimeout.String(), cfg.PolicyReadTimeout.String()},
+		{"policy.max_sessions", fmt.Sprint(d.cfg.PolicyMaxSessions), fmt.Sprint(cfg.PolicyMaxSessions)},
+		{"policy.session_idle", d.cfg.PolicySessionIdle.String(), cfg.PolicySessionIdle.String()},
 		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
 		{"admin.listen", d.cfg.AdminListen, cfg.AdminListen},
 		{"store", fmt.Sprintf("%+v", d.cfg.Store), fmt.Sprintf("%+v", cfg.Store)},
