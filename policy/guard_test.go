@@ -1,7 +1,9 @@
 package policy_test
 
 import (
+	"bufio"
 	"context"
+	"io"
 	"log/slog"
 	"net"
 	"net/netip"
@@ -91,16 +93,24 @@ func TestAllowList(t *testing.T) {
 	})
 }
 
+// TestConnectionLimit: beyond MaxConnections with none idle (every one in
+// the middle of a request) a new connection is refused.
 func TestConnectionLimit(t *testing.T) {
 	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.MaxConnections = 1 })
 	p := h.dial()
-	if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
-		t.Fatalf("first connection: %q", a)
+	if _, err := io.WriteString(p.c, "request=smtpd_access_policy\n"); err != nil {
+		t.Fatal(err)
 	}
+	eventually(t, "the request to begin", func() bool {
+		return value(t, h.reg, "sessioncap_policy_connections") == 1
+	})
 	q := h.dial()
 	waitClosed(t, q.c)
 	if got := value(t, h.reg, "sessioncap_policy_refused_connections_total", "reason", "limit"); got != 1 {
 		t.Fatalf("refused{limit} = %v", got)
+	}
+	if a := p.ask(strings.Split(strings.TrimSuffix(strings.TrimPrefix(goodRequest, "request=smtpd_access_policy\n"), "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("the request in progress: %q", a)
 	}
 	_ = p.c.Close()
 	eventually(t, "a connection to be taken again", func() bool {
@@ -109,13 +119,125 @@ func TestConnectionLimit(t *testing.T) {
 	})
 }
 
+// TestReadTimeout: a connection that answered a request and then waits
+// longer than ReadTimeout for the next is closed.
 func TestReadTimeout(t *testing.T) {
 	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.ReadTimeout = 50 * time.Millisecond })
 	p := h.dial()
+	if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("request: %q", a)
+	}
 	waitClosed(t, p.c)
 	eventually(t, "the timeout to be counted", func() bool {
 		return value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", "read_timeout") == 1
 	})
+}
+
+// TestFirstRequestTimeout: Postfix connects when it has a request to send,
+// so a connection silent for FirstRequestTimeout from the start is closed,
+// while one that answered a request may wait for ReadTimeout.
+func TestFirstRequestTimeout(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.FirstRequestTimeout = 50 * time.Millisecond })
+	used := h.dial()
+	if a := used.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("request: %q", a)
+	}
+	silent := h.dial()
+	waitClosed(t, silent.c)
+	eventually(t, "the timeout to be counted", func() bool {
+		return value(t, h.reg, "sessioncap_policy_protocol_errors_total", "reason", "read_timeout") == 1
+	})
+	// used has now waited longer than the silent one lived
+	if a := used.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("a used connection after FirstRequestTimeout: %q", a)
+	}
+}
+
+// dialFrom connects from the loopback address from, another peer.
+func (h *harness) dialFrom(from string) *pconn {
+	h.t.Helper()
+	d := net.Dialer{Timeout: 5 * time.Second, LocalAddr: &net.TCPAddr{IP: net.ParseIP(from)}}
+	c, err := d.Dial("tcp", h.addr)
+	if err != nil {
+		h.t.Fatal(err)
+	}
+	h.t.Cleanup(func() { _ = c.Close() })
+	return &pconn{t: h.t, c: c, br: bufio.NewReader(c)}
+}
+
+// closed reports whether the server has closed c, waiting at most briefly.
+func closed(c net.Conn) bool {
+	_ = c.SetReadDeadline(time.Now().Add(10 * time.Millisecond))
+	_, err := c.Read(make([]byte, 1))
+	ne, ok := err.(net.Error)
+	return err != nil && !(ok && ne.Timeout())
+}
+
+// TestIdleConnectionsCannotLockPostfixOut: with every connection slot held
+// by connections that never send a request, a new connection (Postfix's)
+// is still served: the idle one that waited longest is closed for it.
+func TestIdleConnectionsCannotLockPostfixOut(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.MaxConnections = 3 })
+	postfix := h.dial()
+	if a := postfix.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("request: %q", a)
+	}
+	var idle []*pconn
+	for range 2 {
+		idle = append(idle, h.dial())
+	}
+	eventually(t, "3 open connections", func() bool { return value(t, h.reg, "sessioncap_policy_connections") == 3 })
+	// the next one closes an idle one that never sent a request, not
+	// Postfix's, although Postfix's waited longest
+	if a := h.dial().ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("a new connection while all slots are held: %q", a)
+	}
+	waitClosed(t, idle[0].c)
+	if closed(idle[1].c) {
+		t.Error("a second idle connection was closed")
+	}
+	if a := postfix.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("Postfix's connection: %q", a)
+	}
+	if got := value(t, h.reg, "sessioncap_policy_connection_evictions_total"); got != 1 {
+		t.Errorf("connection evictions = %v, want 1", got)
+	}
+	if got := value(t, h.reg, "sessioncap_policy_refused_connections_total", "reason", "limit"); got != 0 {
+		t.Errorf("refused{limit} = %v, want 0", got)
+	}
+}
+
+// TestConnectionsPerPeerBounded: one peer opening connections without end
+// closes only its own idle ones; another peer's stay.
+func TestConnectionsPerPeerBounded(t *testing.T) {
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) {
+		c.MaxConnections = 10
+		c.MaxConnectionsPerPeer = 2
+	})
+	var postfix []*pconn
+	for range 2 {
+		p := h.dialFrom("127.0.0.2")
+		if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+			t.Fatalf("request: %q", a)
+		}
+		postfix = append(postfix, p)
+	}
+	var flood []*pconn
+	for range 6 {
+		flood = append(flood, h.dialFrom("127.0.0.3"))
+	}
+	eventually(t, "the flood to be bounded", func() bool {
+		return value(t, h.reg, "sessioncap_policy_connection_evictions_total") == 4 &&
+			value(t, h.reg, "sessioncap_policy_connections") == 4
+	})
+	for _, p := range flood[:4] { // the oldest, closed for the newer ones
+		waitClosed(t, p.c)
+	}
+	for i, p := range postfix {
+		if a := p.ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+			t.Fatalf("the other peer's connection %d: %q", i, a)
+		}
+	}
 }
 
 func TestShutdownClosesIdleConnections(t *testing.T) {
