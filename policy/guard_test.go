@@ -8,6 +8,7 @@ import (
 	"net"
 	"net/netip"
 	"strings"
+	"sync"
 	"testing"
 	"time"
 
@@ -93,24 +94,45 @@ func TestAllowList(t *testing.T) {
 	})
 }
 
+// blockingStore is a store whose calls wait until release is closed: a
+// request being decided, deterministically not idle.
+type blockingStore struct {
+	entered, release chan struct{}
+	once             sync.Once
+}
+
+func (b *blockingStore) Hit(ctx context.Context, _ string, _ int64, _ limits.Rate) (limits.Hit, error) {
+	b.once.Do(func() { close(b.entered) })
+	select {
+	case <-b.release:
+		return limits.Hit{}, nil
+	case <-ctx.Done():
+		return limits.Hit{}, ctx.Err()
+	}
+}
+
 // TestConnectionLimit: beyond MaxConnections with none idle (every one in
 // the middle of a request) a new connection is refused.
 func TestConnectionLimit(t *testing.T) {
-	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) { c.MaxConnections = 1 })
+	store := &blockingStore{entered: make(chan struct{}), release: make(chan struct{})}
+	h := startWith(t, limits.DefaultRules(), func(c *policy.Config) {
+		c.MaxConnections = 1
+		c.Store = store
+		c.StoreTimeout = time.Minute
+	})
 	p := h.dial()
-	if _, err := io.WriteString(p.c, "request=smtpd_access_policy\n"); err != nil {
+	if _, err := io.WriteString(p.c, goodRequest); err != nil {
 		t.Fatal(err)
 	}
-	eventually(t, "the request to begin", func() bool {
-		return value(t, h.reg, "sessioncap_policy_connections") == 1
-	})
+	<-store.entered // p's request is being decided
 	q := h.dial()
 	waitClosed(t, q.c)
 	if got := value(t, h.reg, "sessioncap_policy_refused_connections_total", "reason", "limit"); got != 1 {
 		t.Fatalf("refused{limit} = %v", got)
 	}
-	if a := p.ask(strings.Split(strings.TrimSuffix(strings.TrimPrefix(goodRequest, "request=smtpd_access_policy\n"), "\n\n"), "\n")); a != "DUNNO" {
-		t.Fatalf("the request in progress: %q", a)
+	close(store.release)
+	if line, err := p.br.ReadString('\n'); err != nil || line != "action=DUNNO\n" {
+		t.Fatalf("the request in progress: %q, %v", line, err)
 	}
 	_ = p.c.Close()
 	eventually(t, "a connection to be taken again", func() bool {

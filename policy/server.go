@@ -229,9 +229,10 @@ func (s *Server) Rules() *limits.Rules { return s.eng.Rules() }
 func (s *Server) Sessions() int { return s.sessions.len() }
 
 // Serve accepts policy connections on ln until Shutdown or Close, and then
-// returns nil. Peers outside Config.Allow are closed at once, so are
-// connections beyond MaxConnections; accept errors such as EMFILE are
-// retried after a backoff.
+// returns nil. Peers outside Config.Allow are closed at once; a connection
+// beyond MaxConnections or MaxConnectionsPerPeer closes an idle one (see
+// makeRoom) or, when none is idle, is closed; accept errors such as EMFILE
+// are retried after a backoff.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing.Load() {
