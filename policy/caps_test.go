@@ -390,8 +390,9 @@ func TestSessionWithoutClientPort(t *testing.T) {
 
 func TestMailStateThenRcpt(t *testing.T) {
 	// with smtpd_delay_reject = no and the policy in smtpd_sender_restrictions
-	// too, MAIL requests come first (with the previous instance); the
-	// transaction is checked once.
+	// too, MAIL requests come first (with instance= empty, as Postfix sends
+	// it); the transaction is checked once, at the second MAIL's first RCPT
+	// (that MAIL could have been a new session's).
 	h := start(t, rulesWith(func(r *limits.Rules) {
 		r.Mode = limits.ModeMonitor
 		r.Default.Session.MaxMessages = 1
