@@ -3,15 +3,23 @@ package policy_test
 import (
 	"bufio"
 	"context"
+	"fmt"
 	"io"
 	"log/slog"
 	"net"
 	"net/netip"
+	"os"
+	"os/exec"
+	"path/filepath"
 	"strings"
 	"sync"
+	"syscall"
 	"testing"
 	"time"
 
+	"github.com/prometheus/client_golang/prometheus"
+
+	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/policy"
 )
@@ -320,4 +328,112 @@ func FuzzPolicySocket(f *testing.F) {
 			t.Fatal("the server stopped answering")
 		}
 	})
+}
+
+// TestUnixPeersCountedByUser: on a unix socket the peer is the user of the
+// connecting process (SO_PEERCRED): one user's connections are bounded by
+// MaxConnectionsPerPeer, and another user's connection (run as nobody when
+// the test runs as root) does not close them.
+func TestUnixPeersCountedByUser(t *testing.T) {
+	if path := os.Getenv("SESSIONCAP_TEST_UNIX_DIAL"); path != "" {
+		holdUnixConnection(path) // the child process
+		return
+	}
+	reg := prometheus.NewRegistry()
+	srv, err := policy.NewServer(policy.Config{
+		Rules: limits.DefaultRules(), Store: counters.NewMemory(counters.MemoryOptions{MaxTracked: 10}),
+		Metrics: policy.NewMetrics(reg), Logger: slog.New(slog.DiscardHandler), MaxConnectionsPerPeer: 1,
+	})
+	if err != nil {
+		t.Fatal(err)
+	}
+	dir := t.TempDir()
+	for _, d := range []string{filepath.Dir(dir), dir} { // nobody must reach the socket
+		if err := os.Chmod(d, 0o755); err != nil {
+			t.Fatal(err)
+		}
+	}
+	path := filepath.Join(dir, "policy.sock")
+	ln, err := net.Listen("unix", path)
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := os.Chmod(path, 0o777); err != nil {
+		t.Fatal(err)
+	}
+	done := make(chan error, 1)
+	go func() { done <- srv.Serve(ln) }()
+	t.Cleanup(func() {
+		_ = srv.Close()
+		if err := <-done; err != nil {
+			t.Errorf("serve: %v", err)
+		}
+	})
+	dial := func() *pconn {
+		c, err := net.DialTimeout("unix", path, 5*time.Second)
+		if err != nil {
+			t.Fatal(err)
+		}
+		t.Cleanup(func() { _ = c.Close() })
+		return &pconn{t: t, c: c, br: bufio.NewReader(c)}
+	}
+	first := dial()
+	eventually(t, "the first connection", func() bool { return value(t, reg, "sessioncap_policy_connections") == 1 })
+	if a := dial().ask(strings.Split(strings.TrimSuffix(goodRequest, "\n\n"), "\n")); a != "DUNNO" {
+		t.Fatalf("second connection of the same user: %q", a)
+	}
+	waitClosed(t, first.c)
+	if got := value(t, reg, "sessioncap_policy_connection_evictions_total"); got != 1 {
+		t.Errorf("connection evictions = %v, want 1", got)
+	}
+
+	if os.Geteuid() != 0 {
+		t.Skip("another user's connection needs root")
+	}
+	// the test binary's directory is private to root: run a copy
+	bin, err := os.ReadFile(os.Args[0])
+	if err != nil {
+		t.Fatal(err)
+	}
+	self := filepath.Join(dir, "policy.test")
+	if err := os.WriteFile(self, bin, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	cmd := exec.Command(self, "-test.run=^TestUnixPeersCountedByUser$")
+	cmd.Dir = dir
+	cmd.Env = append(os.Environ(), "SESSIONCAP_TEST_UNIX_DIAL="+path)
+	cmd.SysProcAttr = &syscall.SysProcAttr{Credential: &syscall.Credential{Uid: 65534, Gid: 65534}}
+	stdin, err := cmd.StdinPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	stdout, err := cmd.StdoutPipe()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if err := cmd.Start(); err != nil {
+		t.Fatal(err)
+	}
+	defer func() { _ = stdin.Close(); _ = cmd.Wait() }()
+	if line, err := bufio.NewReader(stdout).ReadString('\n'); err != nil || line != "connected\n" {
+		t.Fatalf("child as nobody: %q, %v", line, err)
+	}
+	eventually(t, "nobody's connection", func() bool { return value(t, reg, "sessioncap_policy_connections") == 2 })
+	if got := value(t, reg, "sessioncap_policy_connection_evictions_total"); got != 1 {
+		t.Errorf("another user's connection closed one: evictions = %v, want 1", got)
+	}
+}
+
+// holdUnixConnection connects to path, says so on stdout, and holds the
+// connection until stdin closes.
+func holdUnixConnection(path string) {
+	c, err := net.Dial("unix", path)
+	if err != nil {
+		fmt.Println("dial:", err)
+		os.Exit(1)
+	}
+	fmt.Println("connected")
+	_, _ = io.Copy(io.Discard, os.Stdin)
+	_ = c.Close()
+	os.Exit(0)
 }
