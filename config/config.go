@@ -171,6 +171,7 @@ type fileConfig struct {
 		Frequency          value[string] `toml:"frequency"`
 		FrequencyNoBan     value[string] `toml:"frequency_no_ban"`
 		Banned             value[string] `toml:"banned"`
+		BannedManual       value[string] `toml:"banned_manual"`
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`

@@ -4,6 +4,8 @@ import (
 	"slices"
 	"testing"
 	"time"
+
+	"github.com/sessioncap/sessioncap/limits"
 )
 
 // TestDurationsTakeDaysAndWeeks: every duration of the file takes d and w
@@ -46,5 +48,21 @@ func TestKeys(t *testing.T) {
 		if slices.Contains(keys, k) {
 			t.Errorf("Keys() lists the table %s as a key", k)
 		}
+	}
+}
+
+// TestBannedManualReply: replies.banned_manual is a reply key like the
+// others: 4xx only.
+func TestBannedManualReply(t *testing.T) {
+	cfg, err := Parse("r.toml", []byte("[replies]\nbanned_manual = \"421 4.7.1 Blocked by the postmaster; try again in {ban}\"\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	if r := cfg.Rules.Replies[limits.ReplyBannedManual]; r.Enhanced != "4.7.1" || r.Text != "Blocked by the postmaster; try again in {ban}" {
+		t.Errorf("banned_manual: %+v", r)
+	}
+	_, err = Parse("r.toml", []byte("[replies]\nbanned_manual = \"550 5.7.1 go away\"\n"))
+	if err == nil || err.Error() != `r.toml:2: replies.banned_manual: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail` {
+		t.Errorf("a 5xx banned_manual: %v", err)
 	}
 }
