@@ -18,14 +18,21 @@ import (
 // of an unknown key cannot drift from what the daemon accepts.
 func Keys() []string {
 	var keys []string
-	walkKeys(reflect.TypeFor[fileConfig](), "", &keys)
+	walkKeys(reflect.TypeFor[fileConfig](), "", &keys, nil)
 	return keys
+}
+
+// arrayTables returns the paths of the arrays of tables ([[override]]).
+func arrayTables() map[string]bool {
+	arrays := map[string]bool{}
+	walkKeys(reflect.TypeFor[fileConfig](), "", new([]string), arrays)
+	return arrays
 }
 
 // problemType is implemented by every leaf value of the schema.
 var problemType = reflect.TypeFor[interface{ problem() error }]()
 
-func walkKeys(t reflect.Type, path string, keys *[]string) {
+func walkKeys(t reflect.Type, path string, keys *[]string, arrays map[string]bool) {
 	for i := 0; i < t.NumField(); i++ {
 		f := t.Field(i)
 		name := f.Tag.Get("toml")
@@ -41,9 +48,12 @@ func walkKeys(t reflect.Type, path string, keys *[]string) {
 		case reflect.PointerTo(ft).Implements(problemType):
 			*keys = append(*keys, sub)
 		case ft.Kind() == reflect.Struct:
-			walkKeys(ft, sub, keys)
+			walkKeys(ft, sub, keys, arrays)
 		case ft.Kind() == reflect.Slice && ft.Elem().Kind() == reflect.Struct:
-			walkKeys(ft.Elem(), sub, keys)
+			if arrays != nil {
+				arrays[sub] = true
+			}
+			walkKeys(ft.Elem(), sub, keys, arrays)
 		}
 	}
 }
