@@ -109,7 +109,7 @@ cat >dist/changelog.yml <<CHANGELOG
     urgency: medium
     distributions: [unstable]
   changes:
-    - note: "sessioncap $VERSION, built from commit $commit; see https://github.com/sessioncap/sessioncap/commits/$commit"
+    - note: "Built from upstream commit $commit."
 CHANGELOG
 
 for arch in $ARCHES; do
