@@ -212,6 +212,7 @@ type PolicyTables struct {
 }
 
 type overrideTable struct {
+	Name          value[string]     `toml:"name"`
 	Networks      value[prefixList] `toml:"networks"`
 	Authenticated value[bool]       `toml:"authenticated"`
 	Users         value[stringList] `toml:"users"`
@@ -472,10 +473,22 @@ func (v *validator) build(fc *fileConfig) *Config {
 	v.buildSenderNetworks(&r.SenderNetworks, fc)
 
 	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
+	named := map[string]int{}
 	for i := range fc.Override {
 		o := &fc.Override[i]
 		prefix := fmt.Sprintf("override[%d]", i)
 		ov := limits.Override{Networks: o.Networks.get(nil), Policy: r.Default}
+		if o.Name.set && o.Name.err == nil {
+			switch n := o.Name.v; {
+			case !limits.ValidOverrideName(n):
+				v.add(prefix+".name", "%q is not a name: use 1 to 64 letters, digits, '-' and '_'", n)
+			case named[n] > 0:
+				v.add(prefix+".name", "%q is also the name of override[%d]: names must be unique (they key the override's bans and windows)", n, named[n]-1)
+			default:
+				named[n] = i + 1
+				ov.Name = n
+			}
+		}
 		if o.Authenticated.set && o.Authenticated.err == nil {
 			b := o.Authenticated.v
 			ov.Authenticated = &b
@@ -557,6 +570,14 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	e.Ban = time.Duration(t.Errors.Ban.get(duration(e.Ban)))
 	if e.MaxPerWindow > 0 && e.Window <= 0 && (prefix == "" || t.Errors.MaxPerWindow.set || t.Errors.Window.set) { // else reported for the default already
 		v.add(joinKey(prefix, "errors.window"), "must be longer than 0s while max_per_window is set")
+	}
+	if e.MaxPerWindow > 0 && e.Ban <= 0 {
+		switch {
+		case t.Errors.Ban.set:
+			v.add(joinKey(prefix, "errors.ban"), "must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)")
+		case t.Errors.MaxPerWindow.set:
+			v.add(joinKey(prefix, "errors.max_per_window"), "needs errors.ban longer than 0s, and it is %s: the window refuses only by banning (max_per_window = 0 turns it off)", e.Ban)
+		} // else reported for the default already
 	}
 	if e.MaxPerWindow > 1<<31 {
 		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)

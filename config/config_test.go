@@ -89,6 +89,10 @@ bad-store.toml:12: store.redis.db: must be 0 with cluster = true (Redis Cluster 
 bad-store.toml:13: store.redis.key_prefix: must not contain braces or white space (braces would break the Cluster hash tags)
 bad-store.toml:16: admin.listen: an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise
 bad-store.toml:19: addresses.max_bans: must be at least 1 (it bounds the memory bans use)`,
+		"bad-errors-ban.toml": `bad-errors-ban.toml:5: errors.ban: must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)
+bad-errors-ban.toml:10: override[0].errors.max_per_window: needs errors.ban longer than 0s, and it is 0s: the window refuses only by banning (max_per_window = 0 turns it off)`,
+		"bad-override-name.toml": `bad-override-name.toml:7: override[1].name: "relays" is also the name of override[0]: names must be unique (they key the override's bans and windows)
+bad-override-name.toml:11: override[2].name: "our relays" is not a name: use 1 to 64 letters, digits, '-' and '_'`,
 	}
 	files, err := filepath.Glob("../testdata/config/bad-*.toml")
 	if err != nil || len(files) == 0 {
@@ -289,6 +293,22 @@ mode = "off"
 		t.Errorf("tagging %v, header %q", r.NeedsTagging(), r.TagHeader)
 	}
 	if s := cfg.Summary(); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
+		t.Errorf("summary:\n%s", s)
+	}
+}
+
+// An override's name keys its bans and windows (override.<name>); without
+// one they are keyed by what it matches. check-config -explain shows it.
+func TestOverrideName(t *testing.T) {
+	cfg, err := Parse("name.toml", []byte("[[override]]\nname = \"relays\"\nnetworks = [\"192.0.2.0/24\"]\n[override.frequency]\nmax_connections = 1000\n\n[[override]]\nnetworks = [\"198.51.100.0/24\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Rules.Overrides
+	if len(o) != 2 || o[0].Name != "relays" || o[0].Scope() != "override.relays" || o[1].Name != "" || !strings.HasPrefix(o[1].Scope(), "override-") {
+		t.Fatalf("overrides %+v", o)
+	}
+	if s := cfg.Summary(); !strings.Contains(s, `override[0]: name "relays", networks [192.0.2.0/24]`) {
 		t.Errorf("summary:\n%s", s)
 	}
 }

@@ -57,6 +57,9 @@ func (cfg *Config) Explain(w io.Writer, addrText, user, sender string) error {
 		if len(o.SenderDomains) > 0 {
 			match = append(match, fmt.Sprintf("sender_domains %v", o.SenderDomains))
 		}
+		if o.Name != "" {
+			return fmt.Sprintf("override[%d] %q (%s)", i, o.Name, strings.Join(match, ", "))
+		}
 		return fmt.Sprintf("override[%d] (%s)", i, strings.Join(match, ", "))
 	}
 	connect := limits.Client{Addr: addr, HasAddr: true}

@@ -40,7 +40,11 @@ func (cfg *Config) Summary() string {
 		if o.Authenticated != nil {
 			auth = fmt.Sprint(*o.Authenticated)
 		}
-		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s", i, o.Networks, auth)
+		fmt.Fprintf(&b, "override[%d]: ", i)
+		if o.Name != "" {
+			fmt.Fprintf(&b, "name %q, ", o.Name)
+		}
+		fmt.Fprintf(&b, "networks %v, authenticated %s", o.Networks, auth)
 		if len(o.Users) > 0 {
 			fmt.Fprintf(&b, ", users %v", o.Users)
 		}

@@ -9,6 +9,7 @@ import (
 	"io"
 	"os"
 	"path/filepath"
+	"strings"
 	"time"
 
 	"github.com/sessioncap/sessioncap/limits"
@@ -29,18 +30,25 @@ type stateWindow struct {
 	Banned *Ban   `json:"b,omitempty"`
 }
 
-// Save writes the bans in force and the windows still in their last two
-// fixed windows, one JSON object a line between a header and an end line,
-// least recently seen first (so Load keeps the recency order).
-func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
+// Save writes the bans in force and the windows that have not expired
+// under their own rule, one JSON object a line between a header and an end
+// line, least recently seen first (so Load keeps the recency order).
+// windows maps a key kind (the text before a key's first ':', see
+// limits.StoreKey) to the longest window keys of that kind are counted
+// under (limits.Rules.KeyWindows): a window is kept until two of those
+// have passed since its start, when it would start over anyway. A key of a
+// kind not in windows (nil: every kind) is kept.
+func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	now := m.now()
 	m.mu.Lock()
 	m.pruneBans(now)
 	lines := make([]stateWindow, 0, len(m.slots)+len(m.bans))
 	for i := m.tail; i >= 0; i = m.slots[i].prev {
 		s := &m.slots[i]
-		if maxWindow > 0 && now.UnixMilli()-s.w.Start >= 2*maxWindow.Milliseconds() {
-			continue // would start over anyway
+		// a compact key's name starts with its kind, whether it holds the
+		// whole key or the text before the prefix
+		if expired(m.names.list[s.key.name].s, s.w.Start, now.UnixMilli(), windows) {
+			continue
 		}
 		lines = append(lines, stateWindow{Key: m.keyString(s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
 	}
@@ -59,6 +67,18 @@ func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 	}
 	fmt.Fprintln(bw, stateEnd)
 	return bw.Flush()
+}
+
+// expired reports whether the window of key (or of any key that starts as
+// key does up to its first ':') that started at start (Unix ms) has
+// expired at now under windows (see Save).
+func expired(key string, start, now int64, windows map[string]time.Duration) bool {
+	kind, _, ok := strings.Cut(key, ":")
+	if !ok {
+		return false
+	}
+	d, ok := windows[kind]
+	return ok && now-start >= 2*d.Milliseconds()
 }
 
 // ErrBadState says a state file is corrupt, cut short or not ours.
@@ -121,14 +141,14 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 
 // WriteStateFile saves m to path atomically: a temporary file in the same
 // directory, fsynced, renamed over path, and the directory fsynced.
-func (m *Memory) WriteStateFile(path string, maxWindow time.Duration) error {
+func (m *Memory) WriteStateFile(path string, windows map[string]time.Duration) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := m.Save(f, maxWindow); err != nil {
+	if err := m.Save(f, windows); err != nil {
 		f.Close()
 		return err
 	}

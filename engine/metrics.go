@@ -26,7 +26,6 @@ type Metrics struct {
 const (
 	MalformedClientAddr = "client_addr"
 	MalformedSize       = "size_param"
-	MalformedMsgSize    = "msg_size"
 )
 
 // NewMetrics registers the shared metrics on reg and pre-initialises every
@@ -56,7 +55,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"mode"})),
 		Malformed: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
-			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).",
+			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).",
 		}, []string{"what"})),
 		StoreErrors: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_store_errors_total",
@@ -79,7 +78,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			}
 		}
 	}
-	for _, w := range []string{MalformedClientAddr, MalformedSize, MalformedMsgSize} {
+	for _, w := range []string{MalformedClientAddr, MalformedSize} {
 		m.Malformed.WithLabelValues(w)
 	}
 	m.StoreErrors.WithLabelValues("hit")

@@ -182,7 +182,7 @@ func (a Admission) Refusal(p Policy, replies Replies) *Refusal {
 const KeyFrequency = "freq"
 
 // StoreKey names what a store counts: the rule's kind, the scope of the
-// policy that applies ("" for the default policy, "override<N>" for an
+// policy that applies ("" for the default policy, Override.Scope for an
 // override, so that a client is never refused by a count or ban of a policy
 // that does not apply to it) and the address prefix.
 func StoreKey(kind, scope string, p netip.Prefix) string {

@@ -630,10 +630,9 @@ sessioncap_sessions_active 0
 		t.Fatalf("refusal series: %d (%v), want 42 (14 limit/stage pairs × 3 modes)", n, err)
 	}
 	if err := testutil.GatherAndCompare(h.reg, strings.NewReader(`
-# HELP sessioncap_malformed_input_total Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).
+# HELP sessioncap_malformed_input_total Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).
 # TYPE sessioncap_malformed_input_total counter
 sessioncap_malformed_input_total{what="client_addr"} 0
-sessioncap_malformed_input_total{what="msg_size"} 0
 sessioncap_malformed_input_total{what="size_param"} 0
 `), "sessioncap_malformed_input_total"); err != nil {
 		t.Fatal(err)

@@ -5,6 +5,7 @@ import (
 	"sync"
 	"time"
 
+	"github.com/sessioncap/sessioncap/engine"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -32,11 +33,7 @@ type session struct {
 // sessionState is what sessioncap knows of one SMTP session. The zero value
 // is a session of which no request was seen yet.
 type sessionState struct {
-	started bool          // a request of this session was seen
-	rules   *limits.Rules // the rules the session started with
-	addr    netip.Addr
-	hasAddr bool
-	client  string // client address for logs ("" for none)
+	started bool // a request of this session was seen
 
 	// instance tracking: Postfix's smtpd sends "pid.sec.usec.seqno" in
 	// hex, where seqno counts MAIL commands within one SMTP session.
@@ -45,12 +42,8 @@ type sessionState struct {
 	seqno    uint64
 	seqOK    bool // pid and seqno were parsed
 
-	counts      limits.SessionState
-	inTx        bool            // a transaction is in progress
-	pendingMail bool            // it began with a MAIL request (whose instance is still the previous one's)
-	policy      limits.Session  // caps of the current transaction
-	exempt      bool            // the current transaction is exempt from session caps
-	txRcpts     int64           // recipients let through in the current transaction
+	core        *engine.Session // the decisions and counts; nil before the first request
+	pendingMail bool            // the transaction began with a MAIL request (whose instance is still the previous one's)
 	sticky      *limits.Refusal // a non-421 refusal at the session's start: every later request of the session gets it
 	txSticky    *limits.Refusal // a non-421 refusal at the transaction's start: every RCPT of it gets it
 }

@@ -23,7 +23,7 @@ func (d *daemon) openStore(reg prometheus.Registerer, host string) error {
 	})
 	up.Set(1)
 	reg.MustRegister(up)
-	sc := d.cfg.Store
+	sc := d.boot.Store
 	if sc.Backend != "redis" {
 		return nil
 	}
