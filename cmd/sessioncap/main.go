@@ -73,6 +73,8 @@ Signals:
 
 Exit status: 0 on success, 1 on a runtime error, 78 (EX_CONFIG) on a
 configuration or usage error.
+
+More in the man pages sessioncap(8) and sessioncap.toml(5).
 `
 
 // commands are the CLI's commands (its first argument); without one it runs
