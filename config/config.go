@@ -175,6 +175,7 @@ type fileConfig struct {
 		Frequency          value[string] `toml:"frequency"`
 		FrequencyNoBan     value[string] `toml:"frequency_no_ban"`
 		Banned             value[string] `toml:"banned"`
+		BannedManual       value[string] `toml:"banned_manual"`
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
@@ -315,7 +316,7 @@ func Parse(path string, data []byte) (*Config, error) {
 			continue // the unknown table was reported already
 		}
 		reported[keyPath(k)] = true
-		v.add(keyPath(k), "unknown key")
+		v.add(keyPath(k), "%s", unknownKey(k))
 	}
 	collectValueErrors(&v, reflect.ValueOf(&fc).Elem(), "")
 	cfg := v.build(&fc)
@@ -346,7 +347,18 @@ func (v *validator) line(key string) int {
 	if n, ok := v.lines[key]; ok {
 		return n
 	}
-	return v.lines[stripIndexes(key)]
+	if n, ok := v.lines[stripIndexes(key)]; ok {
+		return n
+	}
+	// An unknown key of an array of tables comes without its index: the
+	// first place it was written.
+	first := 0
+	for k, n := range v.lines {
+		if stripIndexes(k) == key && (first == 0 || n < first) {
+			first = n
+		}
+	}
+	return first
 }
 
 // collectValueErrors walks fc and reports every value that failed to parse,
@@ -354,7 +366,9 @@ func (v *validator) line(key string) int {
 func collectValueErrors(v *validator, rv reflect.Value, path string) {
 	if p, ok := rv.Addr().Interface().(interface{ problem() error }); ok {
 		if err := p.problem(); err != nil {
-			v.add(path, "%s", err.Error())
+			for _, e := range eachError(err) { // every bad item of a list
+				v.add(path, "%s", e.Error())
+			}
 		}
 		return
 	}

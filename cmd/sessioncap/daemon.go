@@ -108,6 +108,14 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 		} else {
 			log.Info("state loaded", "state_file", p, "windows", windows, "bans", bans)
 		}
+	} else if cfg.Store.Backend == "memory" { // with Redis, bans and windows live there
+		if cfg.Store.StateFile == config.StateFileAuto {
+			// Run by hand, not by the unit: say what "auto" means here.
+			log.Warn("no state file: bans and windows are lost on restart", "state_file", cfg.Store.StateFile,
+				"reason", "STATE_DIRECTORY is not set (systemd's StateDirectory= sets it); set store.state_file to a path to keep them")
+		} else {
+			log.Info("no state file: bans and windows are lost on restart", "state_file", "", "reason", "store.state_file is off")
+		}
 	}
 	if err := d.openStore(reg, host); err != nil {
 		log.Error("cannot set up the store", "err", err)
