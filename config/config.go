@@ -63,6 +63,8 @@ type Config struct {
 	PolicyListen      string
 	PolicyAllow       []netip.Prefix // TCP peers allowed on the policy socket
 	PolicyReadTimeout time.Duration  // how long a policy connection may wait for its next request
+	PolicyMaxSessions int            // SMTP sessions the policy front-end keeps counts for
+	PolicySessionIdle time.Duration  // how long it keeps a session without a request
 	LogFormat         string
 	LogLevel          slog.Level
 	MaxTracked        int
@@ -107,6 +109,8 @@ type fileConfig struct {
 		Listen      value[string]     `toml:"listen"`
 		Allow       value[prefixList] `toml:"allow"`
 		ReadTimeout value[duration]   `toml:"read_timeout"`
+		MaxSessions value[count]      `toml:"max_sessions"`
+		SessionIdle value[duration]   `toml:"session_idle"`
 	} `toml:"policy"`
 	Metrics struct {
 		Listen value[string] `toml:"listen"`
@@ -172,6 +176,7 @@ type fileConfig struct {
 		Frequency          value[string] `toml:"frequency"`
 		FrequencyNoBan     value[string] `toml:"frequency_no_ban"`
 		Banned             value[string] `toml:"banned"`
+		BannedManual       value[string] `toml:"banned_manual"`
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
@@ -263,6 +268,8 @@ func Default() *Config {
 		MetricsListen:     DefaultMetricsListen,
 		PolicyAllow:       defaultMilterAllow(),
 		PolicyReadTimeout: policy.DefaultReadTimeout,
+		PolicyMaxSessions: policy.DefaultMaxSessions,
+		PolicySessionIdle: policy.DefaultSessionIdle,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
 		MaxTracked:        counters.DefaultMaxTracked,
@@ -311,7 +318,7 @@ func Parse(path string, data []byte) (*Config, error) {
 			continue // the unknown table was reported already
 		}
 		reported[keyPath(k)] = true
-		v.add(keyPath(k), "unknown key")
+		v.add(keyPath(k), "%s", unknownKey(k))
 	}
 	collectValueErrors(&v, reflect.ValueOf(&fc).Elem(), "")
 	cfg := v.build(&fc)
@@ -342,7 +349,18 @@ func (v *validator) line(key string) int {
 	if n, ok := v.lines[key]; ok {
 		return n
 	}
-	return v.lines[stripIndexes(key)]
+	if n, ok := v.lines[stripIndexes(key)]; ok {
+		return n
+	}
+	// An unknown key of an array of tables comes without its index: the
+	// first place it was written.
+	first := 0
+	for k, n := range v.lines {
+		if stripIndexes(k) == key && (first == 0 || n < first) {
+			first = n
+		}
+	}
+	return first
 }
 
 // collectValueErrors walks fc and reports every value that failed to parse,
@@ -350,7 +368,9 @@ func (v *validator) line(key string) int {
 func collectValueErrors(v *validator, rv reflect.Value, path string) {
 	if p, ok := rv.Addr().Interface().(interface{ problem() error }); ok {
 		if err := p.problem(); err != nil {
-			v.add(path, "%s", err.Error())
+			for _, e := range eachError(err) { // every bad item of a list
+				v.add(path, "%s", e.Error())
+			}
 		}
 		return
 	}
@@ -525,7 +545,16 @@ func (v *validator) buildPolicy(cfg *Config, fc *fileConfig) {
 	}
 	cfg.PolicyReadTimeout = time.Duration(pt.ReadTimeout.get(duration(cfg.PolicyReadTimeout)))
 	if cfg.PolicyReadTimeout < time.Second {
-		v.add("policy.read_timeout", "must be at least 1s, got %q: Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is \"1h\")", cfg.PolicyReadTimeout.String())
+		v.add("policy.read_timeout", "must be at least 1s, got %q: Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is \"5m30s\")", cfg.PolicyReadTimeout.String())
+	}
+	if n := pt.MaxSessions.get(count(cfg.PolicyMaxSessions)); n < policy.DefaultMaxConnections {
+		v.add("policy.max_sessions", "must be at least %d, got %d: each open policy connection may be serving a session (the default is %d)", policy.DefaultMaxConnections, n, policy.DefaultMaxSessions)
+	} else {
+		cfg.PolicyMaxSessions = int(n)
+	}
+	cfg.PolicySessionIdle = time.Duration(pt.SessionIdle.get(duration(cfg.PolicySessionIdle)))
+	if cfg.PolicySessionIdle < 5*time.Minute {
+		v.add("policy.session_idle", "must be at least 5m, got %q: a session may be silent that long between two requests (smtpd_timeout is 300s), and one forgotten is counted again (the default is \"1h\")", cfg.PolicySessionIdle.String())
 	}
 }
 

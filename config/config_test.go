@@ -23,10 +23,13 @@ bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit 
 bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
 		"bad-policy.toml": `bad-policy.toml:3: policy.listen: listen "tcp:127.0.0.1:10030": unknown socket type "tcp" (want inet, inet6 or unix)
 bad-policy.toml:4: policy.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
-bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300
+bad-policy.toml:6: policy.session_idle: a duration must be a string with a unit such as "90s" or "5m", got the bare number 3600`,
 		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
 bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
-bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
+bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "5m30s")
+bad-policy-values.toml:5: policy.max_sessions: must be at least 1000, got 10: each open policy connection may be serving a session (the default is 100000)
+bad-policy-values.toml:6: policy.session_idle: must be at least 5m, got "1m0s": a session may be silent that long between two requests (smtpd_timeout is 300s), and one forgotten is counted again (the default is "1h")`,
 		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
 bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
 bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
@@ -44,8 +47,18 @@ bad-rate.toml:28: override[0].rate[0].name: "user-daily" names no [[rate]]`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
 bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
-		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
-bad-unknown-keys.toml:6: frequncy: unknown key`,
+		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key; did you mean "max_messages"?
+bad-unknown-keys.toml:6: frequncy: unknown key; did you mean "frequency"?
+bad-unknown-keys.toml:10: concurrency.max_connections: unknown key; did you mean "frequency.max_connections"?
+bad-unknown-keys.toml:13: store.timout: unknown key; did you mean "timeout"?
+bad-unknown-keys.toml:14: store.completely_unrelated: unknown key
+bad-unknown-keys.toml:19: override.session.max_recipents: unknown key; did you mean "max_recipients"?`,
+		"bad-lists.toml": `bad-lists.toml:3: exempt.networks: invalid network "10.0.0.0/33": want a CIDR such as "192.0.2.0/24"
+bad-lists.toml:3: exempt.networks: invalid network "2001:db8::/129": want a CIDR such as "192.0.2.0/24"
+bad-lists.toml:3: exempt.networks: invalid network "192.168.1": want an address or CIDR such as "192.0.2.0/24"
+bad-lists.toml:6: deny.networks: must be a network string such as "192.0.2.0/24", got the integer 7
+bad-lists.toml:9: sender_networks.exempt_domains: must be a string, got the integer 1
+bad-lists.toml:9: sender_networks.exempt_domains: must be a string, got true`,
 		"bad-deny.toml": `bad-deny.toml:3: deny.networks: network "198.51.100.7/24" has host bits set; did you mean "198.51.100.0/24"?
 bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
@@ -69,9 +82,10 @@ bad-values.toml:5: session.max_messages: must not be negative (0 disables the li
 bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
 bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
 bad-values.toml:10: frequency.window: a duration must be a string with a unit such as "90s" or "5m", got the bare number 60
-bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
+bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h", "7d" or "2w"
 bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
-bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
+bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
+bad-values.toml:17: exempt.networks: invalid network "not-a-network": want an address or CIDR such as "192.0.2.0/24"`,
 		"bad-redis-password-missing.toml": `bad-redis-password-missing.toml:8: store.redis.password_file: cannot read "/nonexistent/redis.password": no such file or directory`,
 		"bad-redis-password-dir.toml":     `bad-redis-password-dir.toml:5: store.redis.password_file: cannot read "/": is a directory`,
 		"bad-redis-standalone.toml":       `bad-redis-standalone.toml:4: store.redis.addresses: lists 2 servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)`,
@@ -204,14 +218,14 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned",
+		"max_sessions", "session_idle", "token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned", "banned_manual",
 		"name", "key", "count", "limit", "only"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 65 {
-		t.Errorf("%d settings found, want 65", uncommented)
+	if uncommented != 68 {
+		t.Errorf("%d settings found, want 68", uncommented)
 	}
 }
 

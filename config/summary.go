@@ -20,7 +20,8 @@ func (cfg *Config) Summary() string {
 	if cfg.PolicyListen == "" {
 		b.WriteString("policy: off\n")
 	} else {
-		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s\n", cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout)
+		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s, max_sessions %d, session_idle %s\n",
+			cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout, cfg.PolicyMaxSessions, cfg.PolicySessionIdle)
 	}
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency

@@ -240,16 +240,17 @@ func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.A
 // LogRefusal writes the one structured line per refusal and counts it.
 func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
 	e.metrics.Refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
-	e.log.Warn("refused", append([]any{
+	line := []any{
 		"client_ip", client,
 		"queue_id", queueID,
 		"limit", string(r.Limit),
 		"stage", string(r.Stage),
-		"value", r.Value,
-		"cap", r.Cap,
-		"mode", string(mode),
-		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
-	}, attrs...)...)
+	}
+	if r.Cap > 0 { // a refusal with no cap (deny list, store down, manual ban) has no count either
+		line = append(line, "value", r.Value, "cap", r.Cap)
+	}
+	line = append(line, "mode", string(mode), "reply", fmt.Sprintf("%d %s", r.Code, r.Reason()))
+	e.log.Warn("refused", append(line, attrs...)...)
 }
 
 // LogBan writes the one structured line of a ban that admission a started,

@@ -164,7 +164,7 @@ func (a Admission) Refusal(p Policy, replies Replies) *Refusal {
 	f := p.Frequency
 	switch a.Verdict {
 	case RefusedBanned:
-		return replies.refusal(ReplyBanned, LimitBanned, StageConnect, a.Connections, f.MaxConnections, f.Window, a.BanUntil.Sub(a.Now))
+		return replies.bannedReply(a.BanReason, a.Connections, f, a.BanUntil.Sub(a.Now))
 	case RefusedFrequency:
 		if a.BanUntil.IsZero() {
 			return replies.refusal(ReplyFrequencyNoBan, LimitFrequency, StageConnect, a.Connections, f.MaxConnections, f.Window, 0)

@@ -358,10 +358,16 @@ func TestFrequencyBanAndExpiry(t *testing.T) {
 	if _, err := h.store.Ban(t.Context(), "freq:198.51.100.9/32", time.Hour, "manual: ticket 9"); err != nil {
 		t.Fatal(err)
 	}
+	// a manual ban has its own reply (replies.banned_manual), and its
+	// refusal line no connection count and cap it has nothing to do with
 	_, act = h.connect("198.51.100.9")
-	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 1h")
-	if !regexp.MustCompile(`"msg":"refused","client_ip":"198.51.100.9".*"limit":"banned".*"origin":"manual"`).MatchString(h.logs.String()) {
+	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned by the administrator of this server; try again in 1h")
+	manual := regexp.MustCompile(`(?m)^.*"msg":"refused","client_ip":"198.51.100.9".*$`).FindString(h.logs.String())
+	if !regexp.MustCompile(`"limit":"banned".*"origin":"manual"`).MatchString(manual) {
 		t.Fatalf("the refusal of a manually banned client does not name the ban's origin:\n%s", h.logs)
+	}
+	if strings.Contains(manual, `"cap"`) || strings.Contains(manual, `"value"`) {
+		t.Fatalf("the refusal of a manually banned client carries a cap and value of the frequency rule: %s", manual)
 	}
 }
 

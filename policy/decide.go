@@ -17,7 +17,10 @@ func (s *Server) handle(req *request, c *conn) *limits.Refusal {
 	if req.state == stateOther {
 		return nil
 	}
-	sess := c.sessionFor(req, s.eng.Now())
+	sess, hold := c.sessionFor(req, s.eng.Now())
+	if hold {
+		return nil // decided at the transaction's first RCPT (identify.go)
+	}
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	r, ended := s.decide(&sess.st, req)
@@ -48,9 +51,6 @@ func stageOf(st state) (limits.Stage, bool) {
 // session core; ended reports that the answer ends the SMTP session (an
 // enforced 421).
 func (s *Server) decide(st *sessionState, req *request) (r *limits.Refusal, ended bool) {
-	if st.newSession(req) {
-		*st = sessionState{}
-	}
 	changed := st.track(req.instance)
 	if !st.started {
 		if r := s.start(st, req); r != nil {

@@ -108,6 +108,14 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 		} else {
 			log.Info("state loaded", "state_file", p, "windows", windows, "bans", bans)
 		}
+	} else if cfg.Store.Backend == "memory" { // with Redis, bans and windows live there
+		if cfg.Store.StateFile == config.StateFileAuto {
+			// Run by hand, not by the unit: say what "auto" means here.
+			log.Warn("no state file: bans and windows are lost on restart", "state_file", cfg.Store.StateFile,
+				"reason", "STATE_DIRECTORY is not set (systemd's StateDirectory= sets it); set store.state_file to a path to keep them")
+		} else {
+			log.Info("no state file: bans and windows are lost on restart", "state_file", "", "reason", "store.state_file is off")
+		}
 	}
 	if err := d.openStore(reg, host); err != nil {
 		log.Error("cannot set up the store", "err", err)
@@ -138,6 +146,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 			Logger:      log,
 			Allow:       cfg.PolicyAllow,
 			ReadTimeout: cfg.PolicyReadTimeout,
+			MaxSessions: cfg.PolicyMaxSessions,
+			SessionIdle: cfg.PolicySessionIdle,
 		})
 	}
 	if err != nil {
@@ -319,6 +329,8 @@ func (d *daemon) reload() error {
 		{"policy.listen", run.PolicyListen, cfg.PolicyListen},
 		{"policy.allow", fmt.Sprint(run.PolicyAllow), fmt.Sprint(cfg.PolicyAllow)},
 		{"policy.read_timeout", run.PolicyReadTimeout.String(), cfg.PolicyReadTimeout.String()},
+		{"policy.max_sessions", fmt.Sprint(run.PolicyMaxSessions), fmt.Sprint(cfg.PolicyMaxSessions)},
+		{"policy.session_idle", run.PolicySessionIdle.String(), cfg.PolicySessionIdle.String()},
 		{"log.format", run.LogFormat, cfg.LogFormat},
 		{"admin.listen", run.AdminListen, cfg.AdminListen},
 		{"admin.token_file", run.AdminToken, cfg.AdminToken},
