@@ -1,12 +1,15 @@
 package engine_test
 
 import (
+	"context"
+	"errors"
 	"log/slog"
 	"net/netip"
 	"testing"
 	"time"
 
 	"github.com/prometheus/client_golang/prometheus"
+	"github.com/prometheus/client_golang/prometheus/testutil"
 
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/engine"
@@ -87,6 +90,51 @@ func BenchmarkSessionQuotas(b *testing.B) {
 				s.Rcpt("b@example.net")
 				s.Bytes(30000)
 				s.EndOfMessage(-1, -1)
+			}
+		})
+	}
+}
+
+// failingQuotas is the memory store whose quota calls fail with err (fault
+// injection).
+type failingQuotas struct {
+	*counters.Memory
+	err error
+}
+
+func (f failingQuotas) Quota(context.Context, []limits.QuotaOp) ([]limits.QuotaUse, error) {
+	return nil, f.err
+}
+
+// With the store down, store.on_error applies to quotas as to the frequency
+// rule: "tempfail" (ErrUnavailable) refuses MAIL with 451 4.3.0 and keeps
+// the session; any other failure lets the transaction through.
+func TestQuotaStoreDown(t *testing.T) {
+	for _, c := range []struct {
+		name   string
+		err    error
+		refuse bool
+	}{{"tempfail", counters.ErrUnavailable, true}, {"other error", errors.New("boom"), false}} {
+		t.Run(c.name, func(t *testing.T) {
+			r := limits.DefaultRules()
+			r.Quotas = []limits.Quota{{Name: "user-hourly", Key: limits.QuotaUser, Count: limits.CountMessages, Limit: 10, Window: time.Hour}}
+			reg := prometheus.NewRegistry()
+			e, err := engine.New(engine.Config{Rules: r, Store: failingQuotas{counters.NewMemory(counters.MemoryOptions{}), c.err},
+				Metrics: engine.NewMetrics(reg), Logger: slog.New(slog.DiscardHandler)})
+			if err != nil {
+				t.Fatal(err)
+			}
+			s := e.NewSession(nil, engine.Options{})
+			s.Connect(netip.MustParseAddr("192.0.2.1"))
+			v := s.Mail(engine.Mail{Sender: "a@example.com", User: "alice", Size: -1})
+			switch {
+			case c.refuse && (v.Refusal == nil || v.Refusal.Code != 451 || v.Refusal.Enhanced != "4.3.0" || v.HangUp):
+				t.Fatalf("verdict %+v, want 451 4.3.0 without hanging up", v)
+			case !c.refuse && v.Refusal != nil:
+				t.Fatalf("verdict %+v, want the transaction through", v)
+			}
+			if got := testutil.ToFloat64(engine.NewMetrics(reg).StoreErrors.WithLabelValues("quota")); got != 1 {
+				t.Errorf("sessioncap_store_errors_total{op=quota} = %v", got)
 			}
 		})
 	}
