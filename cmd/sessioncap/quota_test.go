@@ -53,8 +53,22 @@ func (d *daemonProc) sendAs(user string) string {
 // clears it for both.
 func TestFleetSharesQuotaThroughRedis(t *testing.T) {
 	rds := redistest.Standalone(t)
-	config := fmt.Sprintf("[[rate]]\nname = \"user-hourly\"\nkey = \"user\"\ncount = \"messages\"\nlimit = 3\nwindow = \"1h\"\n"+
-		"[store]\nbackend = \"redis\"\n[store.redis]\naddresses = [\"%s\"]\n", rds.Addr())
+	fleetSharesQuota(t, fmt.Sprintf("[store.redis]\naddresses = [\"%s\"]\n", rds.Addr()))
+}
+
+// The same on a real Redis Cluster: the user's windows live on whatever
+// slot their key hashes to.
+func TestFleetSharesQuotaThroughRedisCluster(t *testing.T) {
+	var seeds []string
+	for _, n := range redistest.Cluster(t) {
+		seeds = append(seeds, fmt.Sprintf("%q", n.Addr()))
+	}
+	fleetSharesQuota(t, "[store.redis]\ncluster = true\naddresses = ["+strings.Join(seeds, ", ")+"]\n")
+}
+
+func fleetSharesQuota(t *testing.T, redis string) {
+	config := "[[rate]]\nname = \"user-hourly\"\nkey = \"user\"\ncount = \"messages\"\nlimit = 3\nwindow = \"1h\"\n" +
+		"[store]\nbackend = \"redis\"\ntimeout = \"2s\"\n" + redis
 	a, b := startDaemon(t, config), startDaemon(t, config)
 	for i, d := range []*daemonProc{a, b, a} {
 		if reply := d.sendAs("alice@example.com"); reply != "" {
