@@ -155,3 +155,46 @@ func (f *Fallback) ResetQuota(ctx context.Context, keys []string) (int, error) {
 	})
 	return max(n, shared), err
 }
+
+// stateQuota is a quota window in a state file: its fixed windows and the
+// Unix ms after which it is empty.
+type stateQuota struct {
+	Start int64 `json:"s"`
+	Prev  int64 `json:"p"`
+	Curr  int64 `json:"c"`
+	TTL   int64 `json:"t"`
+}
+
+// saveQuotas appends the quota windows in force at now, least recently
+// counted first. The caller holds mu.
+func (m *Memory) saveQuotas(lines []stateWindow, now int64) []stateWindow {
+	for e := m.quota.lru.Back(); e != nil; e = e.Prev() {
+		q := e.Value.(*quotaEntry)
+		if q.ttl <= now {
+			continue
+		}
+		lines = append(lines, stateWindow{Key: q.key, Quota: &stateQuota{Start: q.w.Start, Prev: q.w.Prev, Curr: q.w.Curr, TTL: q.ttl}})
+	}
+	return lines
+}
+
+// loadQuota restores a quota window from a state file unless it has
+// expired or the key is counting already; it reports whether it did. The
+// caller holds mu.
+func (m *Memory) loadQuota(key string, st stateQuota, now int64) bool {
+	t := &m.quota
+	if t.m == nil {
+		t.m = make(map[string]*list.Element)
+	}
+	if _, ok := t.m[key]; ok || st.TTL <= now || st.Prev < 0 || st.Curr < 0 {
+		return false
+	}
+	for len(t.m) >= m.max {
+		old := t.lru.Back()
+		delete(t.m, old.Value.(*quotaEntry).key)
+		t.lru.Remove(old)
+		m.evictions++
+	}
+	t.m[key] = t.lru.PushFront(&quotaEntry{key: key, w: limits.QuotaWindow{Start: st.Start, Prev: st.Prev, Curr: st.Curr}, ttl: st.TTL})
+	return true
+}

@@ -64,3 +64,33 @@ func TestMemoryQuotaEviction(t *testing.T) {
 		t.Errorf("the prefix window counts %d, want 5", h.Count)
 	}
 }
+
+// A restart keeps the quota windows: the state file carries them (64-bit
+// counts), with their expiry, in the order they were last counted.
+func TestMemoryQuotaStateFile(t *testing.T) {
+	ctx := context.Background()
+	clock := storetest.NewClock()
+	m := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	hour := []limits.QuotaOp{{Key: "quota:disk:network:192.0.2.0/24", Window: time.Hour, Limit: 10 << 30, Add: 6 << 30}}
+	minute := []limits.QuotaOp{{Key: "quota:burst:sender:a@example.org", Window: time.Minute, Limit: 10, Add: 3}}
+	m.Quota(ctx, hour)
+	m.Quota(ctx, minute)
+	clock.Add(30 * time.Second)
+	path := t.TempDir() + "/state"
+	if err := m.WriteStateFile(path, nil); err != nil {
+		t.Fatal(err)
+	}
+	clock.Add(2 * time.Minute) // the minute window has expired by the restart
+	m2 := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	n, _, err := m2.ReadStateFile(path)
+	if err != nil || n != 1 {
+		t.Fatalf("read %d windows, %v; want the hour window only", n, err)
+	}
+	check := []limits.QuotaOp{{Key: hour[0].Key, Window: time.Hour, Limit: 10 << 30, Need: 5 << 30, Hard: true}}
+	if u, _ := m2.Quota(ctx, check); !u[0].Refused || u[0].Window.Curr != 6<<30 {
+		t.Fatalf("after the restart: %+v; want 6 GiB counted and 5 more refused", u[0])
+	}
+	if m2.QuotaTracked() != 1 {
+		t.Errorf("%d quota windows after the restart", m2.QuotaTracked())
+	}
+}

@@ -28,6 +28,9 @@ type stateWindow struct {
 	Prev   uint32 `json:"p"`
 	Curr   uint32 `json:"c"`
 	Banned *Ban   `json:"b,omitempty"`
+	// Quota is set on the line of a quota window (quota.go); Start, Prev
+	// and Curr are then unused.
+	Quota *stateQuota `json:"q,omitempty"`
 }
 
 // Save writes the bans in force and the windows that have not expired
@@ -56,6 +59,7 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 		c := *b
 		lines = append(lines, stateWindow{Key: b.Key, Banned: &c})
 	}
+	lines = m.saveQuotas(lines, now.UnixMilli())
 	m.mu.Unlock()
 	bw := bufio.NewWriter(w)
 	fmt.Fprintln(bw, stateMagic)
@@ -126,6 +130,12 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 				}
 				m.addBan(b)
 				bans++
+			}
+			continue
+		}
+		if l.Quota != nil {
+			if m.loadQuota(l.Key, *l.Quota, now.UnixMilli()) {
+				windows++
 			}
 			continue
 		}
