@@ -6,7 +6,9 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessioncap/sessioncap/counters"
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
+	"github.com/sessioncap/sessioncap/counters/storetest"
 	"github.com/sessioncap/sessioncap/internal/redistest"
 	"github.com/sessioncap/sessioncap/limits"
 )
@@ -59,4 +61,15 @@ func TestQuotaClusterBuckets(t *testing.T) {
 			}
 		}
 	}
+}
+
+// The quota conformance suite through a Sentinel.
+func TestQuotaSentinel(t *testing.T) {
+	sentinel, _, _ := redistest.Sentinel(t)
+	base := redisstore.Options{Addresses: []string{sentinel.Addr()}, MasterName: "m"}
+	storetest.RunQuota(t, func(t *testing.T, clock *storetest.Clock, host string) counters.Store {
+		o := base
+		o.KeyPrefix, o.Now, o.Host = newPrefix(), clock.Now, host
+		return open(t, o)
+	})
 }
