@@ -139,3 +139,33 @@ func TestQuotaStoreDown(t *testing.T) {
 		})
 	}
 }
+
+// Recipients the MTA reports at end of message beyond those the session
+// saw (the policy path's recipient_count) are counted against recipient
+// quotas; a message is counted once per recipient key it was accepted for.
+func TestQuotaRecipientsCorrectedAtEndOfMessage(t *testing.T) {
+	now := time.Date(2026, 12, 3, 9, 0, 0, 0, time.UTC)
+	clock := func() time.Time { return now }
+	e, m := quotaEngine(t, []limits.Quota{
+		{Name: "rcpts", Key: limits.QuotaUser, Count: limits.CountRecipients, Limit: 100, Window: time.Hour},
+		{Name: "mailbox", Key: limits.QuotaRecipient, Count: limits.CountMessages, Limit: 100, Window: time.Hour},
+	}, clock)
+	s := e.NewSession(nil, engine.Options{})
+	s.Connect(netip.MustParseAddr("192.0.2.1"))
+	s.Mail(engine.Mail{Sender: "a@example.com", User: "alice", Size: -1})
+	s.Rcpt("One@Example.net")
+	s.EndOfMessage(500, 4) // the MTA accepted 4 recipients; the session saw 1
+	use := func(key string) int64 {
+		u, err := m.Quota(context.Background(), []limits.QuotaOp{{Key: key, Window: time.Hour, Limit: 100}})
+		if err != nil {
+			t.Fatal(err)
+		}
+		return u[0].Window.Curr
+	}
+	if got := use(limits.QuotaStoreKey("rcpts", limits.QuotaUser, "alice")); got != 4 {
+		t.Errorf("alice's recipients: %d, want 4 (1 at RCPT, 3 at end of message)", got)
+	}
+	if got := use(limits.QuotaStoreKey("mailbox", limits.QuotaRecipient, "one@example.net")); got != 1 {
+		t.Errorf("the recipient's messages: %d, want 1", got)
+	}
+}
