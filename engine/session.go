@@ -435,7 +435,7 @@ func (s *Session) decide(c check) Verdict {
 // setTag records r's tag in tags, replacing an earlier one of the same limit
 // (a later recipient over the cap updates the value): one header per limit.
 func setTag(tags []string, r *limits.Refusal) []string {
-	prefix := "limit=" + string(r.Limit) + " "
+	prefix := r.TagKey()
 	for i, t := range tags {
 		if strings.HasPrefix(t, prefix) {
 			tags[i] = r.Tag()

@@ -655,7 +655,17 @@ func ValidHeaderName(s string) bool {
 // Tag is what a limit in tag mode records instead of refusing: the header
 // value "limit=<limit> value=<n> cap=<n>".
 func (r *Refusal) Tag() string {
-	return "limit=" + string(r.Limit) + " value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
+	return r.TagKey() + "value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
+}
+
+// TagKey is the start of Tag that tells one limit's header from another's:
+// "limit=<limit> ", and "rule=<name> " for a quota, whose rules each get
+// their own header.
+func (r *Refusal) TagKey() string {
+	if r.Rule != "" {
+		return "limit=" + string(r.Limit) + " rule=" + r.Rule + " "
+	}
+	return "limit=" + string(r.Limit) + " "
 }
 
 func (r *Rules) any(f func(*Policy) bool) bool {

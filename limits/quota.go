@@ -477,7 +477,7 @@ func (c *QuotaCheck) Refusal(stage Stage, u QuotaUse) *Refusal {
 		"{window}", formatDuration(c.Op.Window),
 		"{retry}", formatDuration(RetryIn(u, c.Op)),
 	).Replace(t.Text)
-	return &Refusal{Limit: LimitQuota, Stage: stage, Code: t.Code, Enhanced: t.Enhanced, Text: text, Value: used, Cap: c.Op.Limit}
+	return &Refusal{Limit: LimitQuota, Stage: stage, Code: t.Code, Enhanced: t.Enhanced, Text: text, Value: used, Cap: c.Op.Limit, Rule: c.Rule.Name}
 }
 
 // QuotaByName returns the quota named name, nil for none.

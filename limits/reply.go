@@ -185,6 +185,7 @@ type Refusal struct {
 	Text     string // rendered, without code and enhanced code
 	Value    int64  // what was seen (messages, bytes, connections, …)
 	Cap      int64  // the configured cap
+	Rule     string // the quota's name for LimitQuota, "" otherwise
 }
 
 // Error makes a Refusal usable as an error value; it reads like the reply.

@@ -1,6 +1,7 @@
 package frontendtest_test
 
 import (
+	"slices"
 	"strings"
 	"testing"
 	"time"
@@ -137,5 +138,25 @@ func TestQuotaMonitorAndBytes(t *testing.T) {
 				t.Errorf("monitor refusals %v", got)
 			}
 		})
+	}
+}
+
+// Quotas in tag mode: the milter adds one header per rule that would have
+// refused; nothing is refused.
+func TestQuotaTagMode(t *testing.T) {
+	h := frontendtest.Start(t, frontendtest.Milter, quotaRules(
+		limits.Quota{Name: "a", Key: limits.QuotaSender, Count: limits.CountMessages, Limit: 1, Window: time.Hour, Mode: limits.ModeTag},
+		limits.Quota{Name: "b", Key: limits.QuotaNetwork, Count: limits.CountMessages, Limit: 1, Window: time.Hour, Mode: limits.ModeTag},
+	))
+	s := h.Connect("192.0.2.1")
+	tx := frontendtest.Tx{Sender: "x@example.org", Rcpts: 1, Bytes: 100}
+	if res := s.Send(tx); !res.Accepted || len(res.Tags) != 0 {
+		t.Fatalf("first: %+v", res)
+	}
+	res := s.Send(tx)
+	want := []string{"X-Sessioncap: limit=quota rule=a value=1 cap=1", "X-Sessioncap: limit=quota rule=b value=1 cap=1"}
+	slices.Sort(res.Tags)
+	if !res.Accepted || strings.Join(res.Tags, "\n") != strings.Join(want, "\n") {
+		t.Fatalf("second: %+v; want tags %q", res, want)
 	}
 }
