@@ -2,6 +2,7 @@ package redisstore_test
 
 import (
 	"fmt"
+	"strings"
 	"sync/atomic"
 	"testing"
 	"time"
@@ -72,4 +73,47 @@ func TestQuotaSentinel(t *testing.T) {
 		o.KeyPrefix, o.Now, o.Host = newPrefix(), clock.Now, host
 		return open(t, o)
 	})
+}
+
+// Within one fixed window a hit and a quota count write the count only: no
+// PEXPIRE (the key already expires two windows after the window's start,
+// set when the window started), so Redis does less per call; the key keeps
+// its TTL.
+func TestScriptsSkipExpireWithinAWindow(t *testing.T) {
+	srv := redistest.Standalone(t)
+	s := open(t, redisstore.Options{Addresses: []string{srv.Addr()}, KeyPrefix: newPrefix()})
+	r := limits.Rate{Max: 100, Window: time.Hour}
+	q := []limits.QuotaOp{{Key: "quota:u:user:alice", Window: time.Hour, Limit: 100, Add: 1}}
+	for i := range 2 { // the first call of each loads its script and starts the window
+		if _, err := s.Hit(ctx, "freq:192.0.2.1/32", 1, r); err != nil {
+			t.Fatal(err)
+		}
+		if _, err := s.Quota(ctx, q); err != nil {
+			t.Fatal(err)
+		}
+		if i == 0 {
+			if err := s.Client().ConfigResetStat(ctx).Err(); err != nil {
+				t.Fatal(err)
+			}
+		}
+	}
+	info, err := s.Client().Info(ctx, "commandstats").Result()
+	if err != nil {
+		t.Fatal(err)
+	}
+	if strings.Contains(info, "cmdstat_pexpire:") {
+		t.Errorf("PEXPIRE was called within one window:\n%s", info)
+	}
+	if !strings.Contains(info, "cmdstat_hincrby:calls=1,") {
+		t.Errorf("the quota count did not HINCRBY once:\n%s", info)
+	}
+	keys, err := s.Client().Keys(ctx, "*").Result()
+	if err != nil || len(keys) < 2 {
+		t.Fatalf("keys %v %v", keys, err)
+	}
+	for _, k := range keys {
+		if ttl := s.Client().PTTL(ctx, k).Val(); ttl <= 0 || ttl > 2*time.Hour {
+			t.Errorf("key %s has PTTL %v, want (0, 2h]", k, ttl)
+		}
+	}
 }
