@@ -21,13 +21,13 @@
 //	                      same TTL rule as the ZSET
 //
 // No key is ever written without a TTL: a window lives at most two windows
-// after its start (three after its last hit), a bucket's index at most as long as its longest ban.
+// after its start, so at most two after its last hit; a bucket's index at most as long as its longest ban.
 // Expired entries of an index are filtered on every read and up to 64 of them
 // are dropped at every new ban in the bucket.
 //
 // The store is bounded by time, not by a count: a window costs about 120
 // to 140 bytes (MEMORY USAGE, Redis 7.0, an IPv4 or IPv6 prefix key) for at
-// most three windows after its last hit. Run Redis with maxmemory
+// most two windows after its last hit. Run Redis with maxmemory
 // and a volatile-* eviction policy: since every key has a TTL, Redis may
 // evict any of them rather than refuse writes.
 //
