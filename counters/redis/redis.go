@@ -20,9 +20,9 @@
 //	sessioncap:{bN}:info  hash K → "since hostlen host..reason" of K's ban;
 //	                      same TTL rule as the ZSET
 //
-// No key is ever written without a TTL: a window lives at most two windows
-// after its start, so at most two after its last hit; a bucket's index at most as long as its longest ban.
-// Expired entries of an index are filtered on every read and up to 64 of them
+// No key is ever written without a TTL: a window lives two windows after its
+// start, so at most two after its last hit; a bucket's index at most as long
+// as its longest ban. Expired entries of an index are filtered on every read and up to 64 of them
 // are dropped at every new ban in the bucket.
 //
 // The store is bounded by time, not by a count: a window costs about 120
