@@ -22,8 +22,8 @@
 //
 // No key is ever written without a TTL: a window lives two windows after its
 // start, so at most two after its last hit; a bucket's index at most as long
-// as its longest ban. Expired entries of an index are filtered on every read and up to 64 of them
-// are dropped at every new ban in the bucket.
+// as its longest ban. Expired entries of an index are filtered on every read
+// and up to 64 of them are dropped at every new ban in the bucket.
 //
 // The store is bounded by time, not by a count: a window costs about 120
 // to 140 bytes (MEMORY USAGE, Redis 7.0, an IPv4 or IPv6 prefix key) for at
