@@ -22,7 +22,7 @@ func dialSMTPAt(t *testing.T, name, addr string, from *net.TCPAddr) *smtpClient 
 	c.event("connected to " + addr + " from " + conn.LocalAddr().String())
 	t.Cleanup(func() {
 		c.expectClose(10 * time.Second) // the server closes first: the client's port is free again
-	c.conn.Close()
+		c.conn.Close()
 		if t.Failed() {
 			t.Logf("%s transcript:\n%s", c.name, c.transcript())
 		}
