@@ -13,6 +13,7 @@ import (
 	"time"
 
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/internal/duration"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -133,9 +134,9 @@ func ParseTarget(s string) (string, error) {
 
 // ParseBanDuration validates the length of a manual ban.
 func ParseBanDuration(s string) (time.Duration, error) {
-	d, err := time.ParseDuration(strings.TrimSpace(s))
+	d, err := duration.Parse(s)
 	if err != nil {
-		return 0, fmt.Errorf("%w: ban duration %q: want a Go duration such as 90m or 6h (days are 24h)", ErrInvalid, s)
+		return 0, fmt.Errorf("%w: ban duration %q: want a duration such as 90m, 6h, 7d or 2w", ErrInvalid, s)
 	}
 	return d, CheckBanDuration(d)
 }

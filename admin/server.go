@@ -85,13 +85,15 @@ func NewHandler(b Backend, opts Options) http.Handler {
 	mux.HandleFunc("POST /v1/ban", h.ban)
 	mux.HandleFunc("POST /v1/reload", h.reload)
 	mux.HandleFunc("GET /v1/status", h.status)
+	mux.HandleFunc("GET /v1/quota", h.quota)
+	mux.HandleFunc("POST /v1/quota/reset", h.quotaReset)
 	mux.HandleFunc("/", func(w http.ResponseWriter, r *http.Request) {
 		if m, ok := endpoints[r.URL.Path]; ok {
 			w.Header().Set("Allow", m)
 			writeError(w, http.StatusMethodNotAllowed, fmt.Sprintf("%s %s: want %s", r.Method, r.URL.Path, m))
 			return
 		}
-		writeError(w, http.StatusNotFound, "no such endpoint; the API is GET /v1/bans, POST /v1/unban, POST /v1/ban, POST /v1/reload, GET /v1/status")
+		writeError(w, http.StatusNotFound, "no such endpoint; the API is GET /v1/bans, POST /v1/unban, POST /v1/ban, POST /v1/reload, GET /v1/status, GET /v1/quota, POST /v1/quota/reset")
 	})
 	// A browser must not be able to act on the API from another site, even
 	// if it could reach it; the bearer token already stops it over TCP.
@@ -105,6 +107,9 @@ var endpoints = map[string]string{
 	"/v1/ban":    http.MethodPost,
 	"/v1/reload": http.MethodPost,
 	"/v1/status": http.MethodGet,
+
+	"/v1/quota":       http.MethodGet,
+	"/v1/quota/reset": http.MethodPost,
 }
 
 type handler struct {

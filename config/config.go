@@ -63,6 +63,8 @@ type Config struct {
 	PolicyListen      string
 	PolicyAllow       []netip.Prefix // TCP peers allowed on the policy socket
 	PolicyReadTimeout time.Duration  // how long a policy connection may wait for its next request
+	PolicyMaxSessions int            // SMTP sessions the policy front-end keeps counts for
+	PolicySessionIdle time.Duration  // how long it keeps a session without a request
 	LogFormat         string
 	LogLevel          slog.Level
 	MaxTracked        int
@@ -107,6 +109,8 @@ type fileConfig struct {
 		Listen      value[string]     `toml:"listen"`
 		Allow       value[prefixList] `toml:"allow"`
 		ReadTimeout value[duration]   `toml:"read_timeout"`
+		MaxSessions value[count]      `toml:"max_sessions"`
+		SessionIdle value[duration]   `toml:"session_idle"`
 	} `toml:"policy"`
 	Metrics struct {
 		Listen value[string] `toml:"listen"`
@@ -162,6 +166,7 @@ type fileConfig struct {
 		Mode          value[string]     `toml:"mode"`
 	} `toml:"sender_networks"`
 	Override []overrideTable `toml:"override"`
+	Rate     []rateTable     `toml:"rate"`
 	Replies  struct {
 		SessionMessages    value[string] `toml:"session_messages"`
 		SessionBytes       value[string] `toml:"session_bytes"`
@@ -171,6 +176,7 @@ type fileConfig struct {
 		Frequency          value[string] `toml:"frequency"`
 		FrequencyNoBan     value[string] `toml:"frequency_no_ban"`
 		Banned             value[string] `toml:"banned"`
+		BannedManual       value[string] `toml:"banned_manual"`
 		ConcurrencyAddress value[string] `toml:"concurrency_address"`
 		ConcurrencyTotal   value[string] `toml:"concurrency_total"`
 		StoreUnavailable   value[string] `toml:"store_unavailable"`
@@ -211,11 +217,13 @@ type PolicyTables struct {
 }
 
 type overrideTable struct {
+	Name          value[string]     `toml:"name"`
 	Networks      value[prefixList] `toml:"networks"`
 	Authenticated value[bool]       `toml:"authenticated"`
 	Users         value[stringList] `toml:"users"`
 	SenderDomains value[stringList] `toml:"sender_domains"`
 	PolicyTables
+	Rate []overrideRateTable `toml:"rate"`
 }
 
 // Error is one problem in a file, with where it is.
@@ -260,6 +268,8 @@ func Default() *Config {
 		MetricsListen:     DefaultMetricsListen,
 		PolicyAllow:       defaultMilterAllow(),
 		PolicyReadTimeout: policy.DefaultReadTimeout,
+		PolicyMaxSessions: policy.DefaultMaxSessions,
+		PolicySessionIdle: policy.DefaultSessionIdle,
 		LogFormat:         "text",
 		LogLevel:          slog.LevelInfo,
 		MaxTracked:        counters.DefaultMaxTracked,
@@ -308,7 +318,7 @@ func Parse(path string, data []byte) (*Config, error) {
 			continue // the unknown table was reported already
 		}
 		reported[keyPath(k)] = true
-		v.add(keyPath(k), "unknown key")
+		v.add(keyPath(k), "%s", unknownKey(k))
 	}
 	collectValueErrors(&v, reflect.ValueOf(&fc).Elem(), "")
 	cfg := v.build(&fc)
@@ -339,7 +349,18 @@ func (v *validator) line(key string) int {
 	if n, ok := v.lines[key]; ok {
 		return n
 	}
-	return v.lines[stripIndexes(key)]
+	if n, ok := v.lines[stripIndexes(key)]; ok {
+		return n
+	}
+	// An unknown key of an array of tables comes without its index: the
+	// first place it was written.
+	first := 0
+	for k, n := range v.lines {
+		if stripIndexes(k) == key && (first == 0 || n < first) {
+			first = n
+		}
+	}
+	return first
 }
 
 // collectValueErrors walks fc and reports every value that failed to parse,
@@ -347,7 +368,9 @@ func (v *validator) line(key string) int {
 func collectValueErrors(v *validator, rv reflect.Value, path string) {
 	if p, ok := rv.Addr().Interface().(interface{ problem() error }); ok {
 		if err := p.problem(); err != nil {
-			v.add(path, "%s", err.Error())
+			for _, e := range eachError(err) { // every bad item of a list
+				v.add(path, "%s", e.Error())
+			}
 		}
 		return
 	}
@@ -458,10 +481,22 @@ func (v *validator) build(fc *fileConfig) *Config {
 	v.buildSenderNetworks(&r.SenderNetworks, fc)
 
 	v.applyPolicy(&r.Default, &fc.PolicyTables, "")
+	named := map[string]int{}
 	for i := range fc.Override {
 		o := &fc.Override[i]
 		prefix := fmt.Sprintf("override[%d]", i)
 		ov := limits.Override{Networks: o.Networks.get(nil), Policy: r.Default}
+		if o.Name.set && o.Name.err == nil {
+			switch n := o.Name.v; {
+			case !limits.ValidOverrideName(n):
+				v.add(prefix+".name", "%q is not a name: use 1 to 64 letters, digits, '-' and '_'", n)
+			case named[n] > 0:
+				v.add(prefix+".name", "%q is also the name of override[%d]: names must be unique (they key the override's bans and windows)", n, named[n]-1)
+			default:
+				named[n] = i + 1
+				ov.Name = n
+			}
+		}
 		if o.Authenticated.set && o.Authenticated.err == nil {
 			b := o.Authenticated.v
 			ov.Authenticated = &b
@@ -490,6 +525,7 @@ func (v *validator) build(fc *fileConfig) *Config {
 		v.applyPolicy(&ov.Policy, &o.PolicyTables, prefix)
 		r.Overrides = append(r.Overrides, ov)
 	}
+	v.buildRates(r, fc)
 	v.applyReplies(r.Replies, fc)
 	return cfg
 }
@@ -509,7 +545,16 @@ func (v *validator) buildPolicy(cfg *Config, fc *fileConfig) {
 	}
 	cfg.PolicyReadTimeout = time.Duration(pt.ReadTimeout.get(duration(cfg.PolicyReadTimeout)))
 	if cfg.PolicyReadTimeout < time.Second {
-		v.add("policy.read_timeout", "must be at least 1s, got %q: Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is \"1h\")", cfg.PolicyReadTimeout.String())
+		v.add("policy.read_timeout", "must be at least 1s, got %q: Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is \"5m30s\")", cfg.PolicyReadTimeout.String())
+	}
+	if n := pt.MaxSessions.get(count(cfg.PolicyMaxSessions)); n < policy.DefaultMaxConnections {
+		v.add("policy.max_sessions", "must be at least %d, got %d: each open policy connection may be serving a session (the default is %d)", policy.DefaultMaxConnections, n, policy.DefaultMaxSessions)
+	} else {
+		cfg.PolicyMaxSessions = int(n)
+	}
+	cfg.PolicySessionIdle = time.Duration(pt.SessionIdle.get(duration(cfg.PolicySessionIdle)))
+	if cfg.PolicySessionIdle < 5*time.Minute {
+		v.add("policy.session_idle", "must be at least 5m, got %q: a session may be silent that long between two requests (smtpd_timeout is 300s), and one forgotten is counted again (the default is \"1h\")", cfg.PolicySessionIdle.String())
 	}
 }
 
@@ -546,6 +591,14 @@ func (v *validator) applyPolicy(p *limits.Policy, t *PolicyTables, prefix string
 	}
 	if prefix == "" || t.Errors.Window.set {
 		v.minWindow(joinKey(prefix, "errors.window"), e.Window)
+	}
+	if e.MaxPerWindow > 0 && e.Ban <= 0 {
+		switch {
+		case t.Errors.Ban.set:
+			v.add(joinKey(prefix, "errors.ban"), "must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)")
+		case t.Errors.MaxPerWindow.set:
+			v.add(joinKey(prefix, "errors.max_per_window"), "needs errors.ban longer than 0s, and it is %s: the window refuses only by banning (max_per_window = 0 turns it off)", e.Ban)
+		} // else reported for the default already
 	}
 	if e.MaxPerWindow > 1<<31 {
 		v.add(joinKey(prefix, "errors.max_per_window"), "must be at most %d", int64(1)<<31)

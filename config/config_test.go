@@ -23,21 +23,42 @@ bad-milter.toml:4: milter.read_timeout: a duration must be a string with a unit 
 bad-milter-values.toml:4: milter.read_timeout: must be at least 1s, got "0s": MTAs stay silent for minutes while their SMTP client types (the default is "1h")`,
 		"bad-policy.toml": `bad-policy.toml:3: policy.listen: listen "tcp:127.0.0.1:10030": unknown socket type "tcp" (want inet, inet6 or unix)
 bad-policy.toml:4: policy.allow: must list at least one network, or no MTA could connect over TCP (the default is ["127.0.0.0/8", "::1/128"])
-bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300`,
+bad-policy.toml:5: policy.read_timeout: a duration must be a string with a unit such as "90s" or "5m", got the bare number 300
+bad-policy.toml:6: policy.session_idle: a duration must be a string with a unit such as "90s" or "5m", got the bare number 3600`,
 		"bad-policy-values.toml": `bad-policy-values.toml:2: policy.listen: listen "inet:127.0.0.1": address 127.0.0.1: missing port in address
 bad-policy-values.toml:3: policy.allow: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
-bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "1h")`,
+bad-policy-values.toml:4: policy.read_timeout: must be at least 1s, got "500ms": Postfix keeps idle policy connections open for smtpd_policy_service_max_idle (300s) (the default is "5m30s")
+bad-policy-values.toml:5: policy.max_sessions: must be at least 1000, got 10: each open policy connection may be serving a session (the default is 100000)
+bad-policy-values.toml:6: policy.session_idle: must be at least 5m, got "1m0s": a session may be silent that long between two requests (smtpd_timeout is 300s), and one forgotten is counted again (the default is "1h")`,
 		"bad-override.toml": `bad-override.toml:6: override[1]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
 bad-override.toml:11: override[2]: must set networks, authenticated, users or sender_domains (an override that matches everyone belongs in the top-level tables)
 bad-override.toml:15: override[3]: frequency and concurrency are decided at connect, before AUTH and MAIL FROM: an override with authenticated = true, users or sender_domains can only change [session] and [errors] values
 bad-override.toml:16: override[3].users: "" is not a user name or @domain
 bad-override.toml:16: override[3].users: "a@b@c" is not a user name or @domain
 bad-override.toml:17: override[3].sender_domains: "x@example.org" is not a domain`,
+		"bad-rate.toml": `bad-rate.toml:11: rate[1].name: "user-hourly" is also the name of rate[0]: names must be unique (they key the rule's windows)
+bad-rate.toml:12: rate[1].key: must be "network", "user", "sender", "sender_domain", "recipient", got "login"
+bad-rate.toml:13: rate[1].count: must be "messages", "recipients", "bytes", got "mails"
+bad-rate.toml:14: rate[1].limit: must be more than 0, got 0 (set mode = "off" to turn the rule off)
+bad-rate.toml:15: rate[1].window: must be at least 1s, got "500ms"
+bad-rate.toml:17: rate[2]: must set name (it labels the rule's metrics and logs, and keys its windows)
+bad-rate.toml:22: rate[2].reply: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
+bad-rate.toml:28: override[0].rate[0].name: "user-daily" names no [[rate]]`,
 		"bad-reply.toml": `bad-reply.toml:2: replies.session_messages: code 550 is not 4xx: every sessioncap limit is temporary, so the sender must keep the mail
 bad-reply.toml:3: replies.banned: unknown placeholder {minutes} (known: {cap} {value} {window} {ban})`,
 		"bad-syntax.toml": `bad-syntax.toml:3: session.max_bytes: strings cannot contain newlines`,
-		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key
-bad-unknown-keys.toml:6: frequncy: unknown key`,
+		"bad-unknown-keys.toml": `bad-unknown-keys.toml:4: session.max_mesages: unknown key; did you mean "max_messages"?
+bad-unknown-keys.toml:6: frequncy: unknown key; did you mean "frequency"?
+bad-unknown-keys.toml:10: concurrency.max_connections: unknown key; did you mean "frequency.max_connections"?
+bad-unknown-keys.toml:13: store.timout: unknown key; did you mean "timeout"?
+bad-unknown-keys.toml:14: store.completely_unrelated: unknown key
+bad-unknown-keys.toml:19: override.session.max_recipents: unknown key; did you mean "max_recipients"?`,
+		"bad-lists.toml": `bad-lists.toml:3: exempt.networks: invalid network "10.0.0.0/33": want a CIDR such as "192.0.2.0/24"
+bad-lists.toml:3: exempt.networks: invalid network "2001:db8::/129": want a CIDR such as "192.0.2.0/24"
+bad-lists.toml:3: exempt.networks: invalid network "192.168.1": want an address or CIDR such as "192.0.2.0/24"
+bad-lists.toml:6: deny.networks: must be a network string such as "192.0.2.0/24", got the integer 7
+bad-lists.toml:9: sender_networks.exempt_domains: must be a string, got the integer 1
+bad-lists.toml:9: sender_networks.exempt_domains: must be a string, got true`,
 		"bad-deny.toml": `bad-deny.toml:3: deny.networks: network "198.51.100.7/24" has host bits set; did you mean "198.51.100.0/24"?
 bad-deny.toml:4: deny.mode: must be "enforce", "monitor", "tag" or "off", got "block"
 bad-deny.toml:7: replies.deny: code 250 is not 4xx or 5xx
@@ -65,9 +86,10 @@ bad-values.toml:5: session.max_messages: must not be negative (0 disables the li
 bad-values.toml:6: session.max_bytes: invalid size "ten megabytes": use bytes or a number with a unit such as "50MB" or "10MiB"
 bad-values.toml:7: session.overrun: must be "accept" or "tempfail", got "drop"
 bad-values.toml:10: frequency.window: a duration must be a string with a unit such as "90s" or "5m", got the bare number 60
-bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h"
+bad-values.toml:11: frequency.ban: invalid duration "5 minutes": use a number with a unit such as "90s", "5m", "1h", "7d" or "2w"
 bad-values.toml:14: addresses.ipv4_prefix: must be between 1 and 32, got 33
-bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?`,
+bad-values.toml:17: exempt.networks: network "10.1.2.3/8" has host bits set; did you mean "10.0.0.0/8"?
+bad-values.toml:17: exempt.networks: invalid network "not-a-network": want an address or CIDR such as "192.0.2.0/24"`,
 		"bad-redis-password-missing.toml": `bad-redis-password-missing.toml:8: store.redis.password_file: cannot read "/nonexistent/redis.password": no such file or directory`,
 		"bad-redis-password-dir.toml":     `bad-redis-password-dir.toml:5: store.redis.password_file: cannot read "/": is a directory`,
 		"bad-redis-standalone.toml":       `bad-redis-standalone.toml:4: store.redis.addresses: lists 2 servers: a standalone Redis has one address (set master_name for Sentinel or cluster = true for Cluster)`,
@@ -82,6 +104,10 @@ bad-store.toml:12: store.redis.db: must be 0 with cluster = true (Redis Cluster 
 bad-store.toml:13: store.redis.key_prefix: must not contain braces or white space (braces would break the Cluster hash tags)
 bad-store.toml:16: admin.listen: an admin listener on TCP needs admin.token_file (bearer token); use a unix socket otherwise
 bad-store.toml:19: addresses.max_bans: must be at least 1 (it bounds the memory bans use)`,
+		"bad-errors-ban.toml": `bad-errors-ban.toml:5: errors.ban: must be longer than 0s while max_per_window is set: the window refuses only by banning (max_per_window = 0 turns it off)
+bad-errors-ban.toml:10: override[0].errors.max_per_window: needs errors.ban longer than 0s, and it is 0s: the window refuses only by banning (max_per_window = 0 turns it off)`,
+		"bad-override-name.toml": `bad-override-name.toml:7: override[1].name: "relays" is also the name of override[0]: names must be unique (they key the override's bans and windows)
+bad-override-name.toml:11: override[2].name: "our relays" is not a name: use 1 to 64 letters, digits, '-' and '_'`,
 	}
 	files, err := filepath.Glob("../testdata/config/bad-*.toml")
 	if err != nil || len(files) == 0 {
@@ -162,7 +188,7 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 	inOverride, uncommented := false, 0
 	for _, line := range strings.Split(string(data), "\n") {
 		switch {
-		case strings.HasPrefix(line, "#[[override]]"):
+		case strings.HasPrefix(line, "#[[override]]"), strings.HasPrefix(line, "#[[rate]]"):
 			inOverride = true
 		case strings.HasPrefix(line, "["):
 			inOverride = false
@@ -196,13 +222,14 @@ func TestShippedConfigIsDefaults(t *testing.T) {
 		"networks", "authenticated", "session_messages", "session_bytes", "session_bytes_size", "session_recipients",
 		"frequency", "banned", "concurrency_address", "concurrency_total", "max_bans", "backend", "timeout", "on_error",
 		"state_file", "addresses", "master_name", "cluster", "username", "password_file", "db", "tls", "key_prefix",
-		"token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned"} {
+		"max_sessions", "session_idle", "token_file", "frequency_no_ban", "store_unavailable", "header", "deny", "max_networks", "exempt_domains", "sender_networks", "max_per_session", "max_per_window", "errors", "errors_banned", "banned_manual",
+		"name", "key", "count", "limit", "only"} {
 		if !regexp.MustCompile(`(?m)^#` + k + ` = `).Match(data) {
 			t.Errorf("key %s is not documented in packaging/sessioncap.toml", k)
 		}
 	}
-	if uncommented != 65 {
-		t.Errorf("%d settings found, want 65", uncommented)
+	if uncommented != 68 {
+		t.Errorf("%d settings found, want 68", uncommented)
 	}
 }
 
@@ -283,5 +310,68 @@ mode = "off"
 	}
 	if s := cfg.Summary(); !strings.Contains(s, "tag: header X-Spam-Sessioncap") || !strings.Contains(s, "overrun accept, mode off") {
 		t.Errorf("summary:\n%s", s)
+	}
+}
+
+// An override's name keys its bans and windows (override.<name>); without
+// one they are keyed by what it matches. check-config -explain shows it.
+func TestOverrideName(t *testing.T) {
+	cfg, err := Parse("name.toml", []byte("[[override]]\nname = \"relays\"\nnetworks = [\"192.0.2.0/24\"]\n[override.frequency]\nmax_connections = 1000\n\n[[override]]\nnetworks = [\"198.51.100.0/24\"]\n"))
+	if err != nil {
+		t.Fatal(err)
+	}
+	o := cfg.Rules.Overrides
+	if len(o) != 2 || o[0].Name != "relays" || o[0].Scope() != "override.relays" || o[1].Name != "" || !strings.HasPrefix(o[1].Scope(), "override-") {
+		t.Fatalf("overrides %+v", o)
+	}
+	if s := cfg.Summary(); !strings.Contains(s, `override[0]: name "relays", networks [192.0.2.0/24]`) {
+		t.Errorf("summary:\n%s", s)
+	}
+}
+
+func TestRates(t *testing.T) {
+	cfg, err := Parse("rates.toml", []byte(`
+mode = "enforce"
+[[rate]]
+name = "user-hourly"
+key = "user"
+count = "messages"
+limit = 200
+window = "1h"
+
+[[rate]]
+name = "disk"
+key = "network"
+count = "bytes"
+limit = "1GB"
+window = "1h"
+mode = "monitor"
+only = "unauthenticated"
+reply = "451 4.7.1 {rule}: try again in {retry}"
+exempt.networks = ["192.0.2.0/24"]
+
+[[override]]
+users = ["big@example.com"]
+[[override.rate]]
+name = "user-hourly"
+limit = 2000
+`))
+	if err != nil {
+		t.Fatal(err)
+	}
+	r := cfg.Rules
+	if len(r.Quotas) != 2 {
+		t.Fatalf("%d quotas", len(r.Quotas))
+	}
+	q := r.Quotas[1]
+	if q.Name != "disk" || q.Key != limits.QuotaNetwork || q.Count != limits.CountBytes || q.Limit != 1_000_000_000 ||
+		q.Window != time.Hour || q.Mode != limits.ModeMonitor || q.Only != "unauthenticated" || q.Reply == nil || len(q.ExemptNetworks) != 1 {
+		t.Errorf("disk: %+v", q)
+	}
+	if o := r.Overrides[0].Quotas; len(o) != 1 || o[0].Name != "user-hourly" || o[0].Limit != 2000 {
+		t.Errorf("override quotas %+v", o)
+	}
+	if err := r.Validate(); err != nil {
+		t.Error(err)
 	}
 }

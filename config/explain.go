@@ -57,6 +57,9 @@ func (cfg *Config) Explain(w io.Writer, addrText, user, sender string) error {
 		if len(o.SenderDomains) > 0 {
 			match = append(match, fmt.Sprintf("sender_domains %v", o.SenderDomains))
 		}
+		if o.Name != "" {
+			return fmt.Sprintf("override[%d] %q (%s)", i, o.Name, strings.Join(match, ", "))
+		}
 		return fmt.Sprintf("override[%d] (%s)", i, strings.Join(match, ", "))
 	}
 	connect := limits.Client{Addr: addr, HasAddr: true}
@@ -93,5 +96,44 @@ func (cfg *Config) Explain(w io.Writer, addrText, user, sender string) error {
 		}
 		fmt.Fprintf(w, "    sender_networks: %s\n", why)
 	}
+	explainQuotas(w, r, tx, sender)
 	return nil
+}
+
+// explainQuotas prints each [[rate]] rule with the key it counts this
+// client's transactions under, or why it skips them.
+func explainQuotas(w io.Writer, r *limits.Rules, c limits.Client, sender string) {
+	for i := range r.Quotas {
+		q := &r.Quotas[i]
+		mode, limit := r.QuotaMode(q, c), r.QuotaLimit(q, c)
+		head := fmt.Sprintf("    rate %q: %d %s per %s by %s, mode %s", q.Name, limit, q.Count, q.Window, q.Key, mode)
+		if limit != q.Limit || mode != r.ModeOf(q.Mode) {
+			head += " (override.rate)"
+		}
+		switch v, ok := r.QuotaKeyValue(q, limits.QuotaSubject{Client: c, Sender: sender, Recipient: "x"}); {
+		case !mode.Decides():
+			fmt.Fprintf(w, "%s: off\n", head)
+		case q.Key == limits.QuotaRecipient && ok:
+			fmt.Fprintf(w, "%s: counted per recipient at RCPT\n", head)
+		case ok:
+			fmt.Fprintf(w, "%s: key %s %s\n", head, q.Key, v)
+		default:
+			fmt.Fprintf(w, "%s: %s\n", head, quotaSkip(q, c, sender))
+		}
+	}
+}
+
+// quotaSkip says why q does not count a client.
+func quotaSkip(q *limits.Quota, c limits.Client, sender string) string {
+	switch {
+	case q.Only == limits.OnlyAuthenticated && !c.Authenticated:
+		return "skipped: only authenticated"
+	case q.Only == limits.OnlyUnauthenticated && c.Authenticated:
+		return "skipped: only unauthenticated"
+	case q.Key == limits.QuotaUser && c.User == "":
+		return "skipped: no SASL user"
+	case (q.Key == limits.QuotaSender || q.Key == limits.QuotaSenderDomain) && sender == "":
+		return "skipped: null sender"
+	}
+	return "skipped: exempt"
 }

@@ -20,7 +20,8 @@ func (cfg *Config) Summary() string {
 	if cfg.PolicyListen == "" {
 		b.WriteString("policy: off\n")
 	} else {
-		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s\n", cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout)
+		fmt.Fprintf(&b, "policy: listen %s, allow %v, read_timeout %s, max_sessions %d, session_idle %s\n",
+			cfg.PolicyListen, cfg.PolicyAllow, cfg.PolicyReadTimeout, cfg.PolicyMaxSessions, cfg.PolicySessionIdle)
 	}
 	describe := func(p limits.Policy) {
 		s, f, c := p.Session, p.Frequency, p.Concurrency
@@ -40,7 +41,11 @@ func (cfg *Config) Summary() string {
 		if o.Authenticated != nil {
 			auth = fmt.Sprint(*o.Authenticated)
 		}
-		fmt.Fprintf(&b, "override[%d]: networks %v, authenticated %s", i, o.Networks, auth)
+		fmt.Fprintf(&b, "override[%d]: ", i)
+		if o.Name != "" {
+			fmt.Fprintf(&b, "name %q, ", o.Name)
+		}
+		fmt.Fprintf(&b, "networks %v, authenticated %s", o.Networks, auth)
 		if len(o.Users) > 0 {
 			fmt.Fprintf(&b, ", users %v", o.Users)
 		}
@@ -54,6 +59,13 @@ func (cfg *Config) Summary() string {
 	if sn := r.SenderNetworks; sn.MaxNetworks > 0 {
 		fmt.Fprintf(&b, "sender_networks: max_networks %d per %s, networks /%d and /%d, %d exempt domains, mode %s\n",
 			sn.MaxNetworks, sn.Window, sn.IPv4Prefix, sn.IPv6Prefix, len(sn.ExemptDomains), r.ModeOf(sn.Mode))
+	}
+	for _, q := range r.Quotas {
+		fmt.Fprintf(&b, "rate %q: %d %s per %s by %s, mode %s", q.Name, q.Limit, q.Count, q.Window, q.Key, r.ModeOf(q.Mode))
+		if q.Only != "" {
+			fmt.Fprintf(&b, ", only %s", q.Only)
+		}
+		fmt.Fprintln(&b)
 	}
 	if len(r.Deny.Networks) > 0 {
 		fmt.Fprintf(&b, "deny: networks %v, mode %s, reply %q\n", r.Deny.Networks, r.ModeOf(r.Deny.Mode), r.Replies[limits.ReplyDeny].String())

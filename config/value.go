@@ -1,12 +1,15 @@
 package config
 
 import (
+	"errors"
 	"fmt"
 	"math"
 	"net/netip"
 	"strconv"
 	"strings"
 	"time"
+
+	dur "github.com/sessioncap/sessioncap/internal/duration"
 )
 
 // value is one configuration value as read from TOML: whether the key was
@@ -25,11 +28,12 @@ type count int64
 // ("50MB", "10MiB").
 type byteSize int64
 
-// duration must be written as a string ("90s"): a bare TOML integer would
-// silently be nanoseconds.
+// duration must be written as a string ("90s", "7d"): a bare TOML integer
+// would silently be nanoseconds.
 type duration time.Duration
 
-// UnmarshalTOML implements toml.Unmarshaler.
+// UnmarshalTOML implements toml.Unmarshaler. A list's err joins the errors
+// of every bad item (errors.Join), each reported on its own.
 func (o *value[T]) UnmarshalTOML(data any) error {
 	o.set = true
 	o.err = parseInto(&o.v, data)
@@ -91,9 +95,9 @@ func parseInto(dst, data any) error {
 			}
 			return typeError("a duration string such as \"90s\"", data)
 		}
-		t, err := time.ParseDuration(s)
+		t, err := dur.Parse(s)
 		if err != nil {
-			return fmt.Errorf("invalid duration %q: use a number with a unit such as \"90s\", \"5m\", \"1h\"", s)
+			return err
 		}
 		if t < 0 {
 			return fmt.Errorf("must not be negative, got %q", s)
@@ -105,12 +109,17 @@ func parseInto(dst, data any) error {
 			return typeError("a list of strings", data)
 		}
 		out := make([]string, 0, len(list))
+		var errs []error
 		for _, item := range list {
 			s, ok := item.(string)
 			if !ok {
-				return typeError("a string", item)
+				errs = append(errs, typeError("a string", item))
+				continue
 			}
 			out = append(out, s)
+		}
+		if len(errs) > 0 {
+			return errors.Join(errs...)
 		}
 		*d = out
 	case *[]netip.Prefix:
@@ -119,16 +128,22 @@ func parseInto(dst, data any) error {
 			return typeError("a list of networks such as [\"192.0.2.0/24\", \"2001:db8::/32\"]", data)
 		}
 		out := make([]netip.Prefix, 0, len(list))
+		var errs []error
 		for _, item := range list {
 			s, ok := item.(string)
 			if !ok {
-				return typeError("a network string such as \"192.0.2.0/24\"", item)
+				errs = append(errs, typeError("a network string such as \"192.0.2.0/24\"", item))
+				continue
 			}
 			p, err := parseNetwork(s)
 			if err != nil {
-				return err
+				errs = append(errs, err)
+				continue
 			}
 			out = append(out, p)
+		}
+		if len(errs) > 0 {
+			return errors.Join(errs...)
 		}
 		*d = out
 	default:
@@ -230,3 +245,15 @@ type prefixList = []netip.Prefix
 
 // stringList is a list of strings.
 type stringList = []string
+
+// ParseDuration reads a duration as the configuration does: Go's ("90s",
+// "1h30m") or with days and weeks as Prometheus writes them ("7d", "2w").
+func ParseDuration(s string) (time.Duration, error) { return dur.Parse(s) }
+
+// eachError splits an error joined by errors.Join into its parts.
+func eachError(err error) []error {
+	if j, ok := err.(interface{ Unwrap() []error }); ok {
+		return j.Unwrap()
+	}
+	return []error{err}
+}

@@ -54,7 +54,8 @@ type Memory struct {
 	tail      int32 // least recently seen slot, -1 when empty
 	bans      map[string]*Ban
 	evictions uint64
-	saveHook  func() // tests: called by Save once it has released the lock
+	quota     quotaTable // the windows of quotas (quota.go)
+	saveHook  func()     // tests: called by Save once it has released the lock
 }
 
 // slot is one tracked key; prev and next are slot indexes (-1: none).

@@ -135,7 +135,7 @@ func TestMemoryMatchesReference(t *testing.T) {
 	}
 
 	var saved, again bytes.Buffer
-	if err := m.Save(&saved, 0); err != nil {
+	if err := m.Save(&saved, nil); err != nil {
 		t.Fatal(err)
 	}
 	m2 := NewMemory(MemoryOptions{MaxTracked: 1000, MaxBans: 1 << 20, Now: func() time.Time { return now }})
@@ -143,7 +143,7 @@ func TestMemoryMatchesReference(t *testing.T) {
 		t.Fatal(err)
 	}
 	checkInvariants(t, m2)
-	m2.Save(&again, 0)
+	m2.Save(&again, nil)
 	// Bans are written in map order: compare the windows, in order.
 	windowLines := func(b []byte) [][]byte {
 		return slices.DeleteFunc(bytes.Split(b, []byte("\n")), func(l []byte) bool { return bytes.Contains(l, []byte(`"b":`)) })

@@ -31,7 +31,7 @@ func TestSaveDoesNotHoldUpHits(t *testing.T) {
 	m.saveHook = func() { close(rendering); <-release }
 	var out bytes.Buffer
 	saved := make(chan error, 1)
-	go func() { saved <- m.Save(&out, time.Hour) }()
+	go func() { saved <- m.Save(&out, nil) }()
 	<-rendering
 	hits := make(chan error, 1)
 	go func() {
@@ -85,7 +85,7 @@ func BenchmarkHitDuringSave(b *testing.B) {
 	go func() {
 		n := 0
 		for !stop.Load() {
-			m.Save(io.Discard, time.Hour)
+			m.Save(io.Discard, nil)
 			n++
 		}
 		saves <- n

@@ -10,6 +10,7 @@ import (
 	"os"
 	"path/filepath"
 	"slices"
+	"strings"
 	"time"
 
 	"github.com/sessioncap/sessioncap/limits"
@@ -28,17 +29,25 @@ type stateWindow struct {
 	Prev   uint32 `json:"p"`
 	Curr   uint32 `json:"c"`
 	Banned *Ban   `json:"b,omitempty"`
+	// Quota is set on the line of a quota window (quota.go); Start, Prev
+	// and Curr are then unused.
+	Quota *stateQuota `json:"q,omitempty"`
 }
 
-// Save writes the bans in force and the windows still in their last two
-// fixed windows, one JSON object a line between a header and an end line,
-// least recently seen first (so Load keeps the recency order).
+// Save writes the bans in force and the windows that have not expired
+// under their own rule, one JSON object a line between a header and an end
+// line, least recently seen first (so Load keeps the recency order).
+// windows maps a key kind (the text before a key's first ':', see
+// limits.StoreKey) to the longest window keys of that kind are counted
+// under (limits.Rules.KeyWindows): a window is kept until two of those
+// have passed since its start, when it would start over anyway. A key of a
+// kind not in windows (nil: every kind) is kept.
 //
 // Hits are not held up while the keys are rendered: under the store's lock
 // Save only copies the slots (one copy of a pointer-free slice, about 48
-// bytes a tracked key) and the bans; it selects, renders and writes from
-// the copy with the lock released.
-func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
+// bytes a tracked key), the bans and the quota windows; it selects,
+// renders and writes from the copy with the lock released.
+func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	now := m.now()
 	m.mu.Lock()
 	m.pruneBans(now)
@@ -49,6 +58,7 @@ func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 	for _, b := range m.bans {
 		bans = append(bans, *b)
 	}
+	quotas := m.saveQuotas(nil, now.UnixMilli())
 	m.mu.Unlock()
 	if m.saveHook != nil {
 		m.saveHook()
@@ -58,8 +68,10 @@ func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 	enc := json.NewEncoder(bw)
 	for i := tail; i >= 0; i = slots[i].prev {
 		s := &slots[i]
-		if maxWindow > 0 && now.UnixMilli()-s.w.Start >= 2*maxWindow.Milliseconds() {
-			continue // would start over anyway
+		// a compact key's name starts with its kind, whether it holds the
+		// whole key or the text before the prefix
+		if expired(names[s.key.name].s, s.w.Start, now.UnixMilli(), windows) {
+			continue
 		}
 		if err := enc.Encode(stateWindow{Key: keyString(names, s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr}); err != nil {
 			return err
@@ -70,8 +82,25 @@ func (m *Memory) Save(w io.Writer, maxWindow time.Duration) error {
 			return err
 		}
 	}
+	for i := range quotas {
+		if err := enc.Encode(&quotas[i]); err != nil {
+			return err
+		}
+	}
 	fmt.Fprintln(bw, stateEnd)
 	return bw.Flush()
+}
+
+// expired reports whether the window of key (or of any key that starts as
+// key does up to its first ':') that started at start (Unix ms) has
+// expired at now under windows (see Save).
+func expired(key string, start, now int64, windows map[string]time.Duration) bool {
+	kind, _, ok := strings.Cut(key, ":")
+	if !ok {
+		return false
+	}
+	d, ok := windows[kind]
+	return ok && now-start >= 2*d.Milliseconds()
 }
 
 // ErrBadState says a state file is corrupt, cut short or not ours.
@@ -122,6 +151,12 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 			}
 			continue
 		}
+		if l.Quota != nil {
+			if m.loadQuota(l.Key, *l.Quota, now.UnixMilli()) {
+				windows++
+			}
+			continue
+		}
 		i, name, k := m.find(l.Key)
 		if i >= 0 {
 			continue
@@ -134,14 +169,14 @@ func (m *Memory) Load(r io.Reader) (windows, bans int, err error) {
 
 // WriteStateFile saves m to path atomically: a temporary file in the same
 // directory, fsynced, renamed over path, and the directory fsynced.
-func (m *Memory) WriteStateFile(path string, maxWindow time.Duration) error {
+func (m *Memory) WriteStateFile(path string, windows map[string]time.Duration) error {
 	dir := filepath.Dir(path)
 	f, err := os.CreateTemp(dir, ".state-*")
 	if err != nil {
 		return err
 	}
 	defer os.Remove(f.Name())
-	if err := m.Save(f, maxWindow); err != nil {
+	if err := m.Save(f, windows); err != nil {
 		f.Close()
 		return err
 	}

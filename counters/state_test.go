@@ -24,7 +24,7 @@ func TestStateFileRoundTrip(t *testing.T) {
 	a.Hit(ctx, "freq:192.0.2.0/24", 4, r)                     // banned for 1h
 	a.Ban(ctx, "freq:198.51.100.0/24", time.Minute, "manual") // ends while down
 	a.Hit(ctx, "freq:203.0.113.0/24", 2, r)                   // a window
-	if err := a.WriteStateFile(path, time.Minute); err != nil {
+	if err := a.WriteStateFile(path, map[string]time.Duration{"freq": time.Minute}); err != nil {
 		t.Fatal(err)
 	}
 	clock.Add(10 * time.Minute)
@@ -53,7 +53,7 @@ func TestStateFileWindowsKeepTheirCounts(t *testing.T) {
 	r := limits.Rate{Max: 3, Window: time.Minute, Ban: time.Hour}
 	a.Hit(ctx, "k", 3, r)
 	var buf bytes.Buffer
-	if err := a.Save(&buf, time.Minute); err != nil {
+	if err := a.Save(&buf, nil); err != nil {
 		t.Fatal(err)
 	}
 	b := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
@@ -71,7 +71,7 @@ func TestStateFileBadFilesAreKeptAside(t *testing.T) {
 	good := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
 	good.Ban(ctx, "freq:192.0.2.0/24", time.Hour, "manual")
 	var full bytes.Buffer
-	good.Save(&full, time.Minute)
+	good.Save(&full, nil)
 	for name, content := range map[string]string{
 		"truncated": full.String()[:full.Len()-5],
 		"corrupt":   strings.Replace(full.String(), `"k"`, `"k`, 1),
@@ -103,5 +103,42 @@ func TestStateFileBadFilesAreKeptAside(t *testing.T) {
 	m := counters.NewMemory(counters.MemoryOptions{})
 	if _, _, err := m.ReadStateFile(filepath.Join(t.TempDir(), "none")); err != nil {
 		t.Fatal(err)
+	}
+}
+
+// Every window is saved until it has expired under its own rule: the
+// state file keeps a window while it is younger than two windows of its
+// key's kind (as the stores expire it), not two of the shortest or the
+// frequency rule's; a kind the saver is not told about is kept.
+func TestStateFileKeepsEachWindowUnderItsOwnRule(t *testing.T) {
+	clock := storetest.NewClock()
+	a := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	rate := func(w time.Duration) limits.Rate { return limits.Rate{Max: 100, Window: w} }
+	a.Hit(ctx, "freq:192.0.2.0/24", 3, rate(time.Minute))
+	a.Hit(ctx, "err:192.0.2.0/24", 9, rate(time.Hour))
+	a.Hit(ctx, "sdom:20000:example.org", 2, rate(48*time.Hour))
+	a.Hit(ctx, "quota:192.0.2.0/24", 5, rate(24*time.Hour))
+	clock.Add(10 * time.Minute)
+	var buf bytes.Buffer
+	windows := map[string]time.Duration{"freq": time.Minute, "err": time.Hour, "sdom": 48 * time.Hour}
+	if err := a.Save(&buf, windows); err != nil {
+		t.Fatal(err)
+	}
+	b := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	if n, _, err := b.Load(&buf); err != nil || n != 3 {
+		t.Fatalf("loaded %d windows (%v), want err, sdom and quota", n, err)
+	}
+	for key, want := range map[string]int64{"freq:192.0.2.0/24": 0, "err:192.0.2.0/24": 9, "sdom:20000:example.org": 2, "quota:192.0.2.0/24": 5} {
+		if h, _ := b.Hit(ctx, key, 0, rate(windows[key[:strings.IndexByte(key, ':')]]+time.Hour)); h.Count != want {
+			t.Errorf("%s after save and load: %d, want %d", key, h.Count, want)
+		}
+	}
+	// two of its own windows on, a window is dropped
+	clock.Add(2 * time.Hour)
+	buf.Reset()
+	b.Save(&buf, windows)
+	c := counters.NewMemory(counters.MemoryOptions{Now: clock.Now})
+	if n, _, _ := c.Load(&buf); n != 2 {
+		t.Fatalf("two hours later: %d windows, want sdom and quota", n)
 	}
 }

@@ -30,91 +30,155 @@ func connectGreeting(t *testing.T, e *env, what string, c *smtpClient, sessionca
 	}
 }
 
-// TestMessageCap: messages 1..N are accepted, MAIL for N+1 gets 421 with
-// sessioncap's text and the server hangs up after that reply; a new
-// connection can send again.
+// The session caps, the monitor mode and the frequency ban through every
+// front-end (forEachFrontEnd): Postfix and Sendmail with the milter, and
+// Postfix asking the policy front-end with README's recipe. Where README's
+// front-end table says the two differ, the test says so: the policy
+// front-end gives a MAIL-stage (and connect-stage) refusal at the first
+// RCPT of the transaction, Postfix puts its context before the text, and
+// an overrun answers 421 after the final dot instead of the milter's 452.
+
+// expectRefusal checks a refusal reply of sessioncap as the front-end's
+// MTA passes it on.
+func (e *env) expectRefusal(t *testing.T, what string, r reply, code int, dsn, text string) {
+	t.Helper()
+	if e.kind == policyKind {
+		expectPolicyReply(t, what, r, code, dsn, text)
+		return
+	}
+	expectReply(t, what, r, code, dsn+" "+text)
+}
+
+// expectMailRefusal checks the refusal of a MAIL-stage limit: at MAIL
+// through the milter, at the (only) RCPT through the policy front-end.
+func (e *env) expectMailRefusal(t *testing.T, what string, res txResult, code int, dsn, text string) {
+	t.Helper()
+	r := res.mail
+	if e.kind == policyKind {
+		if res.stage != "RCPT" || len(res.rcpts) != 1 {
+			t.Fatalf("%s: stage %s, MAIL %v, RCPT %v; want refused at RCPT", what, res.stage, res.mail, res.rcpts)
+		}
+		r = res.rcpts[0]
+	} else if res.stage != "MAIL" {
+		t.Fatalf("%s: got past MAIL (stage %s, MAIL %v, end of data %v)", what, res.stage, res.mail, res.eom)
+	}
+	e.expectRefusal(t, what, r, code, dsn, text)
+}
+
+// expectConnectRefusal opens a session that a connect-stage limit refuses:
+// with 421 at connect through the milter (the MTA's own text; sessioncap's
+// is checked in its log), at the first RCPT through the policy front-end.
+func (e *env) expectConnectRefusal(t *testing.T, what, text string) {
+	t.Helper()
+	if e.kind != policyKind {
+		c := dialSMTP(t, e.kind+" "+what, e.m.smtpAddr())
+		connectGreeting(t, e, what, c, "421 4.7.0 "+text)
+		return
+	}
+	c := e.dial(t, what)
+	res := e.send(t, c, "refused-at-connect", 3000, true)
+	if len(res.rcpts) != 1 {
+		t.Fatalf("%s: stage %s, MAIL %v", what, res.stage, res.mail)
+	}
+	expectPolicyReply(t, what, res.rcpts[0], 421, "4.7.0", text)
+	expectClosedAfterReply(t, c, what)
+}
+
+// TestMessageCap: messages 1..N are accepted, the next transaction gets
+// 421 with sessioncap's text and the server hangs up after that reply; a
+// new connection can send again.
 func TestMessageCap(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
 		const capN = 3
-		e := newEnv(t, kind, fmt.Sprintf("[session]\nmax_messages = %d\n", capN))
+		e := newFrontEnd(t, kind, fmt.Sprintf("[session]\nmax_messages = %d\n", capN))
 		c := e.dial(t, "first")
 		for i := 1; i <= capN; i++ {
 			e.mustAccept(t, c, fmt.Sprintf("msgcap-%d", i), 3000, i%2 == 0)
 		}
 		res := e.send(t, c, "msgcap-over", 3000, false)
-		if res.stage != "MAIL" {
-			t.Fatalf("message %d got past MAIL (stage %s, MAIL %v)", capN+1, res.stage, res.mail)
-		}
-		expectReply(t, "MAIL over the cap", res.mail, 421,
-			fmt.Sprintf("4.7.0 Too many messages in this session (limit %d)", capN))
-		expectClosedAfterReply(t, c, "MAIL over the cap")
+		e.expectMailRefusal(t, "the transaction over the cap", res, 421, "4.7.0",
+			fmt.Sprintf("Too many messages in this session (limit %d)", capN))
+		expectClosedAfterReply(t, c, "the transaction over the cap")
 
 		c2 := e.dial(t, "second")
 		e.mustAccept(t, c2, "msgcap-reconnected", 3000, true)
 		c2.quit()
 		e.delivered(t)
 		e.expectRefusals(t, "session_messages", "mail", "enforce", 1)
+		m := e.d.metrics(t)
+		if v := m["sessioncap_sessions_total"]; v != 2 {
+			t.Errorf("sessioncap_sessions_total = %v, want 2", v)
+		}
+		if v := m["sessioncap_messages_total"]; v != capN+1 {
+			t.Errorf("sessioncap_messages_total = %v, want %d", v, capN+1)
+		}
 	})
 }
 
 // TestByteCapWithSize: with SIZE= the message that would cross the cap is
-// refused at MAIL, before any data is sent.
+// refused before any data is sent.
 func TestByteCapWithSize(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, "[session]\nmax_bytes = 100000\n")
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, "[session]\nmax_bytes = 100000\n")
 		c := e.dial(t, "sized")
 		e.mustAccept(t, c, "bytes-size-1", 40000, true)
 		e.mustAccept(t, c, "bytes-size-2", 40000, true)
 		res := e.send(t, c, "bytes-size-3", 40000, true)
-		if res.stage != "MAIL" {
-			t.Fatalf("the crossing message got past MAIL: stage %s, MAIL %v, end of data %v", res.stage, res.mail, res.eom)
-		}
-		expectReply(t, "MAIL SIZE= crossing the cap", res.mail, 421,
-			"4.7.0 Message would exceed this session's data limit (limit 100000 bytes)")
-		expectClosedAfterReply(t, c, "MAIL SIZE= crossing the cap")
+		e.expectMailRefusal(t, "SIZE= crossing the cap", res, 421, "4.7.0",
+			"Message would exceed this session's data limit (limit 100000 bytes)")
+		expectClosedAfterReply(t, c, "SIZE= crossing the cap")
 		e.delivered(t)
 		e.expectRefusals(t, "session_bytes", "mail", "enforce", 1)
 	})
 }
 
 // TestByteCapWithoutSize: without SIZE= the crossing message is only known
-// at end of data: overrun="accept" takes it, overrun="tempfail" answers 452
-// 4.3.1 after the final dot (and keeps the session); either way the next
-// MAIL gets 421.
+// at end of data: overrun="accept" takes it and the next transaction gets
+// 421; overrun="tempfail" answers 4.3.1 after the final dot: 452 through
+// the milter, which keeps the session (the next MAIL gets 421), 421 through
+// the policy front-end (Postfix before 20260803 keeps the transaction open
+// after an end-of-data restriction rejects, and the next MAIL would get a
+// permanent 503).
 func TestByteCapWithoutSize(t *testing.T) {
 	for _, overrun := range []string{"accept", "tempfail"} {
 		t.Run(overrun, func(t *testing.T) {
-			forEachMTA(t, func(t *testing.T, kind string) {
-				e := newEnv(t, kind, fmt.Sprintf("[session]\nmax_bytes = 100000\noverrun = %q\n", overrun))
+			forEachFrontEnd(t, func(t *testing.T, kind string) {
+				e := newFrontEnd(t, kind, fmt.Sprintf("[session]\nmax_bytes = 100000\noverrun = %q\n", overrun))
 				c := e.dial(t, "unsized")
 				e.mustAccept(t, c, "bytes-nosize-1", 40000, false)
 				e.mustAccept(t, c, "bytes-nosize-2", 40000, false)
 				res := e.send(t, c, "bytes-nosize-3-crossing", 40000, false)
 				if res.stage != "EOM" {
-					t.Fatalf("the crossing message stopped at %s (MAIL %v, DATA %v), want it to reach the final dot", res.stage, res.mail, res.data)
+					t.Fatalf("the crossing message stopped at %s (MAIL %v, RCPT %v, DATA %v), want it to reach the final dot", res.stage, res.mail, res.rcpts, res.data)
 				}
-				switch overrun {
-				case "accept":
+				const overrunText = "Message exceeded this session's data limit (limit 100000 bytes)"
+				switch {
+				case overrun == "accept":
 					if !res.accepted {
 						t.Errorf("overrun=accept: crossing message got %v after the final dot, want 250", res.eom)
 					}
-				case "tempfail":
-					expectReply(t, "overrun=tempfail final dot", res.eom, 452,
-						"4.3.1 Message exceeded this session's data limit (limit 100000 bytes)")
+				case kind == policyKind:
+					e.expectRefusal(t, "overrun=tempfail final dot", res.eom, 421, "4.3.1", overrunText)
+					expectClosedAfterReply(t, c, "overrun=tempfail final dot")
+				default:
+					e.expectRefusal(t, "overrun=tempfail final dot", res.eom, 452, "4.3.1", overrunText)
 					if c.closed {
 						t.Errorf("overrun=tempfail: the server hung up after the 452")
 					}
 				}
 				if !c.closed {
 					next := e.send(t, c, "bytes-nosize-4", 3000, false)
-					expectReply(t, "MAIL after the cap was crossed", next.mail, 421,
-						"4.7.0 Too much data in this session (limit 100000 bytes)")
-					expectClosedAfterReply(t, c, "MAIL after the cap was crossed")
+					e.expectMailRefusal(t, "the transaction after the cap was crossed", next, 421, "4.7.0",
+						"Too much data in this session (limit 100000 bytes)")
+					expectClosedAfterReply(t, c, "the transaction after the cap was crossed")
 				}
 				e.delivered(t)
-				e.expectRefusals(t, "session_bytes", "mail", "enforce", 1)
+				mail := 1.0
+				if overrun == "tempfail" && kind == policyKind {
+					mail = 0 // the 421 after the final dot ended the session
+				}
+				e.expectRefusals(t, "session_bytes", "mail", "enforce", mail)
 				if overrun == "tempfail" {
-					// The 452 is the overrun reply, counted as session_bytes at eom.
 					e.expectRefusals(t, "session_bytes", "eom", "enforce", 1)
 				}
 			})
@@ -125,16 +189,14 @@ func TestByteCapWithoutSize(t *testing.T) {
 // TestFirstMessageRule: a single message larger than the session's byte cap
 // is still delivered, with and without SIZE=; the cap applies to the next.
 func TestFirstMessageRule(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, "[session]\nmax_bytes = 50000\n")
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, "[session]\nmax_bytes = 50000\n")
 		for _, withSize := range []bool{true, false} {
 			c := e.dial(t, fmt.Sprintf("first-size=%v", withSize))
 			e.mustAccept(t, c, fmt.Sprintf("first-big-size-%v", withSize), 120000, withSize)
 			next := e.send(t, c, "first-next", 3000, withSize)
-			if next.mail.code != 421 {
-				t.Errorf("SIZE=%v: MAIL after a first message over the cap: %v, want 421", withSize, next.mail)
-			}
-			expectClosedAfterReply(t, c, "MAIL after the big first message")
+			e.expectMailRefusal(t, fmt.Sprintf("SIZE=%v: the transaction after a first message over the cap", withSize), next, 421, "4.7.0", "")
+			expectClosedAfterReply(t, c, "the transaction after the big first message")
 		}
 		e.delivered(t)
 	})
@@ -143,8 +205,8 @@ func TestFirstMessageRule(t *testing.T) {
 // TestRecipientsCap: RCPT beyond the session's recipient cap gets 452 4.5.3,
 // the message goes to the recipients accepted before, the session goes on.
 func TestRecipientsCap(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, "[session]\nmax_recipients = 3\n")
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, "[session]\nmax_recipients = 3\n")
 		c := e.dial(t, "rcpts")
 		var rcpts []string
 		for i := 1; i <= 5; i++ {
@@ -158,7 +220,7 @@ func TestRecipientsCap(t *testing.T) {
 			if i < 3 {
 				expectReply(t, fmt.Sprintf("RCPT %d", i+1), r, 250, "")
 			} else {
-				expectReply(t, fmt.Sprintf("RCPT %d", i+1), r, 452, "4.5.3 Too many recipients in this session (limit 3)")
+				e.expectRefusal(t, fmt.Sprintf("RCPT %d", i+1), r, 452, "4.5.3", "Too many recipients in this session (limit 3)")
 			}
 		}
 		if !res.accepted {
@@ -185,8 +247,8 @@ func TestRecipientsCap(t *testing.T) {
 // TestMonitorMode: mode="monitor" refuses nothing and counts what it would
 // have refused.
 func TestMonitorMode(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, "mode = \"monitor\"\n[session]\nmax_messages = 2\n")
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, "mode = \"monitor\"\n[session]\nmax_messages = 2\n")
 		c := e.dial(t, "monitor")
 		for i := 1; i <= 5; i++ {
 			e.mustAccept(t, c, fmt.Sprintf("monitor-%d", i), 3000, i%2 == 1)
@@ -198,25 +260,22 @@ func TestMonitorMode(t *testing.T) {
 	})
 }
 
-// TestFrequencyBan: the connection over max_connections per window gets 421
-// at connect and bans the network; a connection during the ban is refused
-// as banned. The window and the ban last an hour, so no timing of this
-// machine can make the connections fall into different windows or the ban
-// end early.
+// TestFrequencyBan: the session over max_connections per window is refused
+// (at connect through the milter; at its first RCPT through the policy
+// front-end, where a session is counted at its first request) and bans the
+// network; a session during the ban is refused as banned. The window and
+// the ban last an hour, so no timing of this machine can make the
+// connections fall into different windows or the ban end early.
 func TestFrequencyBan(t *testing.T) {
-	forEachMTA(t, func(t *testing.T, kind string) {
-		e := newEnv(t, kind, "[frequency]\nmax_connections = 3\nwindow = \"1h\"\nban = \"1h\"\n")
+	forEachFrontEnd(t, func(t *testing.T, kind string) {
+		e := newFrontEnd(t, kind, "[frequency]\nmax_connections = 3\nwindow = \"1h\"\nban = \"1h\"\n")
 		for i := 1; i <= 3; i++ {
 			c := e.dial(t, fmt.Sprintf("freq-%d", i))
 			e.mustAccept(t, c, fmt.Sprintf("freq-%d", i), 3000, true)
 			c.quit()
 		}
-		over := dialSMTP(t, kind+" freq-over", e.m.smtpAddr())
-		connectGreeting(t, e, "connection over the frequency cap", over,
-			"421 4.7.0 Too many connections from your network (limit 3 per 1h); banned for 1h")
-		banned := dialSMTP(t, kind+" freq-banned", e.m.smtpAddr())
-		connectGreeting(t, e, "connection during the ban", banned,
-			"421 4.7.0 Your network is temporarily banned for too many connections")
+		e.expectConnectRefusal(t, "session over the frequency cap", "Too many connections from your network (limit 3 per 1h); banned for 1h")
+		e.expectConnectRefusal(t, "session during the ban", "Your network is temporarily banned for too many connections")
 		e.delivered(t)
 		m := e.d.metrics(t)
 		for _, c := range []struct {
@@ -232,6 +291,9 @@ func TestFrequencyBan(t *testing.T) {
 		}
 		if v := m[`sessioncap_bans_active{mode="enforce"}`]; v != 1 {
 			t.Errorf("sessioncap_bans_active = %v, want 1", v)
+		}
+		if v := m["sessioncap_sessions_total"]; v != 5 {
+			t.Errorf("sessioncap_sessions_total = %v, want 5 (one per SMTP session, not per request)", v)
 		}
 	})
 }

@@ -202,12 +202,31 @@ func portTakenIn(log string) bool {
 	return strings.Contains(l, "address already in use")
 }
 
+// probeSource is the address readiness probes connect from. An MTA's
+// probe is an SMTP session that its milter may see (Sendmail connects to
+// sessioncap for it once sessioncap listens): from 127.0.0.1, the tests'
+// own client address, it would count against the frequency cap the tests
+// measure.
+var probeSource = &net.TCPAddr{IP: net.IPv4(127, 0, 0, 254)}
+
+// probeDial connects to addr for a readiness probe, from probeSource when
+// addr is an IPv4 address.
+func probeDial(addr string, timeout time.Duration) (net.Conn, error) {
+	d := net.Dialer{Timeout: timeout}
+	if host, _, err := net.SplitHostPort(addr); err == nil {
+		if ip := net.ParseIP(host); ip != nil && ip.To4() != nil {
+			d.LocalAddr = probeSource
+		}
+	}
+	return d.Dial("tcp", addr)
+}
+
 // waitListening polls until addr accepts TCP connections, the process dies,
 // or timeout passes.
 func waitListening(addr string, p *proc, timeout time.Duration) error {
 	deadline := time.Now().Add(timeout)
 	for {
-		c, err := net.DialTimeout("tcp", addr, time.Second)
+		c, err := probeDial(addr, time.Second)
 		if err == nil {
 			c.Close()
 			return nil
@@ -231,7 +250,7 @@ func waitGreeting(addr string, p *proc, timeout time.Duration, token string) err
 	if err := waitListening(addr, p, timeout); err != nil {
 		return err
 	}
-	c, err := net.DialTimeout("tcp", addr, 5*time.Second)
+	c, err := probeDial(addr, 5*time.Second)
 	if err != nil {
 		return err
 	}

@@ -29,7 +29,7 @@ type relayStats struct {
 	delivered     int           // distinct Message-IDs in the Maildir
 	sessions      int           // receiving sessions that carried a MAIL
 	maxPerSession int           // most messages accepted in one session
-	refusals421   int           // 421s at MAIL in the receiving log
+	refusals421   int           // 421s (and quotas' 451s) at MAIL in the receiving log
 	deferrals     int           // status=deferred in the sending log
 	metricRefused float64       // sessioncap_refusals_total, enforce, summed
 	drain         time.Duration // release of the queue to the last delivery
@@ -157,9 +157,10 @@ func runRelay(t *testing.T, sc relayScenario) relayStats {
 		}
 	}
 	st.deferrals = strings.Count(sendLog, "status=deferred")
-	refused := `milter-reject: MAIL from [^:]*: 421 `
+	// 421 (session caps) or 451 (quotas)
+	refused := `milter-reject: MAIL from [^:]*: 4[25]1 `
 	if sc.policy { // the policy server gives MAIL-stage decisions at the first RCPT
-		refused = `reject: RCPT from [^:]*: 421 `
+		refused = `reject: RCPT from [^:]*: 4[25]1 `
 	}
 	st.refusals421 = len(regexp.MustCompile(refused).FindAllString(recvLog, -1))
 	for _, m := range regexp.MustCompile(`disconnect from .* mail=(\d+)(?:/\d+)? .*data=(\d+)`).FindAllStringSubmatch(recvLog, -1) {

@@ -56,9 +56,11 @@ type Engine struct {
 	storeTimeout time.Duration
 }
 
-// legacyKeys are the prefix lengths of rules replaced by a reload, kept
+// legacyKeys are rules replaced by a reload that keyed clients otherwise
+// (other prefix lengths, overrides renamed or matching otherwise), kept
 // until the longest ban they could have keyed has ended: a reload that
-// changes addresses.ipv4_prefix or ipv6_prefix must not lift bans.
+// changes addresses.ipv4_prefix or ipv6_prefix, or renames an override,
+// must not lift bans.
 type legacyKeys struct {
 	rules *limits.Rules
 	until time.Time
@@ -83,6 +85,7 @@ func New(cfg Config) (*Engine, error) {
 		e.storeTimeout = time.Second
 	}
 	e.rules.Store(cfg.Rules)
+	e.initQuotaMetrics(cfg.Rules)
 	return e, nil
 }
 
@@ -109,9 +112,12 @@ func (e *Engine) Metrics() *Metrics { return e.metrics }
 func (e *Engine) Now() time.Time { return e.now() }
 
 // SetRules atomically replaces the rules. Sessions already connected keep the
-// rules they started with; new sessions get r. When r keys addresses with
-// other prefix lengths, bans keyed under the old lengths stay in force until
-// they end.
+// rules they started with; new sessions get r. When r keys a client
+// otherwise (other prefix lengths; an override renamed, or an unnamed one
+// that matches otherwise), the bans keyed under the old rules stay in
+// force until they end. Overrides are keyed by name or by what they match,
+// never by position, so adding or removing an override changes no other's
+// keys.
 func (e *Engine) SetRules(r *limits.Rules) error {
 	if err := r.Validate(); err != nil {
 		return err
@@ -123,12 +129,12 @@ func (e *Engine) SetRules(r *limits.Rules) error {
 	var keep []legacyKeys
 	if l := e.legacy.Load(); l != nil {
 		for _, k := range *l {
-			if k.until.After(now) && !samePrefixes(k.rules, r) {
+			if k.until.After(now) && !k.rules.SameKeys(r) {
 				keep = append(keep, k)
 			}
 		}
 	}
-	if !samePrefixes(old, r) {
+	if !old.SameKeys(r) {
 		if until := e.lastBanEnd(old, now); until.After(now) {
 			keep = append(keep, legacyKeys{rules: old, until: until})
 		}
@@ -136,6 +142,7 @@ func (e *Engine) SetRules(r *limits.Rules) error {
 	e.legacy.Store(&keep)
 	e.prevRules.Store(old)
 	e.rules.Store(r)
+	e.initQuotaMetrics(r)
 	return nil
 }
 
@@ -174,10 +181,6 @@ func (e *Engine) lastBanEnd(old *limits.Rules, now time.Time) time.Time {
 		}
 	}
 	return until
-}
-
-func samePrefixes(a, b *limits.Rules) bool {
-	return a.IPv4Prefix == b.IPv4Prefix && a.IPv6Prefix == b.IPv6Prefix
 }
 
 // AdmitFrequency asks the store about key under the frequency rule f, after
@@ -223,11 +226,15 @@ func (e *Engine) callContext(parent context.Context) (context.Context, context.C
 	return c, func() { stop(); cancel() }
 }
 
-// LegacyBan looks for a ban in force on the key of kind and scope that addr
-// had under the prefix lengths of rules a reload replaced (key is its key
-// now, not asked again). It returns the store's answer for the first such
-// ban, a zero Hit when there is none: no store call unless a reload changed
-// the prefix lengths within the longest ban. Each store call gets its own
+// LegacyBan looks for a ban in force on the key of kind that addr had
+// under rules a reload replaced that keyed it otherwise (its prefix under
+// their prefix lengths, its scope under their overrides); key is its key
+// now, not asked again, and scope its scope. The old scope is that of the
+// same override under the old rules when scope is an override matched
+// from MAIL FROM on (see limits.Rules.ScopeBefore), else the one the old
+// rules gave addr at connect. It returns the store's answer for the first
+// such ban, a zero Hit when there is none: no store call unless a reload
+// changed the keys within the longest ban. Each store call gets its own
 // budget of store.timeout; ctx's cancellation stops them, its deadline does
 // not shorten them.
 func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.Addr, key string) (limits.Hit, error) {
@@ -237,8 +244,18 @@ func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.A
 	}
 	now := e.now()
 	for _, k := range *l {
-		old := limits.StoreKey(kind, scope, k.rules.Key(addr))
-		if !k.until.After(now) || old == key {
+		if !k.until.After(now) {
+			continue
+		}
+		oldScope, ok := k.rules.ScopeBefore(e.rules.Load(), scope)
+		if !ok {
+			var exempt bool
+			if _, oldScope, exempt = k.rules.ForConnect(addr); exempt {
+				continue // nothing was keyed
+			}
+		}
+		old := limits.StoreKey(kind, oldScope, k.rules.Key(addr))
+		if old == key {
 			continue
 		}
 		c, cancel := e.callContext(ctx)
@@ -257,16 +274,17 @@ func (e *Engine) LegacyBan(ctx context.Context, kind, scope string, addr netip.A
 // LogRefusal writes the one structured line per refusal and counts it.
 func (e *Engine) LogRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
 	e.metrics.Refusals.WithLabelValues(string(r.Limit), string(r.Stage), string(mode)).Inc()
-	e.log.Warn("refused", append([]any{
+	line := []any{
 		"client_ip", client,
 		"queue_id", queueID,
 		"limit", string(r.Limit),
 		"stage", string(r.Stage),
-		"value", r.Value,
-		"cap", r.Cap,
-		"mode", string(mode),
-		"reply", fmt.Sprintf("%d %s", r.Code, r.Reason()),
-	}, attrs...)...)
+	}
+	if r.Cap > 0 { // a refusal with no cap (deny list, store down, manual ban) has no count either
+		line = append(line, "value", r.Value, "cap", r.Cap)
+	}
+	line = append(line, "mode", string(mode), "reply", fmt.Sprintf("%d %s", r.Code, r.Reason()))
+	e.log.Warn("refused", append(line, attrs...)...)
 }
 
 // LogBan writes the one structured line of a ban that admission a started,
@@ -296,7 +314,7 @@ func (e *Engine) Observe(stage limits.Stage, start time.Time) {
 type Admission struct {
 	limits.Admission
 	Policy limits.Policy
-	Scope  string       // "" or "override<N>", see limits.StoreKey
+	Scope  string       // "" or the override's Scope, see limits.StoreKey
 	Prefix netip.Prefix // the address prefix counted
 	Key    string       // the frequency store key
 	Exempt bool         // addr is exempt from every limit; nothing was counted
@@ -391,7 +409,7 @@ func (e *Engine) CheckSender(r *limits.Rules, addr netip.Addr, hasAddr bool, fro
 	}
 	ctx, cancel := e.StoreContext()
 	defer cancel()
-	ref, err := sn.Check(domain, addr, func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
+	ref, err := sn.Check(domain, addr, e.now(), func(key string, n int64, rate limits.Rate) (limits.Hit, error) {
 		return e.store.Hit(ctx, key, n, rate)
 	}, r.Replies)
 	if err != nil {

@@ -20,13 +20,15 @@ type Metrics struct {
 	Malformed    *prometheus.CounterVec
 	StoreErrors  *prometheus.CounterVec
 	Duration     map[limits.Stage]prometheus.Observer
+	// QuotaRefusals counts quota refusals by rule name, key kind and mode
+	// (never by user or address); see session_quotas.go.
+	QuotaRefusals *prometheus.CounterVec
 }
 
 // The values of the "what" label of sessioncap_malformed_input_total.
 const (
 	MalformedClientAddr = "client_addr"
 	MalformedSize       = "size_param"
-	MalformedMsgSize    = "msg_size"
 )
 
 // NewMetrics registers the shared metrics on reg and pre-initialises every
@@ -48,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		})),
 		Refusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_refusals_total",
-			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
+			Help: "Refusals, by limit (session_messages, session_bytes, session_recipients, frequency, banned, concurrency_address, concurrency_total, store_unavailable, deny, sender_networks, errors, quota), stage (connect, mail, rcpt, eom) and mode (enforce: the reply was given; monitor: it would have been; tag: the mail went on with a header naming the limit).",
 		}, []string{"limit", "stage", "mode"})),
 		Bans: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_bans_total",
@@ -56,13 +58,17 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"mode"})),
 		Malformed: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_malformed_input_total",
-			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param, msg_size).",
+			Help: "Macros or arguments from the MTA that could not be parsed and were ignored, by what (client_addr, size_param).",
 		}, []string{"what"})),
 		StoreErrors: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_store_errors_total",
-			Help: "Failed calls to the counter store, by operation (hit); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
+			Help: "Failed calls to the counter store, by operation (hit, quota); the connection was let through, or refused with store_unavailable when store.on_error is tempfail.",
 		}, []string{"op"})),
 		Duration: make(map[limits.Stage]prometheus.Observer),
+		QuotaRefusals: register(reg, prometheus.NewCounterVec(prometheus.CounterOpts{
+			Name: "sessioncap_quota_refusals_total",
+			Help: "Quota ([[rate]]) refusals, by rule (the rule's name), key (its key kind: network, user, sender, sender_domain, recipient; never the value) and mode (enforce: the 4xx was given; monitor: it would have been; tag: the mail went on with a header).",
+		}, []string{"rule", "key", "mode"})),
 	}
 	hist := register(reg, prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sessioncap_callback_duration_seconds",
@@ -79,7 +85,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			}
 		}
 	}
-	for _, w := range []string{MalformedClientAddr, MalformedSize, MalformedMsgSize} {
+	for _, w := range []string{MalformedClientAddr, MalformedSize} {
 		m.Malformed.WithLabelValues(w)
 	}
 	m.StoreErrors.WithLabelValues("hit")
@@ -113,6 +119,8 @@ func StagesOf(l limits.Limit) []limits.Stage {
 		return []limits.Stage{limits.StageMail, limits.StageEOM}
 	case limits.LimitSessionRecipients:
 		return []limits.Stage{limits.StageRcpt}
+	case limits.LimitQuota:
+		return []limits.Stage{limits.StageMail, limits.StageRcpt}
 	case limits.LimitErrors:
 		return []limits.Stage{limits.StageConnect, limits.StageMail, limits.StageRcpt}
 	default:

@@ -166,7 +166,7 @@ func (a Admission) Refusal(p Policy, replies Replies) *Refusal {
 	f := p.Frequency
 	switch a.Verdict {
 	case RefusedBanned:
-		return replies.refusal(ReplyBanned, LimitBanned, StageConnect, a.Connections, f.MaxConnections, f.Window, a.BanUntil.Sub(a.Now))
+		return replies.bannedReply(a.BanReason, a.Connections, f, a.BanUntil.Sub(a.Now))
 	case RefusedFrequency:
 		if a.BanUntil.IsZero() {
 			return replies.refusal(ReplyFrequencyNoBan, LimitFrequency, StageConnect, a.Connections, f.MaxConnections, f.Window, 0)
@@ -184,7 +184,7 @@ func (a Admission) Refusal(p Policy, replies Replies) *Refusal {
 const KeyFrequency = "freq"
 
 // StoreKey names what a store counts: the rule's kind, the scope of the
-// policy that applies ("" for the default policy, "override<N>" for an
+// policy that applies ("" for the default policy, Override.Scope for an
 // override, so that a client is never refused by a count or ban of a policy
 // that does not apply to it) and the address prefix.
 func StoreKey(kind, scope string, p netip.Prefix) string {

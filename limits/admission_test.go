@@ -202,7 +202,7 @@ func TestRulesResolution(t *testing.T) {
 	if _, exempt := r.ForTransaction(in("10.1.2.3"), true, false); !exempt {
 		t.Error("10.1.2.3 must be exempt at MAIL")
 	}
-	if p, scope, _ := r.ForConnect(in("192.0.2.9")); p.Frequency.MaxConnections != 9999 || scope != "override0" {
+	if p, scope, _ := r.ForConnect(in("192.0.2.9")); p.Frequency.MaxConnections != 9999 || scope != r.Overrides[0].Scope() {
 		t.Errorf("network override at connect: %d, scope %q", p.Frequency.MaxConnections, scope)
 	}
 	if _, scope, _ := r.ForConnect(in("198.51.100.1")); scope != "" {

@@ -12,7 +12,8 @@ type Errors struct {
 	MaxPerSession int64
 	// MaxPerWindow rejected recipients per prefix within Window ban the
 	// prefix for Ban (checked at connect, and at the next MAIL or RCPT of
-	// the session that crossed it).
+	// the session that crossed it). The window refuses only by banning, so
+	// Rules.Validate rejects a MaxPerWindow without a Ban.
 	MaxPerWindow int64
 	Window       time.Duration
 	Ban          time.Duration

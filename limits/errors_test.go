@@ -49,3 +49,25 @@ func TestErrorsRule(t *testing.T) {
 		t.Error("On/Rate of partial rules")
 	}
 }
+
+// The rejected-recipients window refuses only by banning: rules with a
+// window and no ban (which would refuse nothing) are invalid, in the
+// default policy and in an override.
+func TestErrorsWindowNeedsABan(t *testing.T) {
+	r := DefaultRules()
+	r.Default.Errors = Errors{MaxPerWindow: 2, Window: time.Hour}
+	if err := r.Validate(); err == nil || err.Error() != "limits: errors window (max 2 per 1h0m0s) without a ban refuses nothing: set a ban, or max_per_window 0" {
+		t.Fatalf("default policy: %v", err)
+	}
+	r = DefaultRules()
+	o := Override{Policy: r.Default}
+	o.Policy.Errors.MaxPerWindow, o.Policy.Errors.Ban = 3, 0
+	r.Overrides = []Override{o}
+	if err := r.Validate(); err == nil {
+		t.Fatal("override: accepted")
+	}
+	r.Overrides[0].Policy.Errors.MaxPerWindow = 0 // the window off: no ban needed
+	if err := r.Validate(); err != nil {
+		t.Fatalf("window off: %v", err)
+	}
+}

@@ -6,6 +6,7 @@ package limits
 import (
 	"fmt"
 	"net/netip"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
@@ -28,13 +29,14 @@ const (
 	LimitDeny               Limit = "deny"
 	LimitSenderNetworks     Limit = "sender_networks"
 	LimitErrors             Limit = "errors"
+	// LimitQuota (quota.go) is the limit of every [[rate]] rule.
 )
 
 // AllLimits lists every Limit, in documentation order.
 var AllLimits = []Limit{
 	LimitSessionMessages, LimitSessionBytes, LimitSessionRecipients,
 	LimitFrequency, LimitBanned, LimitConcurrencyAddress, LimitConcurrencyTotal,
-	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors,
+	LimitStoreUnavailable, LimitDeny, LimitSenderNetworks, LimitErrors, LimitQuota,
 }
 
 // Stage is the SMTP transaction boundary at which a refusal is given.
@@ -168,7 +170,12 @@ type Override struct {
 	// SenderDomains are MAIL FROM domains (lowercase), each matching itself
 	// and its subdomains.
 	SenderDomains []string
-	Policy        Policy // complete: the defaults with the override's values applied
+	// Name keys the override's store state (see Scope); "" keys it by
+	// what it matches.
+	Name   string
+	Policy Policy // complete: the defaults with the override's values applied
+	// Quotas replace the limit or mode of quotas ([[override.rate]]).
+	Quotas []QuotaOverride
 }
 
 // Client is what is known of a client when a policy is chosen: at connect
@@ -195,6 +202,104 @@ func (o *Override) matches(c Client) bool {
 		return true
 	}
 	return c.HasAddr && containsAddr(o.Networks, c.Addr)
+}
+
+// Scope is the scope of the store keys of clients o applies to (see
+// StoreKey): "override.<Name>" for a named override, else "override-"
+// and 12 hex digits of a hash of what it matches (its networks,
+// authenticated, users and sender domains, each list in any order). It
+// does not depend on the override's position, so adding or removing
+// another override keeps every ban and window of this one; renaming it, or
+// changing what an unnamed one matches, changes it (Engine.SetRules then
+// keeps its bans in force under the old scope until they end).
+func (o *Override) Scope() string {
+	if o.Name != "" {
+		return "override." + o.Name
+	}
+	var buf [len("override-") + 12]byte
+	n := copy(buf[:], "override-")
+	h := o.matchHash()
+	for i := len(buf) - 1; i >= n; i-- {
+		buf[i] = "0123456789abcdef"[h&0xf]
+		h >>= 4
+	}
+	return string(buf[:])
+}
+
+// matchHash hashes what o matches without allocating (Scope runs at every
+// connection): each list element is hashed alone (FNV-1a, then mixed), and
+// a list is the sum of its elements' hashes, so the order of a list does
+// not matter; the lists are told apart by a tag hashed into each element.
+func (o *Override) matchHash() uint64 {
+	const offset, prime = 14695981039346656037, 1099511628211
+	fnvString := func(h uint64, s string) uint64 {
+		for i := 0; i < len(s); i++ {
+			h = (h ^ uint64(s[i])) * prime
+		}
+		return h
+	}
+	mix := func(h uint64) uint64 { // splitmix64's finalizer
+		h ^= h >> 30
+		h *= 0xbf58476d1ce4e5b9
+		h ^= h >> 27
+		h *= 0x94d049bb133111eb
+		return h ^ h>>31
+	}
+	var sum uint64
+	for _, n := range o.Networks {
+		n = n.Masked()
+		h := fnvString(offset, "n")
+		for _, b := range n.Addr().As16() {
+			h = (h ^ uint64(b)) * prime
+		}
+		if n.Addr().Is4() {
+			h = (h ^ 4) * prime
+		}
+		sum += mix((h ^ uint64(n.Bits())) * prime)
+	}
+	for _, u := range o.Users {
+		sum += mix(fnvString(fnvString(offset, "u"), u))
+	}
+	for _, d := range o.SenderDomains {
+		sum += mix(fnvString(fnvString(offset, "d"), d))
+	}
+	auth := "a"
+	if o.Authenticated != nil {
+		auth = strconv.FormatBool(*o.Authenticated)
+	}
+	return mix(sum + mix(fnvString(offset, auth)))
+}
+
+// matchText is what o matches, in one canonical text.
+func (o *Override) matchText() string {
+	list := func(tag string, v []string) string {
+		v = slices.Clone(v)
+		slices.Sort(v)
+		return tag + "=" + strings.Join(v, ",") + "\n"
+	}
+	nets := make([]string, len(o.Networks))
+	for i, n := range o.Networks {
+		nets[i] = n.Masked().String()
+	}
+	auth := "any"
+	if o.Authenticated != nil {
+		auth = strconv.FormatBool(*o.Authenticated)
+	}
+	return list("networks", nets) + "authenticated=" + auth + "\n" + list("users", o.Users) + list("sender_domains", o.SenderDomains)
+}
+
+// ValidOverrideName reports whether s can name an override: 1 to 64
+// letters, digits, '-' and '_'.
+func ValidOverrideName(s string) bool {
+	if s == "" || len(s) > 64 {
+		return false
+	}
+	for i := 0; i < len(s); i++ {
+		if c := s[i]; !('a' <= c && c <= 'z' || 'A' <= c && c <= 'Z' || '0' <= c && c <= '9' || c == '-' || c == '_') {
+			return false
+		}
+	}
+	return true
 }
 
 // AfterConnect reports whether o can only match from MAIL FROM on.
@@ -261,6 +366,8 @@ type Rules struct {
 	// TagHeader is the header added to the messages of a session that a
 	// limit in tag mode would have refused.
 	TagHeader string
+	// Quotas are the [[rate]] rules, in configuration order (see quota.go).
+	Quotas []Quota
 }
 
 // DefaultTagHeader is the built-in Rules.TagHeader.
@@ -303,8 +410,35 @@ func (r *Rules) Validate() error {
 	if bad != "" {
 		return fmt.Errorf("limits: unknown mode %q", bad)
 	}
+	names := map[string]bool{}
+	for i := range r.Overrides {
+		n := r.Overrides[i].Name
+		if n == "" {
+			continue
+		}
+		if !ValidOverrideName(n) {
+			return fmt.Errorf("limits: override name %q: use 1 to 64 letters, digits, '-' and '_'", n)
+		}
+		if names[n] {
+			return fmt.Errorf("limits: override name %q given twice", n)
+		}
+		names[n] = true
+	}
+	var inert *Errors
+	r.any(func(p *Policy) bool {
+		if p.Errors.windowOn() && p.Errors.Ban <= 0 {
+			inert = &p.Errors
+		}
+		return inert != nil
+	})
+	if inert != nil {
+		return fmt.Errorf("limits: errors window (max %d per %v) without a ban refuses nothing: set a ban, or max_per_window 0", inert.MaxPerWindow, inert.Window)
+	}
 	if r.NeedsTagging() && !ValidHeaderName(r.TagHeader) {
 		return fmt.Errorf("limits: tag header %q is not a valid header name", r.TagHeader)
+	}
+	if err := r.ValidateQuotas(); err != nil {
+		return err
 	}
 	if r.IPv4Prefix < 1 || r.IPv4Prefix > 32 {
 		return fmt.Errorf("limits: ipv4 prefix %d out of range 1..32", r.IPv4Prefix)
@@ -327,10 +461,10 @@ func (r *Rules) Denied(addr netip.Addr) *Refusal {
 }
 
 // ForConnect returns the policy for a new connection from addr, the scope of
-// the store keys it counts under ("" for the default policy, "override<N>"
-// for an override) and whether addr is exempt from every limit. At connect
-// nobody is authenticated yet, so overrides that require authentication do
-// not match.
+// the store keys it counts under ("" for the default policy, the
+// override's Scope for an override) and whether addr is exempt from every
+// limit. At connect nobody is authenticated yet, so overrides that require
+// authentication do not match.
 func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool) {
 	if containsAddr(r.ExemptNetworks, addr) {
 		return Policy{}, "", true
@@ -339,7 +473,61 @@ func (r *Rules) ForConnect(addr netip.Addr) (p Policy, scope string, exempt bool
 	if i < 0 {
 		return r.Default, "", false
 	}
-	return r.Overrides[i].Policy, "override" + strconv.Itoa(i), false
+	return r.Overrides[i].Policy, r.Scope(i), false
+}
+
+// Scope names the store-key scope of override i (see StoreKey and
+// Override.Scope): "" for the default policy (i < 0).
+func (r *Rules) Scope(i int) string {
+	if i < 0 {
+		return ""
+	}
+	return r.Overrides[i].Scope()
+}
+
+// ScopeBefore returns the scope that r, rules a reload replaced by now,
+// gave the override whose scope under now is scope, when that override
+// matches from MAIL FROM on (its clients are not known at connect): the
+// override of r with the same scope, or else the one matching the same
+// clients (renamed). ok is false for any other scope, or when r has no
+// such override.
+func (r *Rules) ScopeBefore(now *Rules, scope string) (old string, ok bool) {
+	if scope == "" {
+		return "", false
+	}
+	var cur *Override
+	for i := range now.Overrides {
+		if now.Overrides[i].Scope() == scope {
+			cur = &now.Overrides[i]
+			break
+		}
+	}
+	if cur == nil || !cur.AfterConnect() {
+		return "", false
+	}
+	match := cur.matchText()
+	for i := range r.Overrides {
+		if o := &r.Overrides[i]; o.Scope() == scope || o.matchText() == match {
+			return o.Scope(), true
+		}
+	}
+	return "", false
+}
+
+// SameKeys reports whether every client gets the same store keys under r
+// and o: the same prefix lengths, and the same overrides (by scope and by
+// what they match) in the same order.
+func (r *Rules) SameKeys(o *Rules) bool {
+	if r.IPv4Prefix != o.IPv4Prefix || r.IPv6Prefix != o.IPv6Prefix || len(r.Overrides) != len(o.Overrides) {
+		return false
+	}
+	for i := range r.Overrides {
+		a, b := &r.Overrides[i], &o.Overrides[i]
+		if a.Scope() != b.Scope() || a.matchText() != b.matchText() {
+			return false
+		}
+	}
+	return true
 }
 
 // ExemptAddr reports whether addr is in the exempt networks.
@@ -390,13 +578,14 @@ func (r *Rules) overrideFor(c Client) int {
 // NeedsBodies reports whether any policy has a byte cap, i.e. whether the MTA
 // must send headers and body chunks at all.
 func (r *Rules) NeedsBodies() bool {
-	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() })
+	return r.any(func(p *Policy) bool { return p.Session.MaxBytes > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
+		r.quotasNeed(func(q *Quota) bool { return q.Count == CountBytes })
 }
 
 // NeedsRecipients reports whether any policy has a recipient cap.
 func (r *Rules) NeedsRecipients() bool {
 	return r.any(func(p *Policy) bool { return p.Session.MaxRecipients > 0 && r.ModeOf(p.Session.Mode).Decides() }) ||
-		r.NeedsErrors()
+		r.NeedsErrors() || r.quotasNeed(func(q *Quota) bool { return q.Key == QuotaRecipient || q.Count == CountRecipients })
 }
 
 // NeedsErrors reports whether any policy counts errors, i.e. whether the MTA
@@ -446,7 +635,7 @@ func (r *Rules) NeedsTagging() bool {
 		(r.SenderNetworks.MaxNetworks > 0 && r.ModeOf(r.SenderNetworks.Mode) == ModeTag) || r.any(func(p *Policy) bool {
 		return r.ModeOf(p.Session.Mode) == ModeTag || r.ModeOf(p.Frequency.Mode) == ModeTag ||
 			r.ModeOf(p.Concurrency.Mode) == ModeTag || (p.Errors.On() && r.ModeOf(p.Errors.Mode) == ModeTag)
-	})
+	}) || r.quotasTag()
 }
 
 // ValidHeaderName reports whether s is a header field name (RFC 5322 ftext:
@@ -466,7 +655,17 @@ func ValidHeaderName(s string) bool {
 // Tag is what a limit in tag mode records instead of refusing: the header
 // value "limit=<limit> value=<n> cap=<n>".
 func (r *Refusal) Tag() string {
-	return "limit=" + string(r.Limit) + " value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
+	return r.TagKey() + "value=" + strconv.FormatInt(r.Value, 10) + " cap=" + strconv.FormatInt(r.Cap, 10)
+}
+
+// TagKey is the start of Tag that tells one limit's header from another's:
+// "limit=<limit> ", and "rule=<name> " for a quota, whose rules each get
+// their own header.
+func (r *Refusal) TagKey() string {
+	if r.Rule != "" {
+		return "limit=" + string(r.Limit) + " rule=" + r.Rule + " "
+	}
+	return "limit=" + string(r.Limit) + " "
 }
 
 func (r *Rules) any(f func(*Policy) bool) bool {
@@ -510,9 +709,31 @@ func (r *Rules) LongestBan() time.Duration {
 	return d
 }
 
-// LongestWindow returns the longest frequency window of any policy.
+// LongestWindow returns the longest frequency window of any policy (the
+// windows of the other rules are in KeyWindows).
 func (r *Rules) LongestWindow() time.Duration {
 	var d time.Duration
 	r.any(func(p *Policy) bool { d = max(d, p.Frequency.Window); return false })
 	return d
+}
+
+// KeyWindows returns, for every kind of store key the rules count (the
+// text before the key's first ':'), the longest store window any rule
+// counts a key of that kind under: a key's window has expired, and need
+// not be kept (in a state file), once two of these have passed since it
+// started. A rule that counts keys of a new kind adds it here.
+func (r *Rules) KeyWindows() map[string]time.Duration {
+	w := map[string]time.Duration{
+		KeyFrequency:     0,
+		KeyErrors:        0,
+		KeySenderNetwork: r.SenderNetworks.KeyWindow(),
+		KeySenderDomain:  r.SenderNetworks.KeyWindow(),
+		KeySenderNew:     r.SenderNetworks.KeyWindow(),
+	}
+	r.any(func(p *Policy) bool {
+		w[KeyFrequency] = max(w[KeyFrequency], p.Frequency.Window)
+		w[KeyErrors] = max(w[KeyErrors], p.Errors.Window)
+		return false
+	})
+	return w
 }

@@ -2,6 +2,7 @@ package limits
 
 import (
 	"net/netip"
+	"strings"
 	"testing"
 )
 
@@ -47,5 +48,60 @@ func TestOverridesOnUsersAndSenders(t *testing.T) {
 	}
 	if !r.Overrides[0].AfterConnect() || !r.Overrides[1].AfterConnect() || r.Overrides[2].AfterConnect() {
 		t.Error("AfterConnect")
+	}
+}
+
+// An override's store scope is its name, or a hash of what it matches:
+// never its position, so inserting or removing another override keeps it;
+// the order of its lists does not matter; what it matches does.
+func TestOverrideScopeLasts(t *testing.T) {
+	nets := func(s ...string) []netip.Prefix {
+		var p []netip.Prefix
+		for _, n := range s {
+			p = append(p, netip.MustParsePrefix(n))
+		}
+		return p
+	}
+	yes := true
+	relays := Override{Networks: nets("192.0.2.0/24", "198.51.100.0/24"), Users: []string{"b", "a"}}
+	same := Override{Networks: nets("198.51.100.0/24", "192.0.2.0/24"), Users: []string{"a", "b"}}
+	if relays.Scope() != same.Scope() || !strings.HasPrefix(relays.Scope(), "override-") || len(relays.Scope()) != len("override-")+12 {
+		t.Fatalf("scopes %q and %q: the order of the lists must not matter", relays.Scope(), same.Scope())
+	}
+	for _, other := range []Override{
+		{Networks: nets("192.0.2.0/24")},
+		{Networks: relays.Networks, Users: relays.Users, Authenticated: &yes},
+		{Networks: relays.Networks, Users: relays.Users, SenderDomains: []string{"example.org"}},
+	} {
+		if other.Scope() == relays.Scope() {
+			t.Errorf("%+v has the scope of %+v", other, relays)
+		}
+	}
+	named := relays
+	named.Name = "relays"
+	if named.Scope() != "override.relays" {
+		t.Errorf("named: %q", named.Scope())
+	}
+	r := DefaultRules()
+	r.Overrides = []Override{named, {Networks: nets("203.0.113.0/24")}}
+	_, before, _ := r.ForConnect(netip.MustParseAddr("203.0.113.1"))
+	r2 := DefaultRules()
+	r2.Overrides = []Override{{Name: "new", Networks: nets("10.0.0.0/8")}, r.Overrides[1], named}
+	_, after, _ := r2.ForConnect(netip.MustParseAddr("203.0.113.1"))
+	if before != after || before == "" {
+		t.Errorf("scope %q before an override was inserted, %q after", before, after)
+	}
+	if r.SameKeys(r2) || !r.SameKeys(r) {
+		t.Error("SameKeys")
+	}
+	for _, bad := range []string{"a b", "a:b", "ü", string(make([]byte, 65))} {
+		r2.Overrides[0].Name = bad
+		if r2.Validate() == nil || ValidOverrideName(bad) {
+			t.Errorf("name %q accepted", bad)
+		}
+	}
+	r2.Overrides[0].Name = "relays"
+	if err := r2.Validate(); err == nil || err.Error() != `limits: override name "relays" given twice` {
+		t.Errorf("a name given twice: %v", err)
 	}
 }

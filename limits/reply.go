@@ -3,9 +3,12 @@ package limits
 import (
 	"errors"
 	"fmt"
+	"slices"
 	"strconv"
 	"strings"
 	"time"
+
+	"github.com/sessioncap/sessioncap/internal/duration"
 )
 
 // ReplyKey names one configurable reply. Several replies can belong to one
@@ -23,6 +26,7 @@ const (
 	ReplyFrequency          ReplyKey = "frequency"
 	ReplyFrequencyNoBan     ReplyKey = "frequency_no_ban"
 	ReplyBanned             ReplyKey = "banned"
+	ReplyBannedManual       ReplyKey = "banned_manual"
 	ReplyConcurrencyAddress ReplyKey = "concurrency_address"
 	ReplyConcurrencyTotal   ReplyKey = "concurrency_total"
 	ReplyStoreUnavailable   ReplyKey = "store_unavailable"
@@ -35,7 +39,7 @@ const (
 // AllReplyKeys lists every ReplyKey.
 var AllReplyKeys = []ReplyKey{
 	ReplySessionMessages, ReplySessionBytes, ReplySessionBytesSize, ReplyOverrun,
-	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyConcurrencyAddress,
+	ReplySessionRecipients, ReplyFrequency, ReplyFrequencyNoBan, ReplyBanned, ReplyBannedManual, ReplyConcurrencyAddress,
 	ReplyConcurrencyTotal, ReplyStoreUnavailable, ReplyDeny, ReplySenderNetworks,
 	ReplyErrors, ReplyErrorsBanned,
 }
@@ -67,6 +71,7 @@ func DefaultReplies() Replies {
 		ReplyFrequency:          {421, "4.7.0", "Too many connections from your network (limit {cap} per {window}); banned for {ban}, try again later"},
 		ReplyFrequencyNoBan:     {421, "4.7.0", "Too many connections from your network (limit {cap} per {window}); try again later"},
 		ReplyBanned:             {421, "4.7.0", "Your network is temporarily banned for too many connections; try again in {ban}"},
+		ReplyBannedManual:       {421, "4.7.0", "Your network is temporarily banned by the administrator of this server; try again in {ban}"},
 		ReplyConcurrencyAddress: {421, "4.7.0", "Too many concurrent connections from your network (limit {cap}); try again later"},
 		ReplyConcurrencyTotal:   {421, "4.7.0", "Server busy (limit {cap} concurrent sessions); try again later"},
 		ReplyStoreUnavailable:   {421, "4.3.0", "Temporary problem with the connection limits; try again later"},
@@ -180,6 +185,7 @@ type Refusal struct {
 	Text     string // rendered, without code and enhanced code
 	Value    int64  // what was seen (messages, bytes, connections, …)
 	Cap      int64  // the configured cap
+	Rule     string // the quota's name for LimitQuota, "" otherwise
 }
 
 // Error makes a Refusal usable as an error value; it reads like the reply.
@@ -213,21 +219,27 @@ func (rs Replies) refusal(key ReplyKey, limit Limit, stage Stage, value, cap int
 	return &Refusal{Limit: limit, Stage: stage, Reply: key, Code: t.Code, Enhanced: t.Enhanced, Text: text, Value: value, Cap: cap}
 }
 
+// bannedReply is the refusal of a client whose prefix is banned, by the
+// reason the ban was stored with: a ban a rule set names that rule first
+// ("frequency"), anything else is a manual ban ("manual: ticket 7", or the
+// bare text of one made before bans had an origin, as counters.SplitReason
+// reads it). A manual ban says an administrator set it and carries no
+// count or cap, the frequency rule having nothing to do with it.
+func (rs Replies) bannedReply(reason string, connections int64, f Frequency, left time.Duration) *Refusal {
+	if head, _, _ := strings.Cut(reason, ": "); reason != "" && !slices.Contains(AllLimits, Limit(head)) {
+		return rs.refusal(ReplyBannedManual, LimitBanned, StageConnect, 0, 0, 0, left)
+	}
+	return rs.refusal(ReplyBanned, LimitBanned, StageConnect, connections, f.MaxConnections, f.Window, left)
+}
+
 // formatDuration prints whole seconds the way an admin writes them ("5m0s"
-// becomes "5m", "90s" stays "1m30s").
+// becomes "5m", "90s" stays "1m30s", 36h "1d12h").
 func formatDuration(d time.Duration) string {
 	d = d.Round(time.Second)
 	if d <= 0 {
 		return "0s"
 	}
-	s := d.String()
-	if strings.HasSuffix(s, "m0s") {
-		s = strings.TrimSuffix(s, "0s")
-	}
-	if strings.HasSuffix(s, "h0m") {
-		s = strings.TrimSuffix(s, "0m")
-	}
-	return s
+	return duration.Format(d)
 }
 
 // Unavailable renders the reply given at connect while the shared store is

@@ -65,7 +65,7 @@ func TestSenderNetworks(t *testing.T) {
 	replies := DefaultReplies()
 	check := func(domain, addr string) *Refusal {
 		t.Helper()
-		r, err := sn.Check(domain, netip.MustParseAddr(addr), m.hit, replies)
+		r, err := sn.Check(domain, netip.MustParseAddr(addr), m.now, m.hit, replies)
 		if err != nil {
 			t.Fatal(err)
 		}
@@ -83,8 +83,8 @@ func TestSenderNetworks(t *testing.T) {
 	if r.Text != "Mail from your sender domain comes from too many networks (limit 2 per 1h); try again later" {
 		t.Errorf("reply text %q", r.Text)
 	}
-	if len(m.windows) != 3 { // sdom + 2 pairs: the refused network is not stored
-		t.Errorf("%d keys stored, want 3: %v", len(m.windows), m.windows)
+	if len(m.windows) != 4 { // sdom, snew + 2 pairs: the refused network is not stored
+		t.Errorf("%d keys stored, want 4: %v", len(m.windows), m.windows)
 	}
 	if r := check("example.org", "203.0.113.5"); r == nil {
 		t.Error("the refused network got through on retry")
@@ -105,12 +105,19 @@ func TestSenderNetworks(t *testing.T) {
 	if r := check("example.org", "203.0.113.5"); r != nil {
 		t.Errorf("after the window: refused %v", r)
 	}
-	// at most three store calls per MAIL
+	// six store calls for a new network, one for a network seen in this
+	// window, four for one seen in the previous window only
 	m.calls = 0
 	check("new.example", "192.0.2.1")
 	check("new.example", "192.0.2.1")
-	if m.calls != 5 {
-		t.Errorf("%d store calls for a new and a known pair, want 3 + 2", m.calls)
+	if m.calls != 7 {
+		t.Errorf("%d store calls for a new and a known pair, want 6 + 1", m.calls)
+	}
+	m.calls = 0
+	m.now = m.now.Add(time.Hour)
+	check("new.example", "192.0.2.1")
+	if m.calls != 4 {
+		t.Errorf("%d store calls for a network of the previous window, want 4", m.calls)
 	}
 	// an IPv6 client counts per /64
 	for _, a := range []string{"2001:db8:1::1", "2001:db8:1::ffff", "2001:db8:2::1"} {
@@ -124,5 +131,120 @@ func TestSenderNetworks(t *testing.T) {
 	sn.MaxNetworks = 0
 	if r := check("v6.example", "2001:db8:4::1"); r != nil {
 		t.Error("rule off, refused")
+	}
+}
+
+// A domain's own networks that keep sending keep the domain counted: with
+// max_networks = 2 and a 1h window, two servers that send every 10 minutes
+// for hours still fill the two places, so a third network is refused at any
+// time; and one steady server fills one place only, so a second network is
+// let in. (The count once decayed to zero after two windows while its
+// networks kept sending.)
+func TestSenderNetworksKnownNetworksKeepTheDomainCounted(t *testing.T) {
+	sn := DefaultSenderNetworks()
+	sn.MaxNetworks, sn.Window = 2, time.Hour
+	m := newMapStore()
+	m.now = m.now.Add(17 * time.Minute) // not at a window's edge
+	replies := DefaultReplies()
+	check := func(domain, addr string) *Refusal {
+		t.Helper()
+		r, err := sn.Check(domain, netip.MustParseAddr(addr), m.now, m.hit, replies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	if check("example.org", "192.0.2.1") != nil || check("example.org", "198.51.100.1") != nil {
+		t.Fatal("the domain's two servers refused")
+	}
+	if check("steady.example", "192.0.2.1") != nil {
+		t.Fatal("steady.example refused")
+	}
+	for i := 1; i <= 36; i++ { // six hours, every 10 minutes
+		m.now = m.now.Add(10 * time.Minute)
+		if r := check("example.org", "192.0.2.1"); r != nil {
+			t.Fatalf("after %dm: a counted server refused: %v", 10*i, r)
+		}
+		if r := check("example.org", "198.51.100.1"); r != nil {
+			t.Fatalf("after %dm: a counted server refused: %v", 10*i, r)
+		}
+		if check("steady.example", "192.0.2.1") != nil {
+			t.Fatalf("after %dm: steady.example's server refused", 10*i)
+		}
+		if r := check("example.org", "203.0.113.1"); r == nil || r.Value != 3 || r.Cap != 2 {
+			t.Fatalf("after %dm: a third network of example.org: %+v, want refused with value 3", 10*i, r)
+		}
+	}
+	if r := check("steady.example", "198.51.100.1"); r != nil {
+		t.Fatalf("one steady server took both places of steady.example: %v", r)
+	}
+	if r := check("steady.example", "203.0.113.1"); r == nil {
+		t.Fatal("a third network of steady.example let in")
+	}
+	// when its servers stop, the domain is forgotten within two windows
+	m.now = m.now.Add(2 * time.Hour)
+	if r := check("example.org", "203.0.113.1"); r != nil {
+		t.Fatalf("two windows after the last mail: refused %v", r)
+	}
+}
+
+// The networks counted within the window are those of the previous fixed
+// window and those new in this one: a domain cannot get max_networks new
+// networks in every window while the earlier ones still count.
+func TestSenderNetworksCountsThePreviousWindow(t *testing.T) {
+	sn := DefaultSenderNetworks()
+	sn.MaxNetworks, sn.Window = 3, time.Hour
+	m := newMapStore()
+	replies := DefaultReplies()
+	check := func(addr string) *Refusal {
+		t.Helper()
+		r, err := sn.Check("example.org", netip.MustParseAddr(addr), m.now, m.hit, replies)
+		if err != nil {
+			t.Fatal(err)
+		}
+		return r
+	}
+	m.now = m.now.Add(50 * time.Minute)
+	if check("192.0.2.1") != nil || check("198.51.100.1") != nil {
+		t.Fatal("first two networks refused")
+	}
+	m.now = m.now.Add(20 * time.Minute) // the next fixed window, 20 minutes later
+	if check("203.0.113.1") != nil {
+		t.Fatal("the third network refused")
+	}
+	if r := check("203.0.114.1"); r == nil || r.Value != 4 {
+		t.Fatalf("a fourth network 20 minutes after the first two: %+v, want refused with value 4", r)
+	}
+}
+
+// KeyWindows gives each key kind the longest window a rule counts it under,
+// the sender-networks keys included (two rule windows: see keyRate).
+func TestKeyWindows(t *testing.T) {
+	r := DefaultRules()
+	r.Default.Errors = Errors{MaxPerWindow: 5, Window: time.Hour, Ban: time.Hour}
+	o := Override{Policy: r.Default}
+	o.Policy.Frequency.Window = 10 * time.Minute
+	r.Overrides = []Override{o}
+	r.SenderNetworks.MaxNetworks = 3
+	got := r.KeyWindows()
+	want := map[string]time.Duration{"freq": 10 * time.Minute, "err": time.Hour, "snet": 48 * time.Hour, "sdom": 48 * time.Hour, "snew": 48 * time.Hour}
+	if len(got) != len(want) {
+		t.Fatalf("%v, want %v", got, want)
+	}
+	for k, d := range want {
+		if got[k] != d {
+			t.Errorf("%s: %v, want %v", k, got[k], d)
+		}
+	}
+}
+
+// A window under the stores' 1ms unit neither divides by zero nor refuses
+// a domain's first network.
+func TestSenderNetworksSubMillisecondWindow(t *testing.T) {
+	sn := DefaultSenderNetworks()
+	sn.MaxNetworks, sn.Window = 1, 500*time.Microsecond
+	m := newMapStore()
+	if r, err := sn.Check("example.org", netip.MustParseAddr("192.0.2.1"), m.now, m.hit, DefaultReplies()); r != nil || err != nil {
+		t.Fatalf("first network: %v %v", r, err)
 	}
 }

@@ -45,7 +45,7 @@ func TestBodyAndHeaderDoNotAllocate(t *testing.T) {
 		t.Errorf("Header allocates %v times per call", allocs)
 	}
 	// The calls were counted: the test measured the real counting path.
-	if want := int64(101*65535 + 101*(7+5+4)); sess.state.Bytes != want {
-		t.Errorf("session counted %d bytes, want %d", sess.state.Bytes, want)
+	if want := int64(101*65535 + 101*(7+5+4)); sess.core.State().Bytes != want {
+		t.Errorf("session counted %d bytes, want %d", sess.core.State().Bytes, want)
 	}
 }

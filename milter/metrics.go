@@ -26,23 +26,14 @@ type Metrics struct {
 	protocolErrors *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	refusedConns   prometheus.Counter
-	sizeSource     *prometheus.CounterVec
 
 	shared *engine.Metrics
 }
-
-// The values of the "source" label of sessioncap_message_size_source_total.
-const (
-	sizeFromStream = "stream"   // headers and body were sent to the milter and counted
-	sizeFromMacro  = "msg_size" // Sendmail's {msg_size} at end of message
-	sizeUnknown    = "unknown"  // no stream and no {msg_size}: counted as 0 bytes
-)
 
 // The values of the "what" label of sessioncap_malformed_input_total.
 const (
 	malformedClientAddr = engine.MalformedClientAddr
 	malformedSize       = engine.MalformedSize
-	malformedMsgSize    = engine.MalformedMsgSize
 )
 
 // NewMetrics registers the milter's metrics on reg and pre-initialises every
@@ -80,17 +71,10 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 			Name: "sessioncap_milter_refused_connections_total",
 			Help: "TCP connections to the milter socket from outside [milter] allow, closed at once.",
 		}),
-		sizeSource: prometheus.NewCounterVec(prometheus.CounterOpts{
-			Name: "sessioncap_message_size_source_total",
-			Help: "Messages whose size counted toward a byte cap, by where the size came from (stream: headers and body sent to the milter; msg_size: Sendmail's {msg_size} macro at end of message, no stream; unknown: neither, the message counted 0 bytes).",
-		}, []string{"source"}),
 	}
 	for _, r := range protocolErrorReasons {
 		m.protocolErrors.WithLabelValues(r)
 	}
-	for _, src := range []string{sizeFromStream, sizeFromMacro, sizeUnknown} {
-		m.sizeSource.WithLabelValues(src)
-	}
-	reg.MustRegister(m.sessionsActive, m.protocolErrors, m.acceptErrors, m.refusedConns, m.sizeSource, m.tags)
+	reg.MustRegister(m.sessionsActive, m.protocolErrors, m.acceptErrors, m.refusedConns, m.tags)
 	return m
 }

@@ -83,7 +83,7 @@ func TestReloadOfPrefixLengthKeepsManualBans(t *testing.T) {
 	h.reloadWithIPv4Prefix(rules, 32)
 	h.clock.Add(time.Hour)
 	_, act := h.connect("192.0.2.3")
-	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned for too many connections; try again in 23h")
+	wantReply(t, act, 421, "421 4.7.0 Your network is temporarily banned by the administrator of this server; try again in 23h")
 	h.clock.Add(23 * time.Hour)
 	if _, act := h.connect("192.0.2.3"); act.StopProcessing() {
 		t.Fatalf("after the manual ban ended: %v", act)

@@ -10,7 +10,6 @@ import (
 	"log/slog"
 	"net"
 	"net/netip"
-	"sync/atomic"
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
@@ -60,32 +59,7 @@ type Server struct {
 	log     *slog.Logger
 	srv     *gomilter.Server
 	guard   *guard
-	// sizeMacro is what the MTAs were seen to do with the {msg_size}
-	// macro at end of message (see sizeMacroState).
-	sizeMacro atomic.Int32
 }
-
-// sizeMacroState: whether the MTAs connected to this server send
-// {msg_size} at end of message, learned from the messages they send.
-//
-// Postfix and Sendmail offer identical option negotiations (version 6,
-// actions 0x1ff, protocol 0x1fffff), so which MTA connects is unknown when the
-// milter must choose whether to have headers and body sent. A byte cap
-// starts with the stream (sizeUnseen); the first end of message that carries
-// {msg_size} (Sendmail, which sessioncap asks for it) switches new milter
-// connections to no headers and no body: the MTA then skips its largest
-// milter cost. An end of message without it (Postfix never sends it) pins
-// the stream for good (sizeAbsent), so a server shared by both MTAs counts
-// bodies, after at most one message counted as 0 bytes.
-const (
-	sizeUnseen int32 = iota // no end of message yet: stream
-	sizeMacro               // every end of message so far carried {msg_size}: no stream
-	sizeAbsent              // an MTA without {msg_size} connects: stream
-)
-
-// macroMsgSize is Sendmail's message size macro: at MAIL the SIZE= value, at
-// end of message the size Sendmail counted, headers included.
-const macroMsgSize gomilter.MacroName = "{msg_size}"
 
 // macros are requested from the MTA. Postfix sends exactly the requested
 // list, and does not send {client_addr} unless asked.
@@ -93,7 +67,7 @@ var macros = map[gomilter.MacroStage][]gomilter.MacroName{
 	gomilter.StageConnect: {gomilter.MacroClientAddr},
 	gomilter.StageMail:    {gomilter.MacroQueueId, gomilter.MacroAuthAuthen},
 	gomilter.StageRcpt:    {gomilter.MacroQueueId, gomilter.MacroRcptMailer},
-	gomilter.StageEOM:     {gomilter.MacroQueueId, macroMsgSize},
+	gomilter.StageEOM:     {gomilter.MacroQueueId},
 }
 
 // NewServer returns a server; call Serve to accept MTA connections.
@@ -162,9 +136,16 @@ func (s *Server) Close() error { return s.srv.Close() }
 // reply to. Every synchronous round trip costs MTA throughput, so only the
 // events the rules need are asked for: connect, MAIL and end of message
 // always, RCPT only with a recipient cap, headers and body only with a byte
-// cap and an MTA that does not report {msg_size}, and those without
-// replies.
-func protocolFor(r *limits.Rules, msgSize bool) gomilter.OptProtocol {
+// cap, and those without replies.
+//
+// Under a byte cap every milter connection asks for headers and body, even
+// where the MTA could report the size in Sendmail's {msg_size} at end of
+// message: Postfix and Sendmail offer identical option negotiations
+// (version 6, actions 0x1ff, protocol 0x1fffff), so which MTA connects is
+// unknown when this must be chosen, and a connection negotiated without
+// them cannot ask for them later: a Postfix session on it would count
+// every message as 0 bytes.
+func protocolFor(r *limits.Rules) gomilter.OptProtocol {
 	p := gomilter.OptNoHelo | gomilter.OptNoData | gomilter.OptNoEOH
 	if r.NeedsErrors() {
 		// rejected recipients ({rcpt_mailer} "error") and unknown
@@ -176,7 +157,7 @@ func protocolFor(r *limits.Rules, msgSize bool) gomilter.OptProtocol {
 	if !r.NeedsRecipients() {
 		p |= gomilter.OptNoRcptTo
 	}
-	if r.NeedsBodies() && !msgSize {
+	if r.NeedsBodies() {
 		p |= gomilter.OptNoHeaderReply | gomilter.OptNoBodyReply
 	} else {
 		p |= gomilter.OptNoHeaders | gomilter.OptNoBody
@@ -199,28 +180,7 @@ func (s *Server) negotiate(mtaVersion, milterVersion uint32, mtaActions, _ gomil
 		actions |= mtaActions & gomilter.OptAddHeader
 	}
 	s.log.Debug("milter negotiation", "mta_version", mtaVersion, "mta_actions", fmt.Sprintf("%#x", uint32(mtaActions)), "mta_protocol", fmt.Sprintf("%#x", uint32(mtaProtocol)))
-	msgSize := s.sizeMacro.Load() == sizeMacro
-	return version, actions, protocolFor(r, msgSize) & mtaProtocol, gomilter.DataSize64K, nil
-}
-
-// sizeByMacro reports whether a connection negotiated under proto counts
-// message sizes from {msg_size} instead of the stream: neither headers nor
-// body are sent.
-func sizeByMacro(proto gomilter.OptProtocol) bool {
-	return proto&gomilter.OptNoBody != 0 && proto&gomilter.OptNoHeaders != 0
-}
-
-// learnSizeMacro records whether an end of message carried {msg_size}.
-func (s *Server) learnSizeMacro(present bool) {
-	if present {
-		if s.sizeMacro.CompareAndSwap(sizeUnseen, sizeMacro) {
-			s.log.Info("the MTA reports {msg_size} at end of message: new milter connections no longer ask for headers and body")
-		}
-		return
-	}
-	if s.sizeMacro.Swap(sizeAbsent) == sizeMacro {
-		s.log.Warn("an MTA sent no {msg_size} at end of message: new milter connections ask for headers and body again (Postfix and Sendmail on one sessioncap?)")
-	}
+	return version, actions, protocolFor(r) & mtaProtocol, gomilter.DataSize64K, nil
 }
 
 func (s *Server) newSession(_ uint32, actions gomilter.OptAction, proto gomilter.OptProtocol, _ gomilter.DataSize) gomilter.Milter {
@@ -228,9 +188,7 @@ func (s *Server) newSession(_ uint32, actions gomilter.OptAction, proto gomilter
 }
 
 // enforceable reports whether the MTA sends every event r needs under the
-// negotiated protocol, and allows adding headers when r tags. A connection
-// without headers and body serves a byte cap only while the MTAs are known
-// to report {msg_size}.
+// negotiated protocol, and allows adding headers when r tags.
 func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, actions gomilter.OptAction) bool {
 	if r.NeedsTagging() && actions&gomilter.OptAddHeader == 0 {
 		return false
@@ -238,16 +196,10 @@ func (s *Server) enforceable(r *limits.Rules, proto gomilter.OptProtocol, action
 	if r.NeedsErrors() && (proto&gomilter.OptRcptRej == 0 || proto&gomilter.OptNoUnknown != 0) {
 		return false
 	}
-	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 &&
-		!(sizeByMacro(proto) && s.sizeMacro.Load() == sizeMacro) {
+	if r.NeedsBodies() && proto&(gomilter.OptNoBody|gomilter.OptNoHeaders) != 0 {
 		return false
 	}
 	return !r.NeedsRecipients() || proto&gomilter.OptNoRcptTo == 0
-}
-
-// logRefusal writes the one structured line per refusal and counts it.
-func (s *Server) logRefusal(r *limits.Refusal, mode limits.Mode, client, queueID string, attrs ...any) {
-	s.eng.LogRefusal(r, mode, client, queueID, attrs...)
 }
 
 // observe records how long a callback took; use it as

@@ -5,9 +5,10 @@
 #
 # Output, for each architecture in ARCHES:
 #   dist/sessioncap_VERSION_ARCH.deb         (ARCH: amd64, arm64)
-#   dist/sessioncap-VERSION.RPMARCH.rpm      (RPMARCH: x86_64, aarch64)
+#   dist/sessioncap-VERSION-1.RPMARCH.rpm    (RPMARCH: x86_64, aarch64)
 #   dist/build/linux_ARCH/sessioncap         the binary inside them
 #   dist/VERSION, dist/SHA256SUMS
+#   dist/changelog.yml, dist/man/*.gz   what nfpm puts in both packages
 #
 # Environment:
 #   VERSION   package and binary version. Default: from `git describe --tags`
@@ -35,7 +36,8 @@ if ! [ -f go.mod ] || ! [ -d cmd/sessioncap ] || ! [ -f packaging/nfpm.yaml ]; t
 	die "run me from the repository root (packaging/build.sh)"
 fi
 
-for f in packaging/sessioncap.toml packaging/sessioncap.service README.md LICENSE; do
+for f in packaging/sessioncap.toml packaging/sessioncap.service README.md LICENSE \
+	packaging/man/sessioncap.8 packaging/man/sessioncap.toml.5; do
 	[ -f "$f" ] || die "$f is missing: the packages ship it"
 done
 
@@ -88,6 +90,28 @@ fi
 # Leave no package of another version behind (ci.sh installs dist/*.deb).
 rm -f dist/sessioncap_*.deb dist/sessioncap-*.rpm dist/SHA256SUMS
 
+# The package release is 1 (nfpm.yaml): the deb is VERSION-1, the rpm
+# VERSION-1 too.
+RELEASE=1
+# Man pages, gzipped without a name or time in the header (reproducible).
+mkdir -p dist/man
+for page in packaging/man/sessioncap.8 packaging/man/sessioncap.toml.5; do
+	gzip -9nc "$page" >"dist/man/${page##*/}.gz"
+done
+# One changelog entry for the version being packaged, dated by the commit:
+# the deb's changelog.Debian.gz and the rpm's %changelog both come from it.
+commit=$(git rev-parse --short=12 HEAD 2>/dev/null || echo unknown)
+cat >dist/changelog.yml <<CHANGELOG
+- semver: "$VERSION-$RELEASE"
+  date: $(date -u -d "@$SOURCE_DATE_EPOCH" +%Y-%m-%dT%H:%M:%SZ)
+  packager: sessioncap maintainers <sessioncap@users.noreply.github.com>
+  deb:
+    urgency: medium
+    distributions: [unstable]
+  changes:
+    - note: "Built from upstream commit $commit."
+CHANGELOG
+
 for arch in $ARCHES; do
 	case $arch in
 	amd64) rpmarch=x86_64 ;;
@@ -105,7 +129,7 @@ for arch in $ARCHES; do
 	"$NFPM" package --config packaging/nfpm.yaml --packager deb \
 		--target "dist/sessioncap_${VERSION}_$arch.deb" >/dev/null
 	"$NFPM" package --config packaging/nfpm.yaml --packager rpm \
-		--target "dist/sessioncap-$VERSION.$rpmarch.rpm" >/dev/null
+		--target "dist/sessioncap-$VERSION-$RELEASE.$rpmarch.rpm" >/dev/null
 done
 
 echo "$VERSION" >dist/VERSION

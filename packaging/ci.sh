@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
-# Packaging CI for sessioncap: build the packages, install the deb, run the
-# installed daemon as its own user, scrape and lint its metrics, drive milter
-# sessions through it, upgrade it over a changed config, purge it, inspect
-# the rpm, and test the Prometheus rules.
+# Packaging CI for sessioncap: build the packages, judge them with lintian
+# and rpmlint, install the deb, run the installed daemon as its own user,
+# scrape and lint its metrics, drive milter sessions through it, upgrade it
+# over a changed config, purge it (with a unit enabled while systemd is not
+# PID 1), inspect the rpm, and test the Prometheus rules.
 #
 # Called by .ci/run as `bash packaging/ci.sh` (any working directory) on a
 # fresh Debian machine as root; also fine to rerun by hand (idempotent).
@@ -109,6 +110,9 @@ command -v systemd-analyze >/dev/null || need+=(systemd)
 command -v curl >/dev/null || need+=(curl)
 command -v setpriv >/dev/null || need+=(util-linux)
 command -v adduser >/dev/null || need+=(adduser)
+command -v lintian >/dev/null || need+=(lintian)
+command -v rpmlint >/dev/null || need+=(rpmlint)
+command -v man >/dev/null || need+=(man-db)
 command -v go >/dev/null || fail "no go toolchain in PATH"
 if [ ${#need[@]} -gt 0 ]; then
 	echo "installing: ${need[*]}"
@@ -136,6 +140,8 @@ go version
 promtool --version 2>&1 | head -1
 rpm --version
 systemd-analyze --version | head -1
+lintian --version
+rpmlint --version
 
 # ---------------------------------------------------------------------------
 log "build"
@@ -144,9 +150,53 @@ VERSION=$(cat dist/VERSION)
 ARCH=$(dpkg --print-architecture)
 case $ARCH in amd64) RPMARCH=x86_64 ;; arm64) RPMARCH=aarch64 ;; *) fail "no package for $ARCH" ;; esac
 DEB=dist/sessioncap_${VERSION}_$ARCH.deb
-RPM=dist/sessioncap-$VERSION.$RPMARCH.rpm
+RPM=dist/sessioncap-$VERSION-1.$RPMARCH.rpm
 if ! [ -f "$DEB" ] || ! [ -f "$RPM" ]; then fail "build.sh did not make $DEB and $RPM"; fi
 ok "built $DEB ($(stat -c %s "$DEB") bytes) and $RPM ($(stat -c %s "$RPM") bytes)"
+
+# ---------------------------------------------------------------------------
+log "lintian and rpmlint"
+# Every finding is an error here unless an override with its reason says it
+# is right for this package: the deb ships its lintian overrides
+# (packaging/lintian/sessioncap); the rpm's are packaging/sessioncap.rpmlintrc
+# (filters) and packaging/rpmlint.toml (settings).
+# (--show-overrides would make lintian 2.116 fail on overridden tags too:
+# the overrides are listed by a second run.)
+lintian --fail-on error,warning --tag-display-limit 0 "$DEB" >"$WORK/lintian.log" 2>&1 ||
+	fail "lintian $DEB: $(grep -v 'root privileges' "$WORK/lintian.log")"
+if grep -E '^[EW]: ' "$WORK/lintian.log"; then fail "lintian warned (see above)"; fi
+lintian --tag-display-limit 0 --show-overrides "$DEB" 2>/dev/null | grep '^O: ' >"$WORK/lintian-overrides.log" || true
+cat "$WORK/lintian-overrides.log"
+ok "lintian: no error or warning; $(wc -l <"$WORK/lintian-overrides.log") finding(s) overridden with their reasons"
+# rpmlint unpacks the payload with "rpm2cpio | cpio -id" in a temporary
+# directory; nfpm's rpm payload has absolute member names (/usr/bin/...,
+# goreleaser/nfpm#1122), which GNU cpio would write to the real /. A cpio
+# first in PATH that strips the leading "/" keeps it in the directory.
+mkdir -p "$WORK/safebin"
+printf '#!/bin/sh
+exec /usr/bin/cpio --no-absolute-filenames "$@"
+' >"$WORK/safebin/cpio"
+chmod 0755 "$WORK/safebin/cpio"
+rc=0
+PATH=$WORK/safebin:$PATH rpmlint -c packaging/rpmlint.toml -r packaging/sessioncap.rpmlintrc "$RPM" >"$WORK/rpmlint.log" 2>&1 || rc=$?
+cat "$WORK/rpmlint.log"
+grep -q ' 0 errors, 0 warnings' "$WORK/rpmlint.log" || fail "rpmlint $RPM: errors or warnings without a filter (exit $rc)"
+[ "$rc" = 0 ] || fail "rpmlint exited $rc"
+ok "rpmlint: 0 errors, 0 warnings"
+for f in /usr/bin/sessioncap /etc/sessioncap /usr/share/sessioncap; do
+	if [ -e "$f" ] && ! dpkg -S "$f" >/dev/null 2>&1; then
+		fail "$f exists and belongs to no package: was the rpm unpacked into /?"
+	fi
+done
+
+# The unit's exposure (systemd-analyze security, lower is safer) must not
+# get worse than it is: 1.5.
+MAX_EXPOSURE=1.5
+exposure=$(systemd-analyze security --offline=true packaging/sessioncap.service 2>&1 | sed -n 's/.*Overall exposure level for [^:]*: \([0-9.]*\).*/\1/p')
+[ -n "$exposure" ] || fail "systemd-analyze security printed no exposure level"
+awk -v e="$exposure" -v m="$MAX_EXPOSURE" 'BEGIN { exit !(e <= m) }' ||
+	fail "the unit's exposure is $exposure, worse than $MAX_EXPOSURE: keep its hardening"
+ok "systemd-analyze security --offline=true: exposure $exposure (at most $MAX_EXPOSURE)"
 
 mkdir -p "$WORK/bin"
 go build -o "$WORK/bin/miltercheck" ./packaging/internal/miltercheck || fail "build miltercheck"
@@ -162,11 +212,16 @@ dpkg -i "$DEB" || fail "dpkg -i $DEB"
 ok "dpkg -i $DEB"
 
 for f in /usr/bin/sessioncap /etc/sessioncap/sessioncap.toml /usr/lib/systemd/system/sessioncap.service \
-	/usr/share/doc/sessioncap/README.md /usr/share/doc/sessioncap/LICENSE; do
+	/usr/share/doc/sessioncap/README.md /usr/share/doc/sessioncap/copyright /usr/share/doc/sessioncap/changelog.Debian.gz \
+	/usr/share/man/man8/sessioncap.8.gz /usr/share/man/man5/sessioncap.toml.5.gz /usr/share/lintian/overrides/sessioncap; do
 	[ -f "$f" ] || fail "$f not installed"
 done
+man -w sessioncap >/dev/null 2>&1 || fail "man sessioncap finds no page"
+man -w 5 sessioncap.toml >/dev/null 2>&1 || fail "man 5 sessioncap.toml finds no page"
+zcat /usr/share/doc/sessioncap/changelog.Debian.gz | head -1 | grep -q "^sessioncap ($VERSION-1) " ||
+	fail "changelog.Debian.gz does not start with version $VERSION-1"
 [ -d /var/lib/sessioncap ] || fail "/var/lib/sessioncap not created"
-ok "files in place"
+ok "files in place; man sessioncap, man 5 sessioncap.toml; changelog of $VERSION-1"
 
 grep -qx /etc/sessioncap/sessioncap.toml /var/lib/dpkg/info/sessioncap.conffiles ||
 	fail "the config file is not a dpkg conffile"
@@ -182,7 +237,8 @@ getent group sessioncap >/dev/null || fail "group sessioncap not created"
 	fail "config file is $(stat -c '%U:%G %a' /etc/sessioncap/sessioncap.toml), want root:sessioncap 640"
 [ "$(stat -c '%U:%G %a' /var/lib/sessioncap)" = "sessioncap:sessioncap 750" ] ||
 	fail "/var/lib/sessioncap is $(stat -c '%U:%G %a' /var/lib/sessioncap), want sessioncap:sessioncap 750"
-ok "user: $pw; config root:sessioncap 0640; state dir sessioncap:sessioncap 0750"
+dpkg-statoverride --list /etc/sessioncap/sessioncap.toml >/dev/null || fail "no dpkg-statoverride for the config"
+ok "user: $pw; config root:sessioncap 0640; state dir sessioncap:sessioncap 0750 (dpkg-statoverride)"
 
 out=$(/usr/bin/sessioncap version) || fail "sessioncap version"
 case $out in "sessioncap $VERSION "*) ;; *) fail "sessioncap version printed '$out', want 'sessioncap $VERSION (...)'" ;; esac
@@ -230,7 +286,7 @@ wait_for 10 "the notify socket" test -S "$WORK/notify.sock"
 	cd /var/lib/sessioncap
 	umask 0007
 	exec setpriv --reuid=sessioncap --regid=sessioncap --init-groups \
-		env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin NOTIFY_SOCKET="$WORK/notify.sock" \
+		env -i PATH=/usr/sbin:/usr/bin:/sbin:/bin NOTIFY_SOCKET="$WORK/notify.sock" STATE_DIRECTORY=/var/lib/sessioncap \
 		/usr/bin/sessioncap -config /etc/sessioncap/sessioncap.toml
 ) 2>"$WORK/daemon.log" &
 DAEMON=$!
@@ -239,6 +295,8 @@ wait_for 15 "READY=1 from the daemon" grep -qx READY=1 "$WORK/notify.out"
 grep -q 'msg=listening' "$WORK/daemon.log" || fail "no 'msg=listening' log line"
 [ "$(stat -c %U "/proc/$DAEMON")" = sessioncap ] || fail "the daemon does not run as sessioncap"
 ok "daemon pid $DAEMON runs as sessioncap, sent READY=1, logged: $(grep -m1 'msg=listening' "$WORK/daemon.log")"
+grep -q 'state_file=/var/lib/sessioncap/state' "$WORK/daemon.log" || fail "the daemon did not log its state file (STATE_DIRECTORY=/var/lib/sessioncap)"
+ok "state file logged: $(grep -m1 'state_file=' "$WORK/daemon.log")"
 
 scrape $METRICS "$WORK/metrics.txt"
 promtool check metrics <"$WORK/metrics.txt" >"$WORK/promtool-metrics.log" 2>&1 ||
@@ -302,6 +360,9 @@ wait_for 15 "the unix milter socket $SOCK2" test -S $SOCK2
 perm=$(stat -c '%A %U:%G' $SOCK2)
 case $perm in "srw-rw---- sessioncap:sessioncap") ;; *) fail "socket $SOCK2 is $perm, want srw-rw---- sessioncap:sessioncap" ;; esac
 ok "unix socket $SOCK2: $perm"
+grep -q 'level=WARN msg="no state file: bans and windows are lost on restart" state_file=auto' "$WORK/daemon2.log" ||
+	fail "started without STATE_DIRECTORY, the daemon did not say it has no state file"
+ok "without STATE_DIRECTORY: $(grep -m1 'no state file' "$WORK/daemon2.log")"
 
 "$WORK/bin/miltercheck" -addr "unix:$SOCK2" -messages 3 -refused-from 3 -refusal 421 >"$WORK/miltercheck2.log" 2>&1 ||
 	fail "third message in one session was not refused with 421: $(cat "$WORK/miltercheck2.log")"
@@ -361,6 +422,9 @@ grep -qx STOPPING=1 "$WORK/notify.out" || fail "no STOPPING=1 on the notify sock
 [ -e $SOCK2 ] && fail "the unix socket $SOCK2 was left behind"
 rm -rf /run/sessioncap
 ok "both exited 0; notify messages: $(tr '\n' ' ' <"$WORK/notify.out")"
+[ "$(stat -c %U /var/lib/sessioncap/state 2>/dev/null)" = sessioncap ] ||
+	fail "no /var/lib/sessioncap/state owned by sessioncap after SIGTERM (STATE_DIRECTORY)"
+ok "state saved at shutdown: $(stat -c '%n %U:%G %a' /var/lib/sessioncap/state)"
 
 # ---------------------------------------------------------------------------
 log "upgrade over a changed conffile"
@@ -382,28 +446,45 @@ dpkg -i --force-confdef --force-confold "$UPDEB" </dev/null >"$WORK/upgrade.log"
 grep -q '^# local edit$' /etc/sessioncap/sessioncap.toml || fail "the upgrade overwrote the edited config"
 [ -f /etc/sessioncap/sessioncap.toml.dpkg-dist ] || fail "no sessioncap.toml.dpkg-dist after the upgrade"
 grep -q 'changed in the next version' /etc/sessioncap/sessioncap.toml.dpkg-dist || fail ".dpkg-dist is not the new default"
-ok "edited config kept, new default in /etc/sessioncap/sessioncap.toml.dpkg-dist"
+[ "$(stat -c '%U:%G %a' /etc/sessioncap/sessioncap.toml)" = "root:sessioncap 640" ] ||
+	fail "after the upgrade the config is $(stat -c '%U:%G %a' /etc/sessioncap/sessioncap.toml), want root:sessioncap 640"
+ok "edited config kept (root:sessioncap 0640), new default in /etc/sessioncap/sessioncap.toml.dpkg-dist"
 
 # ---------------------------------------------------------------------------
-log "purge"
+log "purge (with the unit enabled while systemd is not PID 1)"
+# An admin enables the unit on a host where systemd is not running (a
+# container, a chroot, this CI): systemctl makes the link offline. Purge
+# must remove it, as deb-systemd-helper does whether or not systemd runs.
+WANTS=/etc/systemd/system/multi-user.target.wants/sessioncap.service
+if [ -d /run/systemd/system ]; then
+	echo "systemd is PID 1 here: the purge runs with it"
+fi
+systemctl enable sessioncap.service >"$WORK/enable.log" 2>&1 || fail "systemctl enable sessioncap: $(cat "$WORK/enable.log")"
+[ -L "$WANTS" ] || fail "systemctl enable made no $WANTS"
 dpkg -P sessioncap >"$WORK/purge.log" 2>&1 || fail "dpkg -P sessioncap: $(cat "$WORK/purge.log")"
 left=()
 for f in /usr/bin/sessioncap /usr/lib/systemd/system/sessioncap.service /etc/sessioncap /var/lib/sessioncap \
-	/usr/share/doc/sessioncap /usr/share/sessioncap; do
-	[ -e "$f" ] && left+=("$f")
+	/usr/share/doc/sessioncap /usr/share/sessioncap /usr/share/man/man8/sessioncap.8.gz \
+	"$WANTS" /etc/systemd/system/sessioncap.service \
+	/var/lib/systemd/deb-systemd-helper-enabled/sessioncap.service.dsh-also \
+	/var/lib/systemd/deb-systemd-helper-enabled/multi-user.target.wants/sessioncap.service \
+	/var/lib/systemd/deb-systemd-helper-masked/sessioncap.service; do
+	if [ -e "$f" ] || [ -L "$f" ]; then left+=("$f"); fi
 done
+if dpkg-statoverride --list | grep -q sessioncap; then left+=("dpkg-statoverride: $(dpkg-statoverride --list | grep sessioncap | tr '\n' ' ')"); fi
 [ ${#left[@]} -eq 0 ] || fail "left after purge: ${left[*]}"
 if dpkg-query -W -f='${Status}' sessioncap 2>/dev/null | grep -q installed; then
 	fail "dpkg still lists sessioncap after purge"
 fi
 getent passwd sessioncap >/dev/null || fail "purge removed the sessioncap user (policy says keep it)"
-ok "purged: binary, unit, /etc/sessioncap, /var/lib/sessioncap, docs gone; user sessioncap kept (Debian policy)"
+ok "purged: binary, unit, its enabled link and deb-systemd-helper state, statoverrides, /etc/sessioncap, /var/lib/sessioncap, docs gone; user sessioncap kept (Debian policy)"
 
 # ---------------------------------------------------------------------------
 log "inspect the rpm"
 rpm -qpl "$RPM" >"$WORK/rpm-l.txt" || fail "rpm -qpl"
 for f in /usr/bin/sessioncap /etc/sessioncap/sessioncap.toml /usr/lib/systemd/system/sessioncap.service \
-	/var/lib/sessioncap /usr/share/doc/sessioncap/README.md /usr/share/doc/sessioncap/LICENSE; do
+	/var/lib/sessioncap /usr/share/doc/sessioncap/README.md /usr/share/licenses/sessioncap/LICENSE \
+	/usr/share/man/man8/sessioncap.8.gz /usr/share/man/man5/sessioncap.toml.5.gz /usr/lib/sysusers.d/sessioncap.conf; do
 	grep -qx "$f" "$WORK/rpm-l.txt" || fail "rpm lacks $f"
 done
 ok "rpm -qpl: $(wc -l <"$WORK/rpm-l.txt") paths"
@@ -418,7 +499,13 @@ grep -q '^/usr/lib/systemd/system/sessioncap.service  root:root' "$WORK/rpm-flag
 grep -qx '/var/lib/sessioncap  sessioncap:sessioncap drwxr-x---' "$WORK/rpm-flags.txt" ||
 	fail "/var/lib/sessioncap is not sessioncap:sessioncap 0750 in the rpm"
 ok "rpm fflags: config 'cn' (config, noreplace); unit plain; state dir sessioncap 0750"
-rpm -qp --scripts "$RPM" | grep -q 'preinstall scriptlet' || fail "rpm has no %pre"
+rpm -qp --scripts "$RPM" >"$WORK/rpm-scripts.txt"
+for s in preinstall postinstall preuninstall postuninstall; do
+	grep -q "^$s scriptlet" "$WORK/rpm-scripts.txt" || fail "rpm has no $s scriptlet"
+done
+grep -q 'systemd-sysusers' "$WORK/rpm-scripts.txt" || fail "rpm %pre does not use systemd-sysusers"
+grep -q 'systemd-update-helper' "$WORK/rpm-scripts.txt" || fail "rpm scriptlets do not follow %systemd_post/%systemd_preun"
+rpm -qp --changelog "$RPM" | grep -q -- "- $VERSION-1\$" || fail "rpm %changelog lacks $VERSION-1: $(rpm -qp --changelog "$RPM")"
 [ "$(rpm -qp --queryformat '%{ARCH} %{VERSION}' "$RPM")" = "$RPMARCH $VERSION" ] ||
 	fail "rpm arch/version: $(rpm -qp --queryformat '%{ARCH} %{VERSION}' "$RPM")"
 ok "rpm $RPMARCH $VERSION with %pre/%post/%preun/%postun"

@@ -164,9 +164,12 @@ func scrape(t *testing.T) *exposition {
 	if out, err := build.CombinedOutput(); err != nil {
 		t.Fatalf("go build: %v\n%s", err, out)
 	}
-	// An empty config file: built-in defaults, whatever is in /etc.
+	// Built-in defaults, whatever is in /etc, and one quota on SASL users
+	// (quota series exist only for configured rules; the alert rules and
+	// the dashboard query them).
 	cfg := filepath.Join(dir, "sessioncap.toml")
-	if err := os.WriteFile(cfg, nil, 0o644); err != nil {
+	quota := "[[rate]]\nname = \"user-hourly\"\nkey = \"user\"\ncount = \"messages\"\nlimit = 200\nwindow = \"1h\"\n"
+	if err := os.WriteFile(cfg, []byte(quota), 0o644); err != nil {
 		t.Fatal(err)
 	}
 	// Both listeners on port 0: the daemon logs the addresses it bound, so
@@ -392,7 +395,7 @@ func TestDashboardIsWellFormed(t *testing.T) {
 		"sum by (limit, mode) (rate(sessioncap_refusals_total", "sum by (stage, mode) (rate(sessioncap_refusals_total",
 		"sessioncap_bans_active", "histogram_quantile(0.99, sum by (le, stage) (rate(sessioncap_callback_duration_seconds_bucket",
 		"sessioncap_tracked_addresses", "sessioncap_config_last_reload_successful",
-		"rate(sessioncap_tag_headers_total",
+		"rate(sessioncap_tag_headers_total", "sum by (rule, key, mode) (rate(sessioncap_quota_refusals_total",
 	} {
 		if !strings.Contains(all, want) {
 			t.Errorf("dashboard has no query with %q", want)

@@ -390,8 +390,9 @@ func TestSessionWithoutClientPort(t *testing.T) {
 
 func TestMailStateThenRcpt(t *testing.T) {
 	// with smtpd_delay_reject = no and the policy in smtpd_sender_restrictions
-	// too, MAIL requests come first (with the previous instance); the
-	// transaction is checked once.
+	// too, MAIL requests come first (with instance= empty, as Postfix sends
+	// it); the transaction is checked once, at the second MAIL's first RCPT
+	// (that MAIL could have been a new session's).
 	h := start(t, rulesWith(func(r *limits.Rules) {
 		r.Mode = limits.ModeMonitor
 		r.Default.Session.MaxMessages = 1
@@ -434,15 +435,26 @@ func TestReloadAppliesToNewSessions(t *testing.T) {
 	}
 }
 
+// TestSessionTableBounds: the table holds MaxSessions sessions, evicting
+// the least recently seen one no open policy connection serves, and forgets
+// sessions idle for SessionIdle. Each session here is served by an smtpd
+// process that then exits (closes its policy connection), so it stays until
+// evicted or idle: Postfix may reconnect and go on with it.
 func TestSessionTableBounds(t *testing.T) {
 	h := startWith(t, rulesWith(func(r *limits.Rules) { r.Default.Session.MaxMessages = 1 }), func(c *policy.Config) {
 		c.MaxSessions = 2
 		c.SessionIdle = time.Minute
 	})
-	p := h.dial()
+	sendAndExit := func(s *smtp) string {
+		p := h.dial()
+		r, _ := p.send(s, 1, 100, 0)
+		_ = p.c.Close()
+		eventually(t, "the connection to close", func() bool { return value(t, h.reg, "sessioncap_policy_connections") == 0 })
+		return r
+	}
 	a, b, c := newSMTP("192.0.2.90", 100), newSMTP("192.0.2.91", 101), newSMTP("192.0.2.92", 102)
 	for _, s := range []*smtp{a, b, c} {
-		p.send(s, 1, 100, 0)
+		sendAndExit(s)
 	}
 	if got := h.srv.Sessions(); got != 2 {
 		t.Fatalf("%d sessions, want 2", got)
@@ -451,11 +463,15 @@ func TestSessionTableBounds(t *testing.T) {
 		t.Fatalf("evictions = %v", got)
 	}
 	// a was evicted: its counts start over
-	if r, _ := p.send(a, 1, 100, 0); r != "" {
+	if r := sendAndExit(a); r != "" {
 		t.Fatalf("evicted session: %q", r)
 	}
+	// which evicted b, not c: c's 2nd message is over the cap
+	if r := sendAndExit(c); !strings.HasPrefix(r, "421 ") {
+		t.Fatalf("kept session: %q", r)
+	}
 	h.clock.Add(2 * time.Minute)
-	p.send(newSMTP("192.0.2.93", 103), 1, 100, 0)
+	sendAndExit(newSMTP("192.0.2.93", 103))
 	if got := h.srv.Sessions(); got != 1 {
 		t.Fatalf("%d sessions after the idle time, want 1", got)
 	}

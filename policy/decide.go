@@ -17,7 +17,10 @@ func (s *Server) handle(req *request, c *conn) *limits.Refusal {
 	if req.state == stateOther {
 		return nil
 	}
-	sess := c.sessionFor(req, s.eng.Now())
+	sess, hold := c.sessionFor(req, s.eng.Now())
+	if hold {
+		return nil // decided at the transaction's first RCPT (identify.go)
+	}
 	sess.mu.Lock()
 	defer sess.mu.Unlock()
 	r, ended := s.decide(&sess.st, req)
@@ -44,12 +47,10 @@ func stageOf(st state) (limits.Stage, bool) {
 	return "", false
 }
 
-// decide applies the rules to one request of the session st; ended reports
-// that the answer ends the SMTP session (an enforced 421).
+// decide translates one request of the session st into the events of the
+// session core; ended reports that the answer ends the SMTP session (an
+// enforced 421).
 func (s *Server) decide(st *sessionState, req *request) (r *limits.Refusal, ended bool) {
-	if st.newSession(req) {
-		*st = sessionState{}
-	}
 	changed := st.track(req.instance)
 	if !st.started {
 		if r := s.start(st, req); r != nil {
@@ -62,25 +63,24 @@ func (s *Server) decide(st *sessionState, req *request) (r *limits.Refusal, ende
 	} else if st.sticky != nil {
 		return st.sticky, false
 	}
+	core := st.core
+	core.SetQueueID(string(req.queueID))
 	switch req.state {
 	case stateMail:
 		r = s.startTx(st, req, true)
 		st.pendingMail = true
 	case stateRcpt:
-		if !st.inTx || changed && !st.pendingMail {
+		if !core.InTransaction() || changed && !st.pendingMail {
 			r = s.startTx(st, req, true)
 		} else if st.txSticky != nil {
 			r = st.txSticky
 		}
 		st.pendingMail = false
-		if r == nil && !st.exempt {
-			if r = s.refuse(st, st.counts.CheckRcpt(st.policy, st.rules.Replies), req); r == nil {
-				st.counts.AcceptRecipient()
-				st.txRcpts++
-			}
+		if r == nil {
+			r = core.Rcpt(string(req.recipient)).Refusal
 		}
 	case stateEOM:
-		if !st.inTx || changed && !st.pendingMail {
+		if !core.InTransaction() || changed && !st.pendingMail {
 			s.startTx(st, req, false)
 		}
 		r = s.endOfMessage(st, req)
@@ -88,95 +88,61 @@ func (s *Server) decide(st *sessionState, req *request) (r *limits.Refusal, ende
 	return r, r != nil && r.Code == 421
 }
 
-// start counts a new session against the frequency rule.
+// start begins the session core with the client's address (none when the
+// request has no usable one: session caps only) and returns its refusal.
 func (s *Server) start(st *sessionState, req *request) *limits.Refusal {
 	st.started = true
-	st.rules = s.eng.Rules()
-	s.metrics.shared.Sessions.Inc()
-	if ip, err := netip.ParseAddr(string(req.clientAddr)); err == nil {
-		st.addr, st.hasAddr = ip.Unmap().WithZone(""), true
-		st.client = st.addr.String()
-	} else if len(req.clientAddr) > 0 && string(req.clientAddr) != "unknown" {
-		s.metrics.shared.Malformed.WithLabelValues(engine.MalformedClientAddr).Inc()
-		if ok, suppressed := s.inputLog.Allow(time.Now()); ok {
-			s.log.Warn("unparseable client_address; applying session caps only", "client_ip", string(req.clientAddr), "suppressed", suppressed)
+	st.core = s.eng.NewSession(nil, engine.Options{EOMRefusal: hangUp})
+	st.core.SetQueueID(string(req.queueID))
+	ip, err := netip.ParseAddr(string(req.clientAddr))
+	if err != nil {
+		ip = netip.Addr{}
+		if len(req.clientAddr) > 0 && string(req.clientAddr) != "unknown" {
+			s.metrics.shared.Malformed.WithLabelValues(engine.MalformedClientAddr).Inc()
+			if ok, suppressed := s.inputLog.Allow(time.Now()); ok {
+				s.log.Warn("unparseable client_address; applying session caps only", "client_ip", string(req.clientAddr), "suppressed", suppressed)
+			}
 		}
 	}
-	if !st.hasAddr {
-		return nil
-	}
-	if r := st.rules.Denied(st.addr); r != nil {
-		if r = s.refuse(st, r, req); r != nil {
-			return r
-		}
-	}
-	adm := s.eng.Admit(st.rules, st.addr, st.client)
-	r := adm.Refusal(st.rules)
-	if r == nil {
-		return nil
-	}
-	return s.refuseAs(r, st.mode(r.Limit), st, req, adm.LogAttrs()...)
+	return st.core.Connect(ip).Refusal
 }
 
-// startTx begins a transaction: it resolves the caps for this client
-// (authentication may have happened since the session began, and overrides
-// may match the user or the sender's domain) and, with check, applies the
-// message and byte caps and the sender-networks rule as the milter does at
-// MAIL FROM.
+// startTx begins a transaction with the request's sender, size and SASL
+// login (authentication may have happened since the session began, and
+// overrides may match the user or the sender's domain) and, with check,
+// has it decided as the milter's MAIL FROM is; without, only resolved (a
+// transaction first seen at END-OF-MESSAGE).
 func (s *Server) startTx(st *sessionState, req *request, check bool) *limits.Refusal {
-	st.counts.EndTransaction()
-	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = true, 0, nil, false
-	user := string(req.saslUsername)
-	domain, _ := limits.SenderDomain(string(req.sender))
-	st.policy, st.exempt = st.rules.ForClient(limits.Client{
-		Addr: st.addr, HasAddr: st.hasAddr, Authenticated: user != "", User: user, SenderDomain: domain,
-	})
+	st.txSticky, st.pendingMail = nil, false
+	size := req.size
+	if size <= 0 { // Postfix sends 0 for no SIZE=
+		size = -1
+	}
+	m := engine.Mail{Sender: string(req.sender), Size: size, User: string(req.saslUsername), QueueID: string(req.queueID)}
 	if !check {
+		st.core.Resume(m)
 		return nil
 	}
-	var r *limits.Refusal
-	if !st.exempt {
-		size := req.size
-		if size <= 0 { // Postfix sends 0 for no SIZE=
-			size = -1
-		}
-		r = s.refuse(st, st.counts.CheckMail(st.policy, st.rules.Replies, size), req)
-	}
-	if r == nil && len(req.sender) > 0 {
-		c := s.eng.CheckSender(st.rules, st.addr, st.hasAddr, string(req.sender), user != "", st.client, string(req.queueID))
-		if c.Refusal != nil {
-			r = s.refuseAs(c.Refusal, c.Mode, st, req, c.Attrs...)
-		}
-	}
+	r := st.core.Mail(m).Refusal
 	if r != nil && r.Code != 421 {
 		st.txSticky = r
 	}
 	return r
 }
 
-// endOfMessage counts the message's real size and the recipients Postfix
-// accepted, and with overrun = "tempfail" refuses a message that crossed the
-// byte cap, with 421 (see hangUp).
+// endOfMessage passes the message's real size and the recipients Postfix
+// accepted; with overrun = "tempfail" a message that crossed the byte cap
+// is refused with 421 (see hangUp).
 func (s *Server) endOfMessage(st *sessionState, req *request) *limits.Refusal {
-	if req.size > 0 {
-		st.counts.AddBytes(int(req.size))
-		if st.rules.NeedsBodies() {
-			s.metrics.shared.MessageBytes.Add(float64(req.size))
-		}
+	size, rcpts := req.size, req.rcptCount
+	if size <= 0 {
+		size = -1
 	}
-	if req.rcptCount > 0 {
-		st.counts.Recipients = max(0, st.counts.Recipients+req.rcptCount-st.txRcpts)
+	if rcpts <= 0 {
+		rcpts = -1
 	}
-	var r *limits.Refusal
-	if !st.exempt {
-		r = s.refuse(st, hangUp(st.counts.CheckEOM(st.policy, st.rules.Replies)), req)
-	}
-	if r == nil {
-		st.counts.AcceptMessage()
-		s.metrics.shared.Messages.Inc()
-	}
-	st.counts.EndTransaction()
-	st.inTx, st.txRcpts, st.txSticky, st.pendingMail = false, 0, nil, false
+	r := st.core.EndOfMessage(size, rcpts).Refusal
+	st.txSticky, st.pendingMail = nil, false
 	return r
 }
 
@@ -195,42 +161,4 @@ func hangUp(r *limits.Refusal) *limits.Refusal {
 	c := *r
 	c.Code = 421
 	return &c
-}
-
-// refuse logs and counts r and returns what to answer: r, or nil when r is
-// nil or its limit's mode does not refuse. The policy path cannot add
-// headers, so a limit in tag mode is only logged and counted here (mode
-// "tag"), like monitor; a limit that is off is not even logged.
-func (s *Server) refuse(st *sessionState, r *limits.Refusal, req *request) *limits.Refusal {
-	if r == nil {
-		return nil
-	}
-	return s.refuseAs(r, st.mode(r.Limit), st, req)
-}
-
-// refuseAs is refuse under a mode the caller resolved, with extra log
-// attributes.
-func (s *Server) refuseAs(r *limits.Refusal, mode limits.Mode, st *sessionState, req *request, attrs ...any) *limits.Refusal {
-	if !mode.Decides() {
-		return nil
-	}
-	s.eng.LogRefusal(r, mode, st.client, string(req.queueID), attrs...)
-	if !mode.Refuses() {
-		return nil
-	}
-	return r
-}
-
-// mode resolves the mode of limit l for this session: the session caps of
-// the current transaction, the connect-time policy for the others.
-func (st *sessionState) mode(l limits.Limit) limits.Mode {
-	switch l {
-	case limits.LimitSessionMessages, limits.LimitSessionBytes, limits.LimitSessionRecipients:
-		return st.rules.ModeOf(st.policy.Mode)
-	}
-	p := st.rules.Default
-	if st.hasAddr {
-		p, _, _ = st.rules.ForConnect(st.addr)
-	}
-	return st.rules.LimitMode(&p, l)
 }

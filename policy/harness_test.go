@@ -159,6 +159,11 @@ func newSMTP(client string, pid int) *smtp {
 }
 
 func (s *smtp) attrs(state string, extra ...string) []string {
+	instance := s.instance
+	switch state {
+	case "CONNECT", "EHLO", "HELO", "MAIL":
+		instance = "" // smtpd sets it after the MAIL restrictions
+	}
 	a := []string{
 		"request=smtpd_access_policy",
 		"protocol_state=" + state,
@@ -172,7 +177,7 @@ func (s *smtp) attrs(state string, extra ...string) []string {
 		"helo_name=client.example",
 		"sender=" + s.sender,
 		"queue_id=",
-		"instance=" + s.instance,
+		"instance=" + instance,
 		"sasl_method=",
 		"sasl_username=" + s.sasl,
 		"sasl_sender=",

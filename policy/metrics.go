@@ -19,13 +19,16 @@ type Metrics struct {
 	refusedConns   *prometheus.CounterVec
 	acceptErrors   prometheus.Counter
 	tracked        prometheus.Gauge
+	conns          prometheus.Gauge
 	evictions      prometheus.Counter
+	connEvictions  prometheus.Counter
 }
 
 // The values of the reason label of sessioncap_policy_refused_connections_total.
 const (
-	refusedAllow = "allow" // the peer is outside [policy] allow
-	refusedLimit = "limit" // MaxConnections policy connections are open
+	refusedAllow     = "allow"      // the peer is outside [policy] allow
+	refusedLimit     = "limit"      // MaxConnections policy connections are open, none idle
+	refusedPeerLimit = "peer_limit" // MaxConnectionsPerPeer connections of this peer are open, none idle
 )
 
 // NewMetrics registers the policy front-end's metrics on reg and
@@ -47,7 +50,7 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		}, []string{"reason"}),
 		refusedConns: prometheus.NewCounterVec(prometheus.CounterOpts{
 			Name: "sessioncap_policy_refused_connections_total",
-			Help: "Connections to the policy socket closed at once, by reason (allow: from outside [policy] allow; limit: too many open policy connections).",
+			Help: "Connections to the policy socket closed at once, by reason (allow: from outside [policy] allow; limit: 1000 policy connections open, none idle; peer_limit: 500 open from this peer, none idle).",
 		}, []string{"reason"}),
 		acceptErrors: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sessioncap_policy_accept_errors_total",
@@ -56,6 +59,14 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 		tracked: prometheus.NewGauge(prometheus.GaugeOpts{
 			Name: "sessioncap_policy_sessions_tracked",
 			Help: "SMTP sessions the policy front-end keeps counts for (open ones, and ended ones until they have been idle for the session idle time).",
+		}),
+		conns: prometheus.NewGauge(prometheus.GaugeOpts{
+			Name: "sessioncap_policy_connections",
+			Help: "Open policy connections (Postfix keeps one per smtpd process).",
+		}),
+		connEvictions: prometheus.NewCounter(prometheus.CounterOpts{
+			Name: "sessioncap_policy_connection_evictions_total",
+			Help: "Idle policy connections closed to make room for a new one (beyond 1000 open, or 500 from one peer); those that never sent a request go first.",
 		}),
 		evictions: prometheus.NewCounter(prometheus.CounterOpts{
 			Name: "sessioncap_policy_session_evictions_total",
@@ -68,9 +79,9 @@ func NewMetrics(reg prometheus.Registerer) *Metrics {
 	for _, r := range protocolErrorReasons {
 		m.protocolErrors.WithLabelValues(r)
 	}
-	for _, r := range []string{refusedAllow, refusedLimit} {
+	for _, r := range []string{refusedAllow, refusedLimit, refusedPeerLimit} {
 		m.refusedConns.WithLabelValues(r)
 	}
-	reg.MustRegister(requests, m.protocolErrors, m.refusedConns, m.acceptErrors, m.tracked, m.evictions)
+	reg.MustRegister(requests, m.protocolErrors, m.refusedConns, m.acceptErrors, m.tracked, m.conns, m.evictions, m.connEvictions)
 	return m
 }

@@ -62,6 +62,7 @@ type request struct {
 	serverAddr, serverPort []byte
 	instance, queueID      []byte
 	saslUsername, sender   []byte
+	recipient              []byte
 	size                   int64 // -1 when absent or empty
 	rcptCount              int64 // recipient_count; 0 when absent
 }
@@ -71,8 +72,8 @@ func (r *request) reset() {
 		clientAddr: r.clientAddr[:0], clientPort: r.clientPort[:0],
 		serverAddr: r.serverAddr[:0], serverPort: r.serverPort[:0],
 		instance: r.instance[:0], queueID: r.queueID[:0], saslUsername: r.saslUsername[:0],
-		sender: r.sender[:0],
-		size:   -1,
+		sender: r.sender[:0], recipient: r.recipient[:0],
+		size: -1,
 	}
 }
 
@@ -185,6 +186,8 @@ func (r *request) set(name, v []byte) error {
 		r.saslUsername = append(r.saslUsername[:0], v...)
 	case "sender":
 		r.sender = append(r.sender[:0], v...)
+	case "recipient":
+		r.recipient = append(r.recipient[:0], v...)
 	case "size":
 		r.size = -1
 		if len(v) > 0 {

@@ -29,7 +29,7 @@ func TestDenyList(t *testing.T) {
 	if got := h.refusals("deny", "connect", "enforce"); got != 3 {
 		t.Fatalf("deny refusals = %v, want one per session (3)", got)
 	}
-	if !strings.Contains(h.logs.String(), `"msg":"refused","client_ip":"2001:db8:bad::1","queue_id":"","limit":"deny","stage":"connect","value":0,"cap":0,"mode":"enforce","reply":"554 5.7.1 Access denied"`) {
+	if !strings.Contains(h.logs.String(), `"msg":"refused","client_ip":"2001:db8:bad::1","queue_id":"","limit":"deny","stage":"connect","mode":"enforce","reply":"554 5.7.1 Access denied"`) {
 		t.Fatalf("no deny log line:\n%s", h.logs)
 	}
 	if a, st := p.send(newSMTP("198.51.100.1", 100), 1, 100, 0); a != "" {

@@ -13,14 +13,17 @@
 // identified server-wide by the SMTP connection's endpoints as Postfix
 // reports them: client_address, client_port, server_address, server_port
 // (Postfix 3.0 and 3.2 and later). No two open TCP connections share them.
-// A later SMTP connection that reuses all four (the client picked the same
-// source port again) is told apart by the instance attribute: Postfix's
-// smtpd writes it as pid.seconds.microseconds.seqno (hex) at each MAIL,
-// with seqno counting transactions from 0 in every SMTP session. A request
-// whose pid differs, whose seqno went down, or whose seqno is the same with
-// another instance, belongs to a new session; so does every CONNECT
-// request. Sessions live in a table bounded by MaxSessions (least recently
-// seen evicted) and forgotten after SessionIdle without a request.
+// A later SMTP connection that reuses all four is told apart as identify.go
+// explains: at its CONNECT, when its smtpd process's policy connection last
+// spoke for other endpoints (one smtpd process serves one session at a
+// time, so its previous session has ended and leaves the table), or by the
+// instance attribute (pid.seconds.microseconds.seqno, hex, at RCPT and
+// END-OF-MESSAGE; seqno counts the session's transactions from 0). A MAIL
+// that could be the session's next or a new one's first (no CONNECT
+// requests, no instance at MAIL) is answered DUNNO and decided at its
+// first RCPT. Sessions live in a table bounded by MaxSessions (the least
+// recently seen one that no open policy connection is serving is evicted)
+// and are forgotten after SessionIdle without a request.
 // A request without a usable client port (Postfix before 3.0, or an smtpd
 // not on a socket, which reports port 0) is counted per policy connection.
 //
@@ -71,12 +74,19 @@ type Store = engine.Store
 const (
 	// DefaultReadTimeout is how long a policy connection may wait for its
 	// next request. Postfix closes idle policy connections itself after
-	// smtpd_policy_service_max_idle (300s); this only reclaims connections
-	// of MTAs that vanished.
-	DefaultReadTimeout = time.Hour
+	// smtpd_policy_service_max_idle (300s), so a connection idle for longer
+	// is not a live Postfix's: this reclaims it soon after.
+	DefaultReadTimeout = 330 * time.Second
 	// DefaultMaxConnections bounds open policy connections: Postfix opens
 	// one per smtpd process (default_process_limit is 100).
 	DefaultMaxConnections = 1000
+	// DefaultMaxConnectionsPerPeer bounds the open policy connections of
+	// one peer: a TCP client address, or the user of a unix socket peer.
+	DefaultMaxConnectionsPerPeer = 500
+	// DefaultFirstRequestTimeout is how long a new policy connection may
+	// wait before its first request: Postfix connects when it has one to
+	// send.
+	DefaultFirstRequestTimeout = 10 * time.Second
 	// DefaultMaxSessions bounds the sessions kept (about 300 bytes each).
 	DefaultMaxSessions = 100_000
 	// DefaultSessionIdle is how long a session is kept without a request: a
@@ -109,25 +119,38 @@ type Config struct {
 	Allow []netip.Prefix
 	// ReadTimeout is how long a policy connection may wait for its next
 	// request (default DefaultReadTimeout).
-	ReadTimeout    time.Duration
-	MaxConnections int           // default DefaultMaxConnections
-	MaxSessions    int           // default DefaultMaxSessions
-	SessionIdle    time.Duration // default DefaultSessionIdle
+	ReadTimeout time.Duration
+	// FirstRequestTimeout is how long a new connection may wait before its
+	// first request (default DefaultFirstRequestTimeout).
+	FirstRequestTimeout time.Duration
+	// MaxConnections bounds open policy connections, MaxConnectionsPerPeer
+	// those of one peer (defaults DefaultMaxConnections and
+	// DefaultMaxConnectionsPerPeer). A connection beyond either closes the
+	// idle connection (of that peer, for the second) that has waited
+	// longest, those that never sent a request first; only when none is
+	// idle is the new one refused.
+	MaxConnections        int
+	MaxConnectionsPerPeer int
+	MaxSessions           int           // default DefaultMaxSessions
+	SessionIdle           time.Duration // default DefaultSessionIdle
 }
 
 // Server is a Postfix policy server enforcing sessioncap's limits.
 type Server struct {
-	eng         *engine.Engine
-	metrics     *Metrics
-	log         *slog.Logger
-	allow       []netip.Prefix
-	readTimeout time.Duration
-	maxConns    int
-	sessions    *table
+	eng          *engine.Engine
+	metrics      *Metrics
+	log          *slog.Logger
+	allow        []netip.Prefix
+	readTimeout  time.Duration
+	firstTimeout time.Duration
+	maxConns     int
+	maxPerPeer   int
+	sessions     *table
 
 	mu        sync.Mutex
 	listeners map[net.Listener]struct{}
 	conns     map[*conn]struct{}
+	perPeer   map[string]int // open connections by peer
 	closing   atomic.Bool
 	done      chan struct{} // closed by Shutdown and Close
 	closeOnce sync.Once
@@ -158,8 +181,10 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	s := &Server{
 		eng: eng, metrics: cfg.Metrics, log: cfg.Logger, allow: cfg.Allow,
-		readTimeout: cfg.ReadTimeout, maxConns: cfg.MaxConnections,
-		listeners: make(map[net.Listener]struct{}), conns: make(map[*conn]struct{}), done: make(chan struct{}),
+		readTimeout: cfg.ReadTimeout, firstTimeout: cfg.FirstRequestTimeout,
+		maxConns: cfg.MaxConnections, maxPerPeer: cfg.MaxConnectionsPerPeer,
+		listeners: make(map[net.Listener]struct{}), conns: make(map[*conn]struct{}), perPeer: make(map[string]int),
+		done:     make(chan struct{}),
 		protoLog: netguard.LogLimiter{Every: time.Second}, refuseLog: netguard.LogLimiter{Every: 10 * time.Second},
 		acceptLog: netguard.LogLimiter{Every: 10 * time.Second}, inputLog: netguard.LogLimiter{Every: 10 * time.Second},
 	}
@@ -175,6 +200,12 @@ func NewServer(cfg Config) (*Server, error) {
 	}
 	if s.maxConns <= 0 {
 		s.maxConns = DefaultMaxConnections
+	}
+	if s.maxPerPeer <= 0 {
+		s.maxPerPeer = DefaultMaxConnectionsPerPeer
+	}
+	if s.firstTimeout <= 0 {
+		s.firstTimeout = DefaultFirstRequestTimeout
 	}
 	maxSessions, idle := cfg.MaxSessions, cfg.SessionIdle
 	if maxSessions <= 0 {
@@ -198,9 +229,10 @@ func (s *Server) Rules() *limits.Rules { return s.eng.Rules() }
 func (s *Server) Sessions() int { return s.sessions.len() }
 
 // Serve accepts policy connections on ln until Shutdown or Close, and then
-// returns nil. Peers outside Config.Allow are closed at once, so are
-// connections beyond MaxConnections; accept errors such as EMFILE are
-// retried after a backoff.
+// returns nil. Peers outside Config.Allow are closed at once; a connection
+// beyond MaxConnections or MaxConnectionsPerPeer closes an idle one (see
+// makeRoom) or, when none is idle, is closed; accept errors such as EMFILE
+// are retried after a backoff.
 func (s *Server) Serve(ln net.Listener) error {
 	s.mu.Lock()
 	if s.closing.Load() {
@@ -246,20 +278,72 @@ func (s *Server) Serve(ln net.Listener) error {
 		}
 		c := newConn(s, nc)
 		s.mu.Lock()
-		if s.closing.Load() || len(s.conns) >= s.maxConns {
+		if s.closing.Load() {
 			s.mu.Unlock()
-			if s.closing.Load() {
-				_ = nc.Close()
-				return nil
-			}
-			s.refuseConn(nc, refusedLimit, "refused policy connection: too many open")
+			_ = nc.Close()
+			return nil
+		}
+		if reason := s.makeRoom(c.peer); reason != "" {
+			s.mu.Unlock()
+			s.refuseConn(nc, reason, "refused policy connection: too many open, none idle")
 			continue
 		}
 		s.conns[c] = struct{}{}
+		s.perPeer[c.peer]++
+		s.metrics.conns.Set(float64(len(s.conns)))
 		s.wg.Add(1)
 		s.mu.Unlock()
 		go c.serve()
 	}
+}
+
+// makeRoom makes room for a new connection of peer: beyond
+// MaxConnectionsPerPeer it closes that peer's idle connection that waited
+// longest, beyond MaxConnections anyone's, those that never sent a request
+// first (Postfix connects when it has a request to send, and opens a new
+// connection when it finds its idle one closed). It returns the reason to
+// refuse the new connection when there is no idle one to close. The caller
+// holds s.mu.
+func (s *Server) makeRoom(peer string) (refuse string) {
+	if s.perPeer[peer] >= s.maxPerPeer {
+		if !s.evictIdle(peer) {
+			return refusedPeerLimit
+		}
+	} else if len(s.conns) >= s.maxConns {
+		if !s.evictIdle("") {
+			return refusedLimit
+		}
+	}
+	return ""
+}
+
+// evictIdle closes the idle connection (of peer, unless "") that waited
+// longest, preferring those that never sent a request; it reports whether
+// there was one. The connection leaves s.conns when its goroutine ends.
+func (s *Server) evictIdle(peer string) bool {
+	var victim *conn
+	var vServed bool
+	var vSince time.Time
+	for c := range s.conns {
+		if peer != "" && c.peer != peer {
+			continue
+		}
+		idle, served, since := c.idleState()
+		if !idle {
+			continue
+		}
+		if victim == nil || (!served && vServed) || (served == vServed && since.Before(vSince)) {
+			victim, vServed, vSince = c, served, since
+		}
+	}
+	if victim == nil {
+		return false
+	}
+	if !victim.evict() {
+		return false
+	}
+	s.metrics.connEvictions.Inc()
+	return true
 }
 
 func (s *Server) refuseConn(nc net.Conn, reason, msg string) {
@@ -328,10 +412,16 @@ type conn struct {
 	out    []byte // the reply, built in place and written at once
 	remote string
 
-	mu   sync.Mutex // guards idle against Shutdown
-	idle bool       // waiting for the first line of a request
+	peer string // what MaxConnectionsPerPeer counts by
+
+	mu        sync.Mutex // guards the fields below against Shutdown and evictIdle
+	idle      bool       // waiting for the first line of a request
+	evicted   bool       // closed to make room for another
+	idleSince time.Time  // when it began to wait
+	served    bool       // a request was answered
 
 	fallback *session // for requests without a usable client port
+	cur      *session // the session of the last request (guarded by the table's lock)
 
 	clientAddr, serverAddr addrCache
 }
@@ -341,7 +431,35 @@ func newConn(s *Server, nc net.Conn) *conn {
 	if a := nc.RemoteAddr(); a != nil && a.String() != "" && a.String() != "@" {
 		remote = a.String()
 	}
-	return &conn{srv: s, nc: nc, br: bufio.NewReaderSize(nc, maxLine), out: make([]byte, 0, 256), remote: remote}
+	var peer string
+	if a, ok := nc.RemoteAddr().(*net.TCPAddr); ok {
+		peer = a.AddrPort().Addr().Unmap().String()
+	} else {
+		peer = unixPeer(nc)
+	}
+	return &conn{srv: s, nc: nc, br: bufio.NewReaderSize(nc, maxLine), out: make([]byte, 0, 256), remote: remote, peer: peer,
+		idle: true, idleSince: time.Now()}
+}
+
+// idleState reports whether c waits for a request (and is not being
+// closed), whether it answered one, and since when it waits.
+func (c *conn) idleState() (idle, served bool, since time.Time) {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	return c.idle && !c.evicted, c.served, c.idleSince
+}
+
+// evict ends c's wait for a request to make room for another connection;
+// false when c is no longer idle.
+func (c *conn) evict() bool {
+	c.mu.Lock()
+	defer c.mu.Unlock()
+	if !c.idle || c.evicted {
+		return false
+	}
+	c.evicted = true
+	_ = c.nc.SetReadDeadline(time.Now())
+	return true
 }
 
 // serve answers requests until the peer hangs up, breaks the protocol, or
@@ -349,8 +467,13 @@ func newConn(s *Server, nc net.Conn) *conn {
 func (c *conn) serve() {
 	defer func() {
 		_ = c.nc.Close()
+		c.release()
 		c.srv.mu.Lock()
 		delete(c.srv.conns, c)
+		if c.srv.perPeer[c.peer]--; c.srv.perPeer[c.peer] <= 0 {
+			delete(c.srv.perPeer, c.peer)
+		}
+		c.srv.metrics.conns.Set(float64(len(c.srv.conns)))
 		c.srv.mu.Unlock()
 		c.srv.wg.Done()
 	}()
@@ -367,6 +490,9 @@ func (c *conn) serve() {
 		if err := c.reply(r); err != nil {
 			return
 		}
+		c.mu.Lock()
+		c.served = true
+		c.mu.Unlock()
 	}
 }
 
@@ -375,11 +501,16 @@ func (c *conn) serve() {
 func (c *conn) waitIdle() bool {
 	c.mu.Lock()
 	defer c.mu.Unlock()
-	if c.srv.closing.Load() && c.br.Buffered() == 0 {
+	if c.evicted || c.srv.closing.Load() && c.br.Buffered() == 0 {
 		return false
 	}
+	now := time.Now()
+	timeout := c.srv.firstTimeout // from the accept (idleSince)
+	if c.served {
+		timeout, c.idleSince = c.srv.readTimeout, now
+	}
 	c.idle = true
-	_ = c.nc.SetReadDeadline(time.Now().Add(c.srv.readTimeout))
+	_ = c.nc.SetReadDeadline(c.idleSince.Add(timeout))
 	return true
 }
 
@@ -409,7 +540,10 @@ func (c *conn) readFailed(err error) {
 		return
 	case errors.As(err, &pe):
 	case errors.Is(err, errIdle):
-		if c.srv.closing.Load() {
+		c.mu.Lock()
+		evicted := c.evicted
+		c.mu.Unlock()
+		if c.srv.closing.Load() || evicted {
 			return
 		}
 		pe = &protocolError{reasonReadTimeout}

@@ -31,6 +31,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	flood := fs.Int("flood", 5_000_000, "distinct prefixes of the flood (0: no flood)")
 	maxTracked := fs.Int("max-tracked", counters.DefaultMaxTracked, "the store's bound during the flood")
 	bans := fs.Int("bans", counters.DefaultMaxBans, "prefixes banned to measure the bytes a ban costs (0: skip)")
+	quotaKeys := fs.Int("quota-keys", 1_000_000, "quota windows ([[rate]], sender keys) counted to measure the bytes each costs (0: skip)")
 	if err := fs.Parse(args); err != nil {
 		return 2
 	}
@@ -75,6 +76,31 @@ func run(args []string, stdout, stderr io.Writer) int {
 		}
 		fmt.Fprintf(stdout, "\n| bans (IPv4 /32, no window) | heap in use / ban |\n|---|---|\n| %d | %.1f B |\n",
 			*bans, float64(after.HeapInuse-before.HeapInuse)/float64(*bans))
+		runtime.KeepAlive(m)
+	}
+	if *quotaKeys > 0 {
+		// A sender quota's keys as the session core makes them
+		// (limits.QuotaStoreKey): 50 bytes of key text each.
+		before := heap()
+		m := counters.NewMemory(counters.MemoryOptions{MaxTracked: *quotaKeys})
+		ops := make([]limits.QuotaOp, 1)
+		t0 := time.Now()
+		for i := 0; i < *quotaKeys; i++ {
+			ops[0] = limits.QuotaOp{Key: limits.QuotaStoreKey("sender-hourly", limits.QuotaSender, fmt.Sprintf("user%07d@example.com", i)), Window: time.Hour, Limit: 200, Add: 1}
+			if _, err := m.Quota(context.Background(), ops); err != nil {
+				fmt.Fprintln(stderr, err)
+				return 1
+			}
+		}
+		took := time.Since(t0)
+		after := heap()
+		if n := m.QuotaTracked(); n != *quotaKeys {
+			fmt.Fprintf(stderr, "quota windows %d, want %d\n", n, *quotaKeys)
+			return 1
+		}
+		key := len(limits.QuotaStoreKey("sender-hourly", limits.QuotaSender, "user0000000@example.com"))
+		fmt.Fprintf(stdout, "\n| quota windows (%d-byte keys) | heap in use / key | ns / Quota |\n|---|---|---|\n| %d | %.1f B | %.0f |\n",
+			key, *quotaKeys, float64(after.HeapInuse-before.HeapInuse)/float64(*quotaKeys), float64(took.Nanoseconds())/float64(*quotaKeys))
 		runtime.KeepAlive(m)
 	}
 	if *flood <= 0 {

@@ -86,7 +86,7 @@ func (b adminBackend) Status(ctx context.Context) (admin.Status, error) {
 	return admin.Status{
 		Version:        version,
 		Mode:           string(b.d.srv.Rules().Mode),
-		StoreBackend:   cfg.Store.Backend,
+		StoreBackend:   b.d.boot.Store.Backend, // [store] changes wait for a restart
 		StoreUp:        b.d.storeUp(),
 		SessionsActive: b.d.srv.OpenSessions(),
 		Bans:           st.Banned,

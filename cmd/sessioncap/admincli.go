@@ -3,7 +3,6 @@ package main
 import (
 	"context"
 	"encoding/json"
-	"errors"
 	"flag"
 	"fmt"
 	"io"
@@ -14,6 +13,7 @@ import (
 
 	"github.com/sessioncap/sessioncap/admin"
 	"github.com/sessioncap/sessioncap/counters"
+	"github.com/sessioncap/sessioncap/internal/duration"
 	"github.com/sessioncap/sessioncap/limits"
 )
 
@@ -33,46 +33,71 @@ Options (before or after the address):
   -admin SPEC        the daemon's admin socket: unix:/PATH or inet:HOST:PORT
                      (default ` + admin.DefaultListen + `)
   -token-file FILE   file holding the bearer token (needed over inet)
-  -json              print the daemon's JSON answer (bans, status)
-  -for DURATION      length of a manual ban: 90m, 6h, 168h (at most 8760h)
+  -json              print the daemon's JSON answer: bans prints what GET
+                     /v1/bans returns, {"now": TIME, "bans": [BAN...]};
+                     status what GET /v1/status returns
+  -for DURATION      length of a manual ban: 90m, 6h, 7d, 2w (at most 365d)
   -reason TEXT       free text recorded with a manual ban (its origin is "manual")
 
 Exit status: 0 done, 1 the daemon is unreachable or refused, ` + fmt.Sprint(exitConfig) + ` usage error.
 `
 
+// adminArgs are the flags of an admin command; nil where the command has
+// no such flag.
+type adminArgs struct {
+	spec, tokenFile *string
+	asJSON          *bool
+	banFor          *durationFlag
+	reason          *string
+	positional      int // how many arguments besides the flags
+}
+
+func adminFlags(name string) (*flag.FlagSet, adminArgs) {
+	fs := flag.NewFlagSet("sessioncap "+name, flag.ContinueOnError)
+	a := adminArgs{
+		spec:      fs.String("admin", admin.DefaultListen, ""),
+		tokenFile: fs.String("token-file", "", ""),
+	}
+	switch name {
+	case "bans", "status":
+		a.asJSON = fs.Bool("json", false, "")
+	case "unban":
+		a.positional = 1
+	case "ban":
+		a.positional = 1
+		a.banFor = new(durationFlag)
+		fs.Var(a.banFor, "for", "")
+		a.reason = fs.String("reason", "", "")
+	}
+	return fs, a
+}
+
+// durationFlag is a flag that reads durations as the configuration does:
+// "90m", "6h", "7d", "2w".
+type durationFlag time.Duration
+
+func (d *durationFlag) String() string { return duration.Format(time.Duration(*d)) }
+
+func (d *durationFlag) Set(s string) error {
+	v, err := duration.Parse(s)
+	if err != nil {
+		return err
+	}
+	*d = durationFlag(v)
+	return nil
+}
+
 // adminCommand runs one of the commands that drive a running daemon
 // through its admin API, in the manner of fail2ban-client.
 func adminCommand(name string, args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sessioncap "+name, flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, adminUsageText) }
-	spec := fs.String("admin", admin.DefaultListen, "")
-	tokenFile := fs.String("token-file", "", "")
-	var asJSON *bool
-	var banFor *time.Duration
-	var reason *string
-	want := 0 // positional arguments
-	switch name {
-	case "bans", "status":
-		asJSON = fs.Bool("json", false, "")
-	case "unban":
-		want = 1
-	case "ban":
-		want = 1
-		banFor = fs.Duration("for", 0, "")
-		reason = fs.String("reason", "", "")
+	fs, a := adminFlags(name)
+	spec, tokenFile := a.spec, a.tokenFile
+	var pos []string
+	if code, ok := parseFlags(fs, func() (err error) { pos, err = parseInterspersed(fs, args); return err }, adminUsageText, stdout, stderr); !ok {
+		return code
 	}
-	pos, err := parseInterspersed(fs, args)
-	if err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
-	}
-	usage := func(format string, a ...any) int {
-		fmt.Fprintf(stderr, "sessioncap %s: %s\n\n%s", name, fmt.Sprintf(format, a...), adminUsageText)
-		return exitConfig
-	}
+	usage := func(format string, args ...any) int { return usageError(stderr, fs.Name(), format, args...) }
+	want := a.positional
 	switch {
 	case len(pos) > want:
 		return usage("unexpected argument %q", pos[want])
@@ -83,16 +108,19 @@ func adminCommand(name string, args []string, stdout, stderr io.Writer) int {
 		return usage("-admin: %v", err)
 	}
 	var target string
+	var err error
 	if want == 1 {
 		if target, err = admin.ParseTarget(pos[0]); err != nil {
 			return usage("%s", invalidText(err))
 		}
 	}
+	var banFor time.Duration
 	if name == "ban" {
-		if *banFor == 0 {
+		banFor = time.Duration(*a.banFor)
+		if banFor == 0 {
 			return usage("want -for DURATION, the length of the ban")
 		}
-		if err := admin.CheckBanDuration(*banFor); err != nil {
+		if err := admin.CheckBanDuration(banFor); err != nil {
 			return usage("-for: %s", invalidText(err))
 		}
 	}
@@ -101,17 +129,17 @@ func adminCommand(name string, args []string, stdout, stderr io.Writer) int {
 	ctx := context.Background()
 	switch name {
 	case "bans":
-		err = printBans(ctx, c, *asJSON, stdout)
+		err = printBans(ctx, c, *a.asJSON, stdout)
 	case "unban":
 		err = unban(ctx, c, target, stdout)
 	case "ban":
-		err = ban(ctx, c, target, *banFor, *reason, stdout)
+		err = ban(ctx, c, target, banFor, *a.reason, stdout)
 	case "reload":
 		if err = c.Reload(ctx); err == nil {
 			fmt.Fprintln(stdout, "configuration reloaded")
 		}
 	case "status":
-		err = printStatus(ctx, c, *asJSON, stdout)
+		err = printStatus(ctx, c, *a.asJSON, stdout)
 	}
 	if err != nil {
 		fmt.Fprintf(stderr, "sessioncap %s: %s\n", name, invalidText(err))
@@ -158,10 +186,11 @@ func printBans(ctx context.Context, c *admin.Client, asJSON bool, w io.Writer) e
 		return strings.Compare(a.Key, b.Key)
 	})
 	if asJSON {
-		if bans == nil {
-			bans = []counters.Ban{}
+		// The shape of GET /v1/bans: {"now": ..., "bans": [...]}.
+		if resp.Bans == nil {
+			resp.Bans = []counters.Ban{}
 		}
-		out, err := json.MarshalIndent(bans, "", "  ")
+		out, err := json.MarshalIndent(resp, "", "  ")
 		if err != nil {
 			return err
 		}
@@ -212,7 +241,7 @@ func ban(ctx context.Context, c *admin.Client, target string, d time.Duration, r
 	if err != nil {
 		return err
 	}
-	fmt.Fprintf(w, "banned %s until %s (%s), origin %s", b.Key, stamp(b.Until), d, orDash(b.Origin))
+	fmt.Fprintf(w, "banned %s until %s (%s), origin %s", b.Key, stamp(b.Until), duration.Format(d), orDash(b.Origin))
 	if b.Reason != "" {
 		fmt.Fprintf(w, ": %s", b.Reason)
 	}

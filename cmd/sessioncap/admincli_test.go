@@ -133,22 +133,32 @@ func TestCLIBans(t *testing.T) {
 		}
 	}
 
+	// -json prints what GET /v1/bans answers: {"now", "bans"}, the bans
+	// sorted as in the table.
 	code, out, _ = runCLI("bans", "-json", "-admin", sock)
-	var got []counters.Ban
-	if err := json.Unmarshal([]byte(out), &got); code != exitOK || err != nil {
+	var fields map[string]json.RawMessage
+	if err := json.Unmarshal([]byte(out), &fields); code != exitOK || err != nil {
 		t.Fatalf("exit %d, %v:\n%s", code, err, out)
 	}
+	if len(fields) != 2 || fields["now"] == nil || fields["bans"] == nil {
+		t.Errorf("-json: want exactly the keys now and bans of /v1/bans:\n%s", out)
+	}
+	var got admin.BansResponse
+	if err := json.Unmarshal([]byte(out), &got); err != nil {
+		t.Fatal(err)
+	}
 	want := []counters.Ban{b.bans[1], b.bans[2], b.bans[0]}
-	if !reflect.DeepEqual(got, want) {
-		t.Errorf("-json: got %+v\nwant %+v", got, want)
+	if !reflect.DeepEqual(got.Bans, want) || got.Now.IsZero() {
+		t.Errorf("-json: got %+v\nwant now and %+v", got, want)
 	}
 
 	b.bans = nil
 	if code, out, _ := runCLI("bans", "-admin", sock); code != exitOK || out != "no bans in force\n" {
 		t.Errorf("no bans: exit %d, %q", code, out)
 	}
-	if code, out, _ := runCLI("bans", "-admin", sock, "-json"); code != exitOK || out != "[]\n" {
-		t.Errorf("no bans, -json: exit %d, %q", code, out)
+	code, out, _ = runCLI("bans", "-admin", sock, "-json")
+	if err := json.Unmarshal([]byte(out), &fields); code != exitOK || err != nil || string(fields["bans"]) != "[]" {
+		t.Errorf("no bans, -json: exit %d, %q (want \"bans\": [])", code, out)
 	}
 }
 
@@ -166,13 +176,21 @@ func TestCLIUnbanAndBan(t *testing.T) {
 		t.Errorf("unban of nothing: exit %d, %q", code, out)
 	}
 	code, out, errOut = runCLI("ban", "-admin", sock, "::ffff:192.0.2.1", "-for", "6h", "-reason", "spam run")
-	if code != exitOK || out != "banned freq:192.0.2.0/24 until 2026-12-01T16:00:00Z (6h0m0s), origin manual: spam run\n" {
+	if code != exitOK || out != "banned freq:192.0.2.0/24 until 2026-12-01T16:00:00Z (6h), origin manual: spam run\n" {
 		t.Errorf("ban: exit %d, %q %q", code, out, errOut)
 	}
 	if code, _, errOut := runCLI("ban", "192.0.2.0/24", "-admin="+sock, "-for=90m", "--"); code != exitOK {
 		t.Errorf("ban with -flag=value: exit %d: %s", code, errOut)
 	}
-	want := []string{"unban 192.0.2.7", "unban 203.0.113.9", "ban 192.0.2.1 6h0m0s spam run", "ban 192.0.2.0/24 1h30m0s "}
+	// Days and weeks, as Prometheus writes them.
+	if code, out, errOut := runCLI("ban", "192.0.2.9", "-for", "7d", "-admin", sock); code != exitOK || !strings.Contains(out, "(1w)") {
+		t.Errorf("ban -for 7d: exit %d, %q %q", code, out, errOut)
+	}
+	if code, _, errOut := runCLI("ban", "192.0.2.9", "-for", "1w1d", "-admin", sock); code != exitOK {
+		t.Errorf("ban -for 1w1d: exit %d: %s", code, errOut)
+	}
+	want := []string{"unban 192.0.2.7", "unban 203.0.113.9", "ban 192.0.2.1 6h0m0s spam run", "ban 192.0.2.0/24 1h30m0s ",
+		"ban 192.0.2.9 168h0m0s ", "ban 192.0.2.9 192h0m0s "}
 	if got := b.Calls(); !reflect.DeepEqual(got, want) {
 		t.Errorf("backend got %q, want %q", got, want)
 	}
@@ -262,7 +280,8 @@ func TestCLIUsageErrors(t *testing.T) {
 		{[]string{"unban", "mx.example.com"}, `"mx.example.com" is not an address or a prefix`},
 		{[]string{"unban", "192.0.2.1/24"}, "did you mean 192.0.2.0/24?"},
 		{[]string{"ban", "192.0.2.1"}, "want -for DURATION"},
-		{[]string{"ban", "192.0.2.1", "-for", "7d"}, `invalid value "7d" for flag -for`},
+		{[]string{"ban", "192.0.2.1", "-for", "7x"}, `invalid value "7x" for flag -for: invalid duration "7x"`},
+		{[]string{"ban", "192.0.2.1", "-for", "1.5d"}, `invalid value "1.5d" for flag -for`},
 		{[]string{"ban", "192.0.2.1", "-for", "-1h"}, "want more than 0"},
 		{[]string{"ban", "192.0.2.1", "-for", "9000h"}, "at most 8760h"},
 		{[]string{"bans", "extra"}, `unexpected argument "extra"`},
@@ -276,15 +295,24 @@ func TestCLIUsageErrors(t *testing.T) {
 			args = append(args, "-admin", sock)
 		}
 		code, out, errOut := runCLI(args...)
-		if code != exitConfig || out != "" || !strings.Contains(errOut, tc.want) || !strings.Contains(errOut, "Usage:") {
-			t.Errorf("%q: exit %d (want %d), stdout %q, stderr %q; want %q and the usage", tc.args, code, exitConfig, out, errOut, tc.want)
+		// One line that says what is wrong and where the usage is, not
+		// the usage itself.
+		if code != exitConfig || out != "" || !strings.Contains(errOut, tc.want) || strings.Count(errOut, "\n") != 1 ||
+			!strings.Contains(errOut, "-h") || strings.Contains(errOut, "Usage:") {
+			t.Errorf("%q: exit %d (want %d), stdout %q, stderr %q; want one line with %q", tc.args, code, exitConfig, out, errOut, tc.want)
 		}
 	}
 	if got := b.Calls(); len(got) != 0 {
 		t.Errorf("bad usage reached the daemon: %q", got)
 	}
-	if code, _, errOut := runCLI("bans", "-h"); code != exitOK || !strings.Contains(errOut, "sessioncap unban ADDRESS|PREFIX") {
-		t.Errorf("-h: exit %d, %q", code, errOut)
+	// Asked for, the usage goes to stdout.
+	if code, out, _ := runCLI("bans", "-h"); code != exitOK || !strings.Contains(out, "sessioncap unban ADDRESS|PREFIX") {
+		t.Errorf("-h: exit %d, %q", code, out)
+	}
+	for _, args := range [][]string{{"-no-such-flag"}, {"-config"}, {"check-config", "-bogus"}, {"surplus"}} {
+		if code, out, errOut := runCLI(args...); code != exitConfig || out != "" || strings.Count(errOut, "\n") != 1 || strings.Contains(errOut, "Usage:") {
+			t.Errorf("%q: exit %d, stdout %q, stderr %q; want exit %d and one line", args, code, out, errOut, exitConfig)
+		}
 	}
 	if code, out, _ := runCLI("help"); code != exitOK || !strings.Contains(out, "sessioncap ban ADDRESS|PREFIX -for DURATION") {
 		t.Errorf("help does not list the admin commands:\n%s", out)

@@ -66,8 +66,8 @@ func TestCheckConfigCommand(t *testing.T) {
 	if code := run([]string{"check-config", "-config", "../../testdata/config/bad-values.toml"}, &out, &errOut); code != 78 {
 		t.Fatalf("exit %d, want 78 (EX_CONFIG)", code)
 	}
-	if n := strings.Count(errOut.String(), "bad-values.toml:"); n != 8 {
-		t.Errorf("%d errors reported, want 8:\n%s", n, errOut.String())
+	if n := strings.Count(errOut.String(), "bad-values.toml:"); n != 9 {
+		t.Errorf("%d errors reported, want 9 (both bad networks of one list):\n%s", n, errOut.String())
 	}
 	out.Reset()
 	if code := run([]string{"version"}, &out, &errOut); code != 0 || !strings.HasPrefix(out.String(), "sessioncap dev (go") {

@@ -54,7 +54,12 @@ const stateSaveInterval = time.Minute
 type daemon struct {
 	reloadMu sync.Mutex // one reload at a time (signal and admin)
 	opts     daemonOptions
-	cfg      *config.Config
+	// boot is the configuration the daemon started with: the settings a
+	// reload does not change (listeners, [store], the state file) are read
+	// from it, never from cfg. It is never written after start, so the
+	// state saver and the metrics read it without a lock.
+	boot     *config.Config
+	cfg      *config.Config // the configuration loaded last; written under reloadMu
 	log      *slog.Logger
 	level    *slog.LevelVar
 	local    *counters.Memory // the in-memory store (the fallback with Redis)
@@ -91,7 +96,7 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 	reg := prometheus.NewRegistry()
 	reg.MustRegister(collectors.NewGoCollector(), collectors.NewProcessCollector(collectors.ProcessCollectorOpts{}))
 	host, _ := os.Hostname()
-	d := &daemon{opts: opts, cfg: cfg, log: log, level: level, loadedAt: time.Now(),
+	d := &daemon{opts: opts, boot: cfg, cfg: cfg, log: log, level: level, loadedAt: time.Now(),
 		local: counters.NewMemory(counters.MemoryOptions{MaxTracked: cfg.MaxTracked, MaxBans: cfg.MaxBans, Host: host})}
 	d.store = d.local
 	if p := d.stateFile(); p != "" {
@@ -102,6 +107,14 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 			log.Info("no state file yet; it is written at shutdown and every minute", "state_file", p)
 		} else {
 			log.Info("state loaded", "state_file", p, "windows", windows, "bans", bans)
+		}
+	} else if cfg.Store.Backend == "memory" { // with Redis, bans and windows live there
+		if cfg.Store.StateFile == config.StateFileAuto {
+			// Run by hand, not by the unit: say what "auto" means here.
+			log.Warn("no state file: bans and windows are lost on restart", "state_file", cfg.Store.StateFile,
+				"reason", "STATE_DIRECTORY is not set (systemd's StateDirectory= sets it); set store.state_file to a path to keep them")
+		} else {
+			log.Info("no state file: bans and windows are lost on restart", "state_file", "", "reason", "store.state_file is off")
 		}
 	}
 	if err := d.openStore(reg, host); err != nil {
@@ -133,6 +146,8 @@ func runDaemon(ctx context.Context, cfg *config.Config, opts daemonOptions, sigs
 			Logger:      log,
 			Allow:       cfg.PolicyAllow,
 			ReadTimeout: cfg.PolicyReadTimeout,
+			MaxSessions: cfg.PolicyMaxSessions,
+			SessionIdle: cfg.PolicySessionIdle,
 		})
 	}
 	if err != nil {
@@ -288,7 +303,9 @@ func newLogger(format string, level *slog.LevelVar, w io.Writer) *slog.Logger {
 }
 
 // reload re-reads the configuration file. A bad file keeps the running
-// configuration and is returned; settings that need a restart are reported.
+// configuration and is returned; settings that need a restart are reported,
+// against what runs (the configuration the daemon started with), and keep
+// their running values until then.
 func (d *daemon) reload() error {
 	d.reloadMu.Lock()
 	defer d.reloadMu.Unlock()
@@ -303,17 +320,21 @@ func (d *daemon) reload() error {
 	}
 	d.level.Set(cfg.LogLevel)
 	d.local.SetBounds(cfg.MaxTracked, cfg.MaxBans)
+	run := d.boot
 	for _, c := range []struct{ key, old, new string }{
-		{"listen", d.cfg.Listen, cfg.Listen},
-		{"milter.allow", fmt.Sprint(d.cfg.MilterAllow), fmt.Sprint(cfg.MilterAllow)},
-		{"milter.read_timeout", d.cfg.ReadTimeout.String(), cfg.ReadTimeout.String()},
-		{"metrics.listen", d.cfg.MetricsListen, cfg.MetricsListen},
-		{"policy.listen", d.cfg.PolicyListen, cfg.PolicyListen},
-		{"policy.allow", fmt.Sprint(d.cfg.PolicyAllow), fmt.Sprint(cfg.PolicyAllow)},
-		{"policy.read_timeout", d.cfg.PolicyReadTimeout.String(), cfg.PolicyReadTimeout.String()},
-		{"log.format", d.cfg.LogFormat, cfg.LogFormat},
-		{"admin.listen", d.cfg.AdminListen, cfg.AdminListen},
-		{"store", fmt.Sprintf("%+v", d.cfg.Store), fmt.Sprintf("%+v", cfg.Store)},
+		{"listen", run.Listen, cfg.Listen},
+		{"milter.allow", fmt.Sprint(run.MilterAllow), fmt.Sprint(cfg.MilterAllow)},
+		{"milter.read_timeout", run.ReadTimeout.String(), cfg.ReadTimeout.String()},
+		{"metrics.listen", run.MetricsListen, cfg.MetricsListen},
+		{"policy.listen", run.PolicyListen, cfg.PolicyListen},
+		{"policy.allow", fmt.Sprint(run.PolicyAllow), fmt.Sprint(cfg.PolicyAllow)},
+		{"policy.read_timeout", run.PolicyReadTimeout.String(), cfg.PolicyReadTimeout.String()},
+		{"policy.max_sessions", fmt.Sprint(run.PolicyMaxSessions), fmt.Sprint(cfg.PolicyMaxSessions)},
+		{"policy.session_idle", run.PolicySessionIdle.String(), cfg.PolicySessionIdle.String()},
+		{"log.format", run.LogFormat, cfg.LogFormat},
+		{"admin.listen", run.AdminListen, cfg.AdminListen},
+		{"admin.token_file", run.AdminToken, cfg.AdminToken},
+		{"store", fmt.Sprintf("%+v", run.Store), fmt.Sprintf("%+v", cfg.Store)},
 	} {
 		if c.old != c.new {
 			d.log.Warn("setting changed; it takes effect at the next restart", "key", c.key, "running", c.old, "file", c.new)
@@ -332,7 +353,7 @@ func (d *daemon) reload() error {
 // directory does not exist (a plain "go run" as a user); a socket the admin
 // configured must open.
 func (d *daemon) startAdmin() (*http.Server, string, error) {
-	spec := d.cfg.AdminListen
+	spec := d.boot.AdminListen
 	if spec == "" {
 		return nil, "", nil
 	}
@@ -342,7 +363,7 @@ func (d *daemon) startAdmin() (*http.Server, string, error) {
 			return nil, "", nil
 		}
 	}
-	ln, err := admin.Listen(spec, d.cfg.AdminToken, "sessioncap")
+	ln, err := admin.Listen(spec, d.boot.AdminToken, "sessioncap")
 	if err != nil {
 		return nil, "", err
 	}
@@ -370,7 +391,7 @@ func (d *daemon) storeUp() bool {
 // stateFile resolves store.state_file: "auto" is $STATE_DIRECTORY/state
 // under systemd and none otherwise.
 func (d *daemon) stateFile() string {
-	p := d.cfg.Store.StateFile
+	p := d.boot.Store.StateFile
 	if p != config.StateFileAuto {
 		return p
 	}
@@ -415,7 +436,7 @@ func (d *daemon) saveState() {
 	if p == "" {
 		return
 	}
-	if err := d.local.WriteStateFile(p, d.srv.Rules().LongestWindow()); err != nil {
+	if err := d.local.WriteStateFile(p, d.eng.Rules().KeyWindows()); err != nil {
 		d.log.Error("cannot write the state file", "state_file", p, "err", err)
 	}
 }
@@ -456,7 +477,7 @@ func (storeCollector) Describe(ch chan<- *prometheus.Desc) {
 }
 
 func (c storeCollector) Collect(ch chan<- prometheus.Metric) {
-	ctx, cancel := context.WithTimeout(context.Background(), c.d.cfg.Store.Timeout)
+	ctx, cancel := context.WithTimeout(context.Background(), c.d.boot.Store.Timeout)
 	defer cancel()
 	st, err := c.d.store.Stats(ctx)
 	if err != nil {

@@ -17,6 +17,7 @@ import (
 	"time"
 
 	gomilter "github.com/d--j/go-milter"
+	"github.com/sessioncap/sessioncap/internal/testkit"
 )
 
 var binary string // built once by TestMain
@@ -373,10 +374,17 @@ func TestDaemonUnixSocket(t *testing.T) {
 	writeFile(t, cfg, "")
 	cmd := exec.Command(binary, "-config", cfg, "-listen", "unix:"+sock, "-metrics-listen", "")
 	cmd.Env = environ("HOME=" + dir)
+	var logs testkit.SyncBuffer
+	cmd.Stderr = &logs
 	if err := cmd.Start(); err != nil {
 		t.Fatal(err)
 	}
 	defer cmd.Process.Kill()
+	defer func() {
+		if t.Failed() {
+			t.Logf("daemon log:\n%s", logs.String())
+		}
+	}()
 	deadline := time.Now().Add(10 * time.Second)
 	for {
 		if fi, err := os.Stat(sock); err == nil {

@@ -10,6 +10,7 @@ import (
 	"testing"
 	"time"
 
+	"github.com/sessioncap/sessioncap/admin"
 	"github.com/sessioncap/sessioncap/counters"
 	"github.com/sessioncap/sessioncap/internal/redistest"
 )
@@ -73,11 +74,11 @@ func bansJSON(t *testing.T, d *daemonProc) []counters.Ban {
 	if err != nil {
 		t.Fatalf("bans -json: %v\n%s", err, out)
 	}
-	var bans []counters.Ban
-	if err := json.Unmarshal(out, &bans); err != nil {
+	var resp admin.BansResponse // the shape of GET /v1/bans
+	if err := json.Unmarshal(out, &resp); err != nil {
 		t.Fatalf("bans -json: %v\n%s", err, out)
 	}
-	return bans
+	return resp.Bans
 }
 
 // Two daemons on a three-primary Redis Cluster share their windows and

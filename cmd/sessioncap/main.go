@@ -13,6 +13,7 @@ import (
 	"os"
 	"os/signal"
 	"runtime"
+	"strings"
 	"syscall"
 
 	"github.com/sessioncap/sessioncap/admin"
@@ -41,6 +42,7 @@ var usageText = `Usage:
   sessioncap bans [-json] | status [-json] | reload
   sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
   sessioncap unban ADDRESS|PREFIX
+  sessioncap quota show|reset [-json] KEYKIND VALUE
 
 sessioncap is a milter that caps SMTP sessions for Postfix and Sendmail:
 messages, bytes and recipients per connection, connections per address per
@@ -60,7 +62,7 @@ Options:
   -metrics-listen HOST:PORT  Prometheus /metrics address; "" disables
                              (default ` + config.DefaultMetricsListen + `)
 
-Admin commands (bans, ban, unban, reload, status) talk to the running daemon
+Admin commands (bans, ban, unban, reload, status, quota) talk to the running daemon
 over its admin socket; each takes -admin SPEC (default
 ` + admin.DefaultListen + `) and -token-file FILE.
 "sessioncap bans -h" tells more.
@@ -72,7 +74,13 @@ Signals:
 
 Exit status: 0 on success, 1 on a runtime error, 78 (EX_CONFIG) on a
 configuration or usage error.
+
+More in the man pages sessioncap(8) and sessioncap.toml(5).
 `
+
+// commands are the CLI's commands (its first argument); without one it runs
+// the daemon.
+var commands = []string{"check-config", "version", "bans", "ban", "unban", "reload", "status", "quota", "help"}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
@@ -84,31 +92,24 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return exitOK
 		case "bans", "ban", "unban", "reload", "status":
 			return adminCommand(args[0], args[1:], stdout, stderr)
+		case "quota":
+			return quotaCommand(args[1:], stdout, stderr)
 		case "help":
 			fmt.Fprint(stdout, usageText)
 			return exitOK
 		}
 	}
-	fs := flag.NewFlagSet("sessioncap", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	fs.Usage = func() { fmt.Fprint(stderr, usageText) }
-	configPath := fs.String("config", "", "")
-	listen := fs.String("listen", "", "")
-	metricsListen := fs.String("metrics-listen", "", "")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
+	fs, f := daemonFlags()
+	if code, ok := parseFlags(fs, func() error { return fs.Parse(args) }, usageText, stdout, stderr); !ok {
+		return code
 	}
 	if fs.NArg() > 0 {
-		fmt.Fprintf(stderr, "sessioncap: unexpected argument %q\n\n%s", fs.Arg(0), usageText)
-		return exitConfig
+		return usageError(stderr, "sessioncap", "unexpected argument %q", fs.Arg(0))
 	}
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	path, required := *configPath, true
+	path, required := *f.configPath, true
 	if path == "" {
 		path, required = config.DefaultPath, false
 	}
@@ -119,10 +120,10 @@ func run(args []string, stdout, stderr io.Writer) int {
 	}
 	opts := daemonOptions{configPath: path, configRequired: required}
 	if set["listen"] {
-		opts.listen = listen
+		opts.listen = f.listen
 	}
 	if set["metrics-listen"] {
-		opts.metricsListen = metricsListen
+		opts.metricsListen = f.metricsListen
 	}
 	sigs := make(chan os.Signal, 4)
 	signal.Notify(sigs, syscall.SIGHUP, syscall.SIGTERM, syscall.SIGINT)
@@ -130,19 +131,52 @@ func run(args []string, stdout, stderr io.Writer) int {
 	return runDaemon(context.Background(), cfg, opts, sigs, stderr)
 }
 
-func checkConfig(args []string, stdout, stderr io.Writer) int {
-	fs := flag.NewFlagSet("sessioncap check-config", flag.ContinueOnError)
-	fs.SetOutput(stderr)
-	configPath := fs.String("config", config.DefaultPath, "TOML configuration file")
-	explainAddr := fs.String("explain", "", "show the rules and override that apply to a client `ADDRESS`")
-	user := fs.String("user", "", "with -explain: the SMTP AUTH user (`NAME`, {auth_authen})")
-	sender := fs.String("sender", "", "with -explain: the MAIL FROM `ADDRESS`")
-	if err := fs.Parse(args); err != nil {
-		if errors.Is(err, flag.ErrHelp) {
-			return exitOK
-		}
-		return exitConfig
+// daemonArgs are the daemon's flags.
+type daemonArgs struct {
+	configPath, listen, metricsListen *string
+}
+
+func daemonFlags() (*flag.FlagSet, daemonArgs) {
+	fs := flag.NewFlagSet("sessioncap", flag.ContinueOnError)
+	return fs, daemonArgs{
+		configPath:    fs.String("config", "", ""),
+		listen:        fs.String("listen", "", ""),
+		metricsListen: fs.String("metrics-listen", "", ""),
 	}
+}
+
+// parseFlags runs parse on fs without the flag package's own output: -h
+// prints usage to stdout (exit 0), a bad flag one line to stderr (exit 78)
+// instead of the whole usage. ok is false when the caller must return code.
+func parseFlags(fs *flag.FlagSet, parse func() error, usage string, stdout, stderr io.Writer) (code int, ok bool) {
+	fs.SetOutput(io.Discard)
+	fs.Usage = func() {}
+	err := parse()
+	switch {
+	case err == nil:
+		return exitOK, true
+	case errors.Is(err, flag.ErrHelp):
+		fmt.Fprint(stdout, usage)
+		return exitOK, false
+	}
+	return usageError(stderr, fs.Name(), "%v", err), false
+}
+
+// usageError prints one line: what is wrong, and how to see the usage.
+func usageError(stderr io.Writer, command, format string, a ...any) int {
+	fmt.Fprintf(stderr, "%s: %s (\"%s -h\" shows the usage)\n", command, fmt.Sprintf(format, a...), command)
+	return exitConfig
+}
+
+func checkConfig(args []string, stdout, stderr io.Writer) int {
+	fs, f := checkConfigFlags()
+	if code, ok := parseFlags(fs, func() error { return fs.Parse(args) }, checkConfigUsage(fs), stdout, stderr); !ok {
+		return code
+	}
+	if fs.NArg() > 0 {
+		return usageError(stderr, fs.Name(), "unexpected argument %q", fs.Arg(0))
+	}
+	configPath, explainAddr, user, sender := f.configPath, f.explain, f.user, f.sender
 	cfg, err := config.Load(*configPath, true)
 	if err != nil {
 		fmt.Fprintln(stderr, err)
@@ -150,8 +184,7 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 	}
 	if *explainAddr == "" {
 		if *user != "" || *sender != "" {
-			fmt.Fprintln(stderr, "sessioncap check-config: -user and -sender need -explain ADDRESS")
-			return exitConfig
+			return usageError(stderr, fs.Name(), "-user and -sender need -explain ADDRESS")
 		}
 		fmt.Fprint(stdout, cfg.Summary())
 		return exitOK
@@ -161,4 +194,30 @@ func checkConfig(args []string, stdout, stderr io.Writer) int {
 		return exitConfig
 	}
 	return exitOK
+}
+
+// checkConfigArgs are check-config's flags.
+type checkConfigArgs struct {
+	configPath, explain, user, sender *string
+}
+
+func checkConfigFlags() (*flag.FlagSet, checkConfigArgs) {
+	fs := flag.NewFlagSet("sessioncap check-config", flag.ContinueOnError)
+	return fs, checkConfigArgs{
+		configPath: fs.String("config", config.DefaultPath, "TOML configuration `FILE`"),
+		explain:    fs.String("explain", "", "show the rules and override that apply to a client `ADDRESS`"),
+		user:       fs.String("user", "", "with -explain: the SMTP AUTH user (`NAME`, {auth_authen})"),
+		sender:     fs.String("sender", "", "with -explain: the MAIL FROM `ADDRESS`"),
+	}
+}
+
+func checkConfigUsage(fs *flag.FlagSet) string {
+	var b strings.Builder
+	b.WriteString("Usage:\n  sessioncap check-config [-config FILE] [-explain ADDRESS [-user NAME] [-sender ADDRESS]]\n\n" +
+		"Prints a summary of the configuration and exits 0, or prints every error\n" +
+		"as FILE:LINE: key: message and exits 78.\n\nOptions:\n")
+	fs.SetOutput(&b)
+	fs.PrintDefaults()
+	fs.SetOutput(io.Discard)
+	return b.String()
 }

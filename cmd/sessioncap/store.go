@@ -23,16 +23,16 @@ func (d *daemon) openStore(reg prometheus.Registerer, host string) error {
 	})
 	up.Set(1)
 	reg.MustRegister(up)
-	sc := d.cfg.Store
+	sc := d.boot.Store
 	if sc.Backend != "redis" {
 		return nil
 	}
 	duration := prometheus.NewHistogramVec(prometheus.HistogramOpts{
 		Name:    "sessioncap_store_duration_seconds",
-		Help:    "Time of one call to the shared store, by operation (hit, ban, unban, bans, stats, ping) and result (ok, error).",
+		Help:    "Time of one call to the shared store, by operation (hit, ban, unban, bans, stats, ping, quota, quota_reset) and result (ok, error).",
 		Buckets: []float64{.0001, .00025, .0005, .001, .0025, .005, .01, .025, .05, .1, .25, 1},
 	}, []string{"op", "result"})
-	for _, op := range []string{"hit", "ban", "unban", "bans", "stats", "ping"} {
+	for _, op := range []string{"hit", "ban", "unban", "bans", "stats", "ping", "quota", "quota_reset"} {
 		for _, res := range []string{"ok", "error"} {
 			duration.WithLabelValues(op, res)
 		}

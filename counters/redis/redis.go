@@ -13,16 +13,17 @@
 //	sessioncap:{bN}:w:K   hash s, p, c: the sliding window of K (limits.Window:
 //	                      start in Unix ms, previous and current counts);
 //	                      PEXPIRE 2 × window (+ how far start is ahead of now)
-//	                      at every write
+//	                      whenever the window starts or rolls: it expires 2
+//	                      windows after its start, when it would be empty
 //	sessioncap:{bN}:bans  ZSET member K, score the Unix ms K's ban ends;
 //	                      PTTL raised to the longest remaining ban at every ban
 //	sessioncap:{bN}:info  hash K → "since hostlen host..reason" of K's ban;
 //	                      same TTL rule as the ZSET
 //
-// No key is ever written without a TTL: a window lives at most two windows
-// after its last hit, a bucket's index at most as long as its longest ban.
-// Expired entries of an index are filtered on every read and up to 64 of them
-// are dropped at every new ban in the bucket.
+// No key is ever written without a TTL: a window lives two windows after its
+// start, so at most two after its last hit; a bucket's index at most as long
+// as its longest ban. Expired entries of an index are filtered on every read
+// and up to 64 of them are dropped at every new ban in the bucket.
 //
 // The store is bounded by time, not by a count: a window costs about 120
 // to 140 bytes (MEMORY USAGE, Redis 7.0, an IPv4 or IPv6 prefix key) for at

@@ -55,6 +55,7 @@ if max <= 0 or win <= 0 then return {0, 0, 0, now} end
 -- window's start when the clock stepped back)
 local w = redis.call('HMGET', KEYS[1], 's', 'p', 'c')
 local s, p, c = tonumber(w[1]) or 0, tonumber(w[2]) or 0, tonumber(w[3]) or 0
+local s0 = s -- the stored start: unchanged, the key's expiry (start + 2 windows) holds
 local t = now
 if t < s then t = s end
 local elapsed = t - s
@@ -83,6 +84,13 @@ if crossed then
   count = count - 1 -- refused uncounted
 elseif n > 0 then
   c = math.min(c + n, 4294967295) -- satAdd
+end
+if s == s0 then
+  -- the same fixed window: only its count changed, and the key already
+  -- expires 2 windows after its start (one command fewer per hit)
+  if not crossed then redis.call('HSET', KEYS[1], 'c', int(c)) end
+  if crossed then return {count, 0, 1, now} end
+  return {count, 0, 0, now}
 end
 redis.call('HSET', KEYS[1], 's', int(s), 'p', int(p), 'c', int(c))
 -- the window matters until 2 windows after its start

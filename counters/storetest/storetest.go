@@ -50,6 +50,7 @@ var freq = limits.Rate{Max: 3, Window: time.Minute, Ban: 10 * time.Minute, Reaso
 
 // Run runs every conformance table against stores made by newStore.
 func Run(t *testing.T, newStore Factory) {
+	t.Run("quota", func(t *testing.T) { RunQuota(t, newStore) })
 	tables := []struct {
 		name  string
 		rate  limits.Rate
@@ -266,6 +267,7 @@ func Run(t *testing.T, newStore Factory) {
 // RunShared checks that two stores made over the same shared state (two
 // hosts on one Redis) see each other's windows and bans.
 func RunShared(t *testing.T, a, b counters.Store, clock *Clock) {
+	runQuotaShared(t, a, b, clock)
 	// hits alternate between the hosts and count in one window
 	for i, s := range []counters.Store{b, a, b} {
 		if h := mustHit(t, s, "freq:192.0.2.0/24", 1, freq); h.Count != int64(i+1) || h.Crossed || !h.BannedUntil.IsZero() {
