@@ -133,7 +133,14 @@ func New(o Options) (*Store, error) {
 		ContextTimeoutEnabled: true, // the caller's deadline bounds every call
 		// A hit is not idempotent: a retry after a lost reply would count
 		// twice. A failed call is answered by the caller's fallback.
-		MaxRetries:      -1,
+		MaxRetries: -1,
+		// Under Cluster, MaxRetries does not stop go-redis (v9.17.3,
+		// osscluster.go process) from sending a command again after EOF,
+		// a timeout or READONLY, up to MaxRedirects (3 by default): a hit
+		// whose reply was lost would be counted again. -1 makes it one
+		// attempt; a MOVED or ASK reply (resharding) then fails that call,
+		// which the Fallback answers, and go-redis reloads the slots.
+		MaxRedirects:    -1,
 		PoolSize:        o.PoolSize,
 		DisableIdentity: true, // no CLIENT SETINFO round trip per connection
 		// go-redis ≥ 9.15 sends CLIENT MAINT_NOTIFICATIONS on connect,
