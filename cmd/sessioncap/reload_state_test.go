@@ -100,11 +100,11 @@ func (d *daemonProc) session(client string) (*gomilter.ClientSession, *gomilter.
 
 // A restart keeps the windows of every rule until they expire under their
 // own rule, not only those younger than two frequency windows: here the
-// frequency window is 100ms, and the errors and sender-networks windows
+// frequency window is 1s (the shortest allowed), and the errors and sender-networks windows
 // (1h) outlive it across the restart.
 func TestDaemonRestartKeepsEveryRulesWindows(t *testing.T) {
 	state := filepath.Join(t.TempDir(), "state")
-	cfg := "[frequency]\nwindow = \"100ms\"\n" +
+	cfg := "[frequency]\nwindow = \"1s\"\n" +
 		"[errors]\nmax_per_window = 3\nwindow = \"1h\"\nban = \"1h\"\n" +
 		"[sender_networks]\nmax_networks = 1\nwindow = \"1h\"\n" +
 		"[store]\nstate_file = \"" + state + "\"\n"
@@ -121,7 +121,7 @@ func TestDaemonRestartKeepsEveryRulesWindows(t *testing.T) {
 	}
 	s.Close()
 	start := time.Now()
-	testkit.Eventually(t, "two frequency windows to pass", func() bool { return time.Since(start) > 250*time.Millisecond })
+	testkit.Eventually(t, "two frequency windows to pass", func() bool { return time.Since(start) > 2500*time.Millisecond })
 	d.signal(syscall.SIGTERM)
 	if code := d.waitExit(); code != 0 {
 		t.Fatalf("exit %d", code)
