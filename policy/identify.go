@@ -63,6 +63,14 @@ func (c *conn) sessionFor(req *request, now time.Time) (s *session, hold bool) {
 		s = c.fallback
 	}
 	moved := c.cur != nil && (c.cur.key != k || (c.cur == c.fallback) == keyed)
+	if c.cur != nil && c.cur != s && c.cur.owner == c {
+		// this smtpd process has moved on: its previous session ended, and
+		// leaves the table before a new session may need its room
+		c.cur.owner = nil
+		if c.cur.inTable && c.cur.key != k {
+			t.remove(c.cur)
+		}
+	}
 	switch {
 	case s == nil || req.state == stateConnect || moved || s.id.ends(req):
 		if keyed {
@@ -74,13 +82,6 @@ func (c *conn) sessionFor(req *request, now time.Time) (s *session, hold bool) {
 		s.id.connect = req.state == stateConnect
 	case s.id.ambiguous(req):
 		hold = true
-	}
-	if c.cur != nil && c.cur != s && c.cur.owner == c {
-		// this smtpd process has moved on: its previous session ended
-		c.cur.owner = nil
-		if c.cur.inTable && c.cur.key != k {
-			t.remove(c.cur)
-		}
 	}
 	s.owner, c.cur = c, s
 	s.id.track(req)

@@ -268,3 +268,34 @@ func TestFullTableKeepsSessionsBeingServed(t *testing.T) {
 		t.Errorf("evictions = %v, want 1", got)
 	}
 }
+
+// TestFullTableDropsTheSessionAConnectionLeft: an smtpd process that serves
+// its next SMTP session over the same policy connection has ended the
+// previous one, so that session makes room in a full table, not a live
+// session another smtpd process is serving.
+func TestFullTableDropsTheSessionAConnectionLeft(t *testing.T) {
+	h := startWith(t, rulesWith(func(r *limits.Rules) {
+		r.Default.Frequency = limits.Frequency{MaxConnections: 1, Window: time.Minute, Ban: time.Minute}
+	}), func(c *policy.Config) { c.MaxSessions = 2 })
+	a := newSMTP("192.0.2.10", 100)
+	pa := h.dial()
+	a.mail()
+	if r := pa.ask(a.rcpt(0, 0)); r != "DUNNO" {
+		t.Fatalf("A rcpt: %q", r)
+	}
+	p := h.dial() // one smtpd process, two SMTP sessions in a row
+	for i, ip := range []string{"198.51.100.1", "198.51.100.2"} {
+		if r, _ := p.send(newSMTP(ip, 200+i), 1, 100, 0); r != "" {
+			t.Fatalf("%s: %q", ip, r)
+		}
+	}
+	if r := pa.ask(a.eom(1000, 1)); r != "DUNNO" {
+		t.Errorf("A's END-OF-MESSAGE: %q", r)
+	}
+	if got := value(t, h.reg, "sessioncap_sessions_total"); got != 3 {
+		t.Errorf("sessions_total = %v, want 3", got)
+	}
+	if got := value(t, h.reg, "sessioncap_policy_session_evictions_total"); got != 0 {
+		t.Errorf("evictions = %v, want 0: the ended session left the table", got)
+	}
+}
