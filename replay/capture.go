@@ -15,8 +15,8 @@ type capture struct {
 }
 
 func (c *capture) Enabled(_ context.Context, l slog.Level) bool { return l >= slog.LevelWarn }
-func (c *capture) WithAttrs([]slog.Attr) slog.Handler        { return c }
-func (c *capture) WithGroup(string) slog.Handler             { return c }
+func (c *capture) WithAttrs([]slog.Attr) slog.Handler           { return c }
+func (c *capture) WithGroup(string) slog.Handler                { return c }
 
 func (c *capture) Handle(_ context.Context, rec slog.Record) error {
 	attrs := map[string]string{}

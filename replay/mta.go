@@ -15,19 +15,19 @@ import (
 type lineKind int
 
 const (
-	kindOther       lineKind = iota // a line of a program replay reads that says nothing it uses
-	kindConnect                     // a session starts: ip
-	kindDisconnect                  // the session ended
-	kindClient                      // Postfix: the transaction got queue id qid (first accepted RCPT): user
-	kindMTAReject                   // the MTA rejected recipient rcpt (its own checks): sender
-	kindMilterMail                  // the milter refused MAIL: sender
-	kindMilterRcpt                  // the milter refused recipient rcpt: sender
-	kindMilterEOM                   // the milter refused the message at its end
-	kindMessage                     // the message was received: sender, size, nrcpt (Sendmail: ip)
-	kindDelivery                    // recipients of a received message: rcpts
-	kindRemoved                     // Postfix: the queue file is gone
-	kindAuth                        // Sendmail: the session authenticated as user
-	kindUnplaced                    // a line of a program replay reads, in a shape it does not know
+	kindOther      lineKind = iota // a line of a program replay reads that says nothing it uses
+	kindConnect                    // a session starts: ip
+	kindDisconnect                 // the session ended
+	kindClient                     // Postfix: the transaction got queue id qid (first accepted RCPT): user
+	kindMTAReject                  // the MTA rejected recipient rcpt (its own checks): sender
+	kindMilterMail                 // the milter refused MAIL: sender
+	kindMilterRcpt                 // the milter refused recipient rcpt: sender
+	kindMilterEOM                  // the milter refused the message at its end
+	kindMessage                    // the message was received: sender, size, nrcpt (Sendmail: ip)
+	kindDelivery                   // recipients of a received message: rcpts
+	kindRemoved                    // Postfix: the queue file is gone
+	kindAuth                       // Sendmail: the session authenticated as user
+	kindUnplaced                   // a line of a program replay reads, in a shape it does not know
 )
 
 type mtaLine struct {

@@ -59,8 +59,8 @@ type Replayer struct {
 	cur     *session // the session being decided, for the log records of its refusals
 	inTx    bool     // a transaction is being decided
 	txRules []string // the rules that refused in it
-	rep *Report
-	st  *stats
+	rep     *Report
+	st      *stats
 }
 
 // New returns a Replayer for o.
