@@ -55,28 +55,44 @@ type tick struct {
 }
 
 type marker struct {
-	X     int
-	Label string
+	X      int
+	Label  string
+	Anchor string // text-anchor of the label
 }
 
 const (
 	plotW, plotH, plotLeft, plotTop = 640, 180, 48, 16
 )
 
-// bin is the bar a value falls in: one per value below 16, one per power
-// of two above.
-func bin(v int64) int {
+// binner puts values in bars: one per value below 16, one per power of
+// two above; for bytes one below 1KiB, one per power of two above.
+type binner struct{ bytes bool }
+
+func (b binner) bin(v int64) int {
+	if b.bytes {
+		if v < 1<<10 {
+			return 0
+		}
+		return bits.Len64(uint64(v)) - 10
+	}
 	if v < 16 {
 		return int(max(v, 0))
 	}
 	return 16 + bits.Len64(uint64(v)) - 5
 }
 
-func binRange(b int) (lo, hi int64) {
-	if b < 16 {
-		return int64(b), int64(b)
+func (b binner) binRange(i int) (lo, hi int64) {
+	if b.bytes {
+		if i == 0 {
+			return 0, 1<<10 - 1
+		}
+		k := i + 9
+		return 1 << k, 1<<(k+1) - 1
 	}
-	k := b - 16 + 4 // [2^k, 2^(k+1))
+	if i < 16 {
+		return int64(i), int64(i)
+	}
+	k := i - 16 + 4 // [2^k, 2^(k+1))
 	return 1 << k, 1<<(k+1) - 1
 }
 
@@ -91,6 +107,8 @@ func plotOf(q *Quantity) plot {
 		p.Empty = true
 		return p
 	}
+	bn := binner{bytes: q.Unit == "bytes"}
+	bin := bn.bin
 	last := bin(q.Max)
 	if q.Cap > 0 {
 		last = max(last, bin(q.Cap))
@@ -106,7 +124,7 @@ func plotOf(q *Quantity) plot {
 	}
 	bw := plotW / (last + 1)
 	for i, c := range counts {
-		lo, hi := binRange(i)
+		lo, hi := bn.binRange(i)
 		x := plotLeft + i*bw
 		if c > 0 {
 			h := int(math.Round(float64(plotH) * math.Log10(float64(c)+1) / top))
@@ -118,14 +136,17 @@ func plotOf(q *Quantity) plot {
 			p.Bars = append(p.Bars, bar{X: x + 1, Y: p.Base - h, W: max(bw-2, 1), H: h,
 				Title: fmt.Sprintf("%s %s: %d %s", label, q.Unit, c, q.Of)})
 		}
-		if i < 16 && (i%4 == 0 || i == last) || i >= 16 && (last < 24 || (i-16)%3 == 0) {
+		if bn.bytes && i%3 == 0 || !bn.bytes && (i < 16 && (i%4 == 0 || i == last) || i >= 16 && (last < 24 || (i-16)%3 == 0)) {
 			p.Ticks = append(p.Ticks, tick{X: x + bw/2, Label: q.format(lo)})
 		}
 	}
 	if q.Cap > 0 {
 		p.Cap = &marker{X: plotLeft + bin(q.Cap)*bw + bw/2, Label: "cap " + q.format(q.Cap)}
 	}
-	p.Sug = &marker{X: plotLeft + bin(q.Suggest)*bw + bw/2, Label: "suggest " + q.format(q.Suggest)}
+	p.Sug = &marker{X: plotLeft + bin(q.Suggest)*bw + bw/2, Label: "suggest " + q.format(q.Suggest), Anchor: "start"}
+	if p.Sug.X > plotLeft+plotW*3/4 {
+		p.Sug.Anchor = "end"
+	}
 	return p
 }
 
@@ -162,7 +183,7 @@ td.n { text-align: right; font-variant-numeric: tabular-nums; }
 {{else}}<p>No rule would have refused anything.</p>{{end}}
 
 <h2 id="quantities">What the limits cap</h2>
-<p>Each histogram counts the {{"{"}}sessions, networks, keys{{"}"}} of the log by the quantity a limit caps (bars on a log scale of counts; one bar per value below 16, one per power of two above).
+<p>Each histogram counts the sessions, networks or keys of the log by the quantity a limit caps (bars on a log scale of counts; one bar per value below 16, one per power of two above; for bytes one bar below 1KiB, one per power of two above).
 The red line is the configured cap, the dashed green line the suggestion.</p>
 {{range .Plots}}<div class="plot" data-quantity="{{.Q.Name}}">
 <h3>{{.Q.Name}} <small>({{.Q.ConfigKey}})</small></h3>
@@ -172,7 +193,7 @@ The red line is the configured cap, the dashed green line the suggestion.</p>
 {{range .Bars}}<rect class="bar" x="{{.X}}" y="{{.Y}}" width="{{.W}}" height="{{.H}}"><title>{{.Title}}</title></rect>
 {{end}}{{range .Ticks}}<text class="tick" x="{{.X}}" y="212" text-anchor="middle">{{.Label}}</text>
 {{end}}{{with .Cap}}<line class="cap" x1="{{.X}}" y1="10" x2="{{.X}}" y2="196"/><text class="mlabel" x="{{.X}}" y="226" fill="#c0392b" text-anchor="middle">{{.Label}}</text>
-{{end}}{{with .Sug}}<line class="sug" x1="{{.X}}" y1="10" x2="{{.X}}" y2="196"/><text class="mlabel" x="{{.X}}" y="10" fill="#27ae60" text-anchor="start">{{.Label}}</text>
+{{end}}{{with .Sug}}<line class="sug" x1="{{.X}}" y1="10" x2="{{.X}}" y2="196"/><text class="mlabel" x="{{.X}}" y="10" fill="#27ae60" text-anchor="{{.Anchor}}">{{.Label}}</text>
 {{end}}</svg>
 <table><tr><th>{{.Q.Of}}</th><th>p50</th><th>p90</th><th>p99</th><th>max</th><th>cap</th><th>above cap</th><th>suggest</th></tr>
 <tr><td class="n">{{.Q.Count}}</td><td class="n">{{.P50}}</td><td class="n">{{.P90}}</td><td class="n">{{.P99}}</td><td class="n">{{.Max}}</td><td class="n">{{.CapText}}</td><td class="n">{{.Q.AboveCap}}</td><td class="n">{{.SugText}}</td></tr></table>

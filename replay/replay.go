@@ -133,6 +133,7 @@ type tx struct {
 	rcpts    []rcpt
 	accepted []string // recipients the deliveries named
 	closed   bool     // no more reject lines belong to it
+	done     bool     // Sendmail: its from= line was seen
 }
 
 type evKind int
@@ -308,8 +309,13 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 		}
 		return true
 	case kindMessage: // Sendmail: the transaction's last line
-		x := r.txFor(s, l.Time, m, qkey)
-		x.sender = m.sender
+		x := s.cur
+		if x == nil || x.done || x.qid != m.qid || x.sender != m.sender {
+			// (a MAIL the milter refused was closed by its reject line,
+			// and its from= line comes with the next MAIL or at QUIT)
+			x = r.txFor(s, l.Time, m, qkey)
+		}
+		x.sender, x.done = m.sender, true
 		if m.nrcpt > 0 {
 			x.size, x.nrcpt = m.size, m.nrcpt
 			if !x.hasAccepted() {
@@ -325,7 +331,9 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 // txFor returns the transaction a reject or Sendmail line belongs to.
 func (r *Replayer) txFor(s *session, t time.Time, m mtaLine, qkey string) *tx {
 	if m.qid != "" {
-		if x := r.queue[qkey]; x != nil && x.s == s {
+		// Sendmail gives a refused MAIL's queue id to the next
+		// transaction: a closed transaction takes no more lines.
+		if x := r.queue[qkey]; x != nil && x.s == s && !x.closed {
 			return x
 		}
 		if s.sendmail { // every Sendmail transaction has its queue id from MAIL on
