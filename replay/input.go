@@ -9,6 +9,8 @@ import (
 	"io"
 	"os"
 	"sort"
+	"strconv"
+	"strings"
 	"time"
 )
 
@@ -87,10 +89,11 @@ func OpenInputs(names []string, stdin io.Reader, year int, loc *time.Location) (
 		}
 	}
 	sort.SliceStable(ins, func(i, j int) bool {
-		if ins[i].at.IsZero() || ins[j].at.IsZero() {
-			return false
+		a, b := ins[i], ins[j]
+		if !a.at.IsZero() && !b.at.IsZero() && !a.at.Equal(b.at) {
+			return a.at.Before(b.at)
 		}
-		return ins[i].at.Before(ins[j].at)
+		return rotation(a.Name) > rotation(b.Name) // mail.log.2.gz before mail.log.1 before mail.log
 	})
 	return ins, nil
 }
@@ -148,4 +151,19 @@ func (r *Replayer) Read(in *Input) error {
 		}
 		feed(s)
 	}
+}
+
+// rotation is the number logrotate appended to a file's name (mail.log.2.gz:
+// 2), 0 for none: the higher, the older.
+func rotation(name string) int {
+	name = strings.TrimSuffix(name, ".gz")
+	i := strings.LastIndexByte(name, '.')
+	if i < 0 {
+		return 0
+	}
+	n, err := strconv.Atoi(name[i+1:])
+	if err != nil || n < 0 {
+		return 0
+	}
+	return n
 }

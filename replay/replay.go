@@ -132,6 +132,7 @@ type tx struct {
 	nrcpt    int
 	rcpts    []rcpt
 	accepted []string // recipients the deliveries named
+	seen     map[string]struct{}
 	closed   bool     // no more reject lines belong to it
 	done     bool     // Sendmail: its from= line was seen
 }
@@ -301,9 +302,9 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 		}
 		switch m.kind {
 		case kindMTAReject:
-			x.rcpts = append(x.rcpts, rcpt{addr: m.rcpt, rejected: true})
+			x.addRcpt(rcpt{addr: m.rcpt, rejected: true})
 		case kindMilterRcpt:
-			x.rcpts = append(x.rcpts, rcpt{addr: m.rcpt})
+			x.addRcpt(rcpt{addr: m.rcpt})
 		case kindMilterMail:
 			x.closed = true
 		}
@@ -371,15 +372,21 @@ func (x *tx) hasAccepted() bool {
 
 func (x *tx) addAccepted(a string) {
 	a = strings.ToLower(a)
-	for _, b := range x.accepted {
-		if a == b {
-			return
-		}
-	}
-	if x.nrcpt > 0 && len(x.accepted) >= x.nrcpt || len(x.accepted) >= 100000 {
+	if _, dup := x.seen[a]; dup || x.nrcpt > 0 && len(x.accepted) >= x.nrcpt || len(x.accepted) >= maxRcpts {
 		return
 	}
+	if x.seen == nil {
+		x.seen = map[string]struct{}{}
+	}
+	x.seen[a] = struct{}{}
 	x.accepted = append(x.accepted, a)
+}
+
+// addRcpt records a recipient the MTA rejected or the milter refused.
+func (x *tx) addRcpt(rc rcpt) {
+	if len(x.rcpts) < maxRcpts {
+		x.rcpts = append(x.rcpts, rc)
+	}
 }
 
 func (r *Replayer) open(key string, t time.Time, ip netip.Addr, sendmail bool) *session {
@@ -536,8 +543,13 @@ func (r *Replayer) transaction(s *session, x *tx) {
 // acceptedCount is the number of recipients the MTA accepted: nrcpt when
 // the queue manager told it, else those the deliveries named.
 func (x *tx) acceptedCount() int {
-	return max(x.nrcpt, len(x.accepted))
+	return min(max(x.nrcpt, len(x.accepted)), maxRcpts)
 }
+
+// maxRcpts bounds the recipients of one message replay decides (Postfix's
+// smtpd_recipient_limit is 1000 by default): a log line that claims more
+// costs no more.
+const maxRcpts = 10_000
 
 // placeholder names the i-th accepted recipient: from the deliveries, or
 // one of its own for a recipient no delivery named within the lag.
