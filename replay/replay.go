@@ -133,8 +133,8 @@ type tx struct {
 	rcpts    []rcpt
 	accepted []string // recipients the deliveries named
 	seen     map[string]struct{}
-	closed   bool     // no more reject lines belong to it
-	done     bool     // Sendmail: its from= line was seen
+	closed   bool // no more reject lines belong to it
+	done     bool // Sendmail: its from= line was seen
 }
 
 type evKind int
