@@ -111,7 +111,7 @@ func (s *Session) quotaCheck(c *limits.QuotaCheck, stage limits.Stage, u limits.
 	s.eng.metrics.QuotaRefusals.WithLabelValues(c.Rule.Name, string(c.Rule.Key), string(c.Mode)).Inc()
 	return check{refusal: ref, mode: c.Mode, attrs: []any{
 		"rule", c.Rule.Name, "key", string(c.Rule.Key), "key_value", c.Value,
-		"count", string(c.Rule.Count), "use", ref.Value, "need", c.Op.Need, "limit", c.Op.Limit, "window", c.Op.Window.String(),
+		"count", string(c.Rule.Count), "use", ref.Value, "need", c.Op.Need, "quota_limit", c.Op.Limit, "window", c.Op.Window.String(),
 	}}
 }
 

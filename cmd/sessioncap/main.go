@@ -43,6 +43,7 @@ var usageText = `Usage:
   sessioncap ban ADDRESS|PREFIX -for DURATION [-reason TEXT]
   sessioncap unban ADDRESS|PREFIX
   sessioncap quota show|reset [-json] KEYKIND VALUE
+  sessioncap replay [-config FILE] [-since T] [-until T] [-json] [-html FILE] LOG...
 
 sessioncap is a milter that caps SMTP sessions for Postfix and Sendmail:
 messages, bytes and recipients per connection, connections per address per
@@ -80,7 +81,7 @@ More in the man pages sessioncap(8) and sessioncap.toml(5).
 
 // commands are the CLI's commands (its first argument); without one it runs
 // the daemon.
-var commands = []string{"check-config", "version", "bans", "ban", "unban", "reload", "status", "quota", "help"}
+var commands = []string{"check-config", "version", "bans", "ban", "unban", "reload", "status", "quota", "replay", "help"}
 
 func run(args []string, stdout, stderr io.Writer) int {
 	if len(args) > 0 {
@@ -94,6 +95,8 @@ func run(args []string, stdout, stderr io.Writer) int {
 			return adminCommand(args[0], args[1:], stdout, stderr)
 		case "quota":
 			return quotaCommand(args[1:], stdout, stderr)
+		case "replay":
+			return replayCommand(args[1:], os.Stdin, stdout, stderr)
 		case "help":
 			fmt.Fprint(stdout, usageText)
 			return exitOK

@@ -55,6 +55,7 @@ func TestManPageListsEveryCommand(t *testing.T) {
 	sets := map[string]*flag.FlagSet{}
 	sets["sessioncap"], _ = daemonFlags()
 	sets["check-config"], _ = checkConfigFlags()
+	sets["replay"], _ = replayFlags()
 	for _, c := range []string{"bans", "ban", "unban", "reload", "status"} {
 		sets[c], _ = adminFlags(c)
 	}

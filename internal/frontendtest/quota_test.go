@@ -49,9 +49,14 @@ func TestQuotaUserAtMail(t *testing.T) {
 				t.Errorf("refusals{quota,mail} = %v", got)
 			}
 			log := h.Logs.String()
-			for _, want := range []string{`"rule":"user-hourly"`, `"key":"user"`, `"key_value":"alice"`, `"use":3`, `"limit":3`} {
+			for _, want := range []string{`"rule":"user-hourly"`, `"key":"user"`, `"key_value":"alice"`, `"use":3`, `"quota_limit":3`, `"limit":"quota"`} {
 				if !strings.Contains(log, want) {
 					t.Errorf("refusal log lacks %s:\n%s", want, log)
+				}
+			}
+			for _, line := range strings.Split(log, "\n") {
+				if strings.Count(line, `"limit":`) > 1 { // a parser would keep the last
+					t.Errorf("a log line names limit twice: %s", line)
 				}
 			}
 			h.Clock.Add(2 * time.Hour)
