@@ -442,3 +442,48 @@ func FuzzReplay(f *testing.F) {
 		}
 	})
 }
+
+// TestFormatFixtures: the hand-kept fixtures of one Postfix log in each
+// timestamp format (classic syslog, rsyslog's RFC 3339, journalctl's
+// short-iso and short-precise with their header lines) replay to the same
+// refusals: the second message to ann over her mailbox quota (at RCPT;
+// bob is counted under his original address), the third message of the
+// partner's session over max_messages (at MAIL), nothing for the
+// authenticated IPv6 session or the connection lost after CONNECT.
+func TestFormatFixtures(t *testing.T) {
+	rules := limits.DefaultRules()
+	rules.Default.Session.MaxMessages = 2
+	rules.Quotas = []limits.Quota{{Name: "mailbox", Key: limits.QuotaRecipient, Count: limits.CountMessages, Limit: 1, Window: time.Hour}}
+	want := []string{
+		"quota rcpt 192.0.2.25 enforce mailbox",
+		"session_messages mail 192.0.2.25 enforce ",
+	}
+	for _, name := range []string{"classic", "rsyslog-rfc3339", "journal-short-iso", "journal-short-precise"} {
+		t.Run(name, func(t *testing.T) {
+			data, err := os.ReadFile("testdata/formats/" + name + ".log")
+			if err != nil {
+				t.Fatal(err)
+			}
+			rep := replayString(t, rules, string(data))
+			sameLines(t, name, want, refusals(rep))
+			if rep.Sessions != 3 || rep.Messages != 4 || rep.Unplaced != 0 {
+				t.Errorf("%d sessions, %d transactions, %d unplaced; want 3, 4, 0", rep.Sessions, rep.Messages, rep.Unplaced)
+			}
+			wantUnparsed := int64(0)
+			if strings.HasPrefix(name, "journal") {
+				wantUnparsed = 1 // the journal's header line
+			}
+			if rep.Unparsed != wantUnparsed {
+				t.Errorf("%d lines not syslog lines, want %d", rep.Unparsed, wantUnparsed)
+			}
+			for _, f := range rep.Refusals {
+				if f.Limit == "quota" && f.KeyValue != "ann@mx.example" {
+					t.Errorf("quota refused %q, want ann@mx.example", f.KeyValue)
+				}
+			}
+			if q := quantity(t, rep, "messages per recipient"); q.Max != 3 || q.Count != 3 {
+				t.Errorf("messages per recipient: max %d over %d recipients, want 3 (ann) over 3 (ann, robert, carol; not the rejected gone@)", q.Max, q.Count)
+			}
+		})
+	}
+}
