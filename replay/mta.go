@@ -149,7 +149,15 @@ func parsePostfix(pk progKind, msg string) mtaLine {
 			return mtaLine{kind: kindConnect, ip: ip}
 		}
 		if strings.HasPrefix(msg, "disconnect from ") {
-			return mtaLine{kind: kindDisconnect}
+			// "mail=2/3": 2 MAIL commands accepted of 3
+			n := -1
+			if v, ok := field(msg, "mail=", " "); ok {
+				ok, _, _ := strings.Cut(v, "/")
+				if x, good := atoi(ok); good {
+					n = int(min(x, maxRcpts))
+				}
+			}
+			return mtaLine{kind: kindDisconnect, nrcpt: n}
 		}
 	}
 	qid, body := splitQID(msg)

@@ -100,6 +100,7 @@ type session struct {
 	cur      *tx // the transaction lines attach to
 	lastSeen time.Time
 	ended    bool // an End event is queued
+	mailOK   int  // transactions seen whose MAIL was accepted
 
 	// replay state
 	core    *engine.Session
@@ -238,6 +239,13 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 		if s == nil { // ended already (Sendmail logs a refused connect's end twice)
 			return true
 		}
+		// A MAIL that got no recipient line (MAIL then RSET or QUIT, a
+		// recipient the milter saw and the MTA then rejected without a
+		// line) leaves no line but the count at disconnect; the milter
+		// decided it all the same.
+		for missing := m.nrcpt - s.mailOK; missing > 0; missing-- {
+			r.newTx(s, l.Time, "").closed = true
+		}
 		r.end(skey, s, l.Time)
 		return true
 	case kindDelivery, kindRemoved:
@@ -306,6 +314,9 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 		case kindMilterRcpt:
 			x.addRcpt(rcpt{addr: m.rcpt})
 		case kindMilterMail:
+			if !x.closed {
+				s.mailOK--
+			}
 			x.closed = true
 		}
 		return true
@@ -353,6 +364,7 @@ func (r *Replayer) txFor(s *session, t time.Time, m mtaLine, qkey string) *tx {
 
 func (r *Replayer) newTx(s *session, t time.Time, qid string) *tx {
 	x := &tx{s: s, qid: qid, size: -1}
+	s.mailOK++ // undone by a line saying the milter refused the MAIL
 	if s.cur != nil {
 		s.cur.closed = true
 	}

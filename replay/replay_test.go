@@ -487,3 +487,33 @@ func TestFormatFixtures(t *testing.T) {
 		})
 	}
 }
+
+// TestMailCommandsWithoutLines: MAIL commands that left no line (MAIL then
+// RSET, MAIL then QUIT) are decided from the count at disconnect, as the
+// milter decided them: in monitor mode over max_messages = 1, the two MAILs
+// after the one message are refused (logged); a MAIL the milter refused
+// (its own line) is not counted again.
+func TestMailCommandsWithoutLines(t *testing.T) {
+	const log = `Dec  3 10:00:00 mx postfix/smtpd[1]: connect from a.example[192.0.2.1]
+Dec  3 10:00:01 mx postfix/smtpd[1]: 1A: client=a.example[192.0.2.1]
+Dec  3 10:00:01 mx postfix/qmgr[5]: 1A: from=<x@a.example>, size=1000, nrcpt=1 (queue active)
+Dec  3 10:00:02 mx postfix/smtpd[1]: disconnect from a.example[192.0.2.1] ehlo=1 mail=3 rcpt=1 data=1 rset=2 quit=1 commands=9
+Dec  3 10:00:03 mx postfix/smtpd[1]: connect from b.example[192.0.2.2]
+Dec  3 10:00:04 mx postfix/smtpd[1]: 1B: client=b.example[192.0.2.2]
+Dec  3 10:00:04 mx postfix/qmgr[5]: 1B: from=<y@b.example>, size=1000, nrcpt=1 (queue active)
+Dec  3 10:00:05 mx postfix/smtpd[1]: NOQUEUE: milter-reject: MAIL from b.example[192.0.2.2]: 421 4.7.0 Too many messages; from=<y@b.example> proto=ESMTP helo=<b.example>
+Dec  3 10:00:05 mx postfix/smtpd[1]: disconnect from b.example[192.0.2.2] ehlo=1 mail=1/2 rcpt=1 data=1 commands=4/5
+`
+	rules := limits.DefaultRules()
+	rules.Mode = limits.ModeMonitor
+	rules.Default.Session.MaxMessages = 1
+	rep := replayString(t, rules, log)
+	sameLines(t, "refusals", []string{
+		"session_messages mail 192.0.2.1 monitor ",
+		"session_messages mail 192.0.2.1 monitor ",
+		"session_messages mail 192.0.2.2 monitor ",
+	}, refusals(rep))
+	if rep.Messages != 5 {
+		t.Errorf("%d transactions, want 5", rep.Messages)
+	}
+}
