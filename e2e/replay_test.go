@@ -10,6 +10,8 @@ import (
 	"strings"
 	"testing"
 	"time"
+
+	"github.com/sessioncap/sessioncap/replay"
 )
 
 // replayConfig crosses every kind of rule the mixed load below reaches:
@@ -68,7 +70,7 @@ func TestReplayAgreesWithDaemon(t *testing.T) {
 				// never do.
 				err := waitFor(15*time.Second, func() error {
 					writeFile(t, logPath, mtaSyslog(e.m), 0o644)
-					want = daemonRefusals(e.d.p.output())
+					want = daemonRefusals(t, e.d.p.output())
 					got, report = replayRefusals(t, e.d.configPath, logPath)
 					if strings.Join(want, "\n") != strings.Join(got, "\n") {
 						return errNotYet
@@ -183,61 +185,30 @@ func mtaSyslog(m mta) string {
 	return b.String()
 }
 
-var logfmtRe = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S*)`)
-
-// daemonRefusals reads the daemon's refused and banned lines as sorted
-// "limit stage client_ip mode" and "ban client_ip prefix mode" entries.
-func daemonRefusals(out string) []string {
-	var r []string
-	for _, l := range strings.Split(out, "\n") {
-		if !strings.Contains(l, "msg=refused") && !strings.Contains(l, "msg=banned") {
-			continue
-		}
-		kv := map[string]string{}
-		for _, m := range logfmtRe.FindAllStringSubmatch(l, -1) {
-			kv[m[1]] = strings.Trim(m[2], `"`)
-		}
-		if kv["msg"] == "banned" {
-			r = append(r, fmt.Sprintf("ban %s %s %s", kv["client_ip"], kv["prefix"], kv["mode"]))
-		} else {
-			r = append(r, fmt.Sprintf("%s %s %s %s %s", kv["limit"], kv["stage"], kv["client_ip"], kv["mode"], kv["rule"]))
-		}
+// daemonRefusals reads the daemon's refused and banned lines by their
+// keys ("limit stage client_ip mode rule", "ban client_ip prefix mode").
+func daemonRefusals(t *testing.T, out string) []string {
+	fs, bs, err := replay.ReadDaemonLog(strings.NewReader(out))
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Strings(r)
-	return r
+	return replay.Idents(fs, bs)
 }
 
-// replayRefusals runs sessioncap replay -json and returns its refusals and
-// bans in daemonRefusals' form, and its text report.
+// replayRefusals runs sessioncap replay -json and returns the keys of its
+// refusals and bans, and its text report.
 func replayRefusals(t *testing.T, configPath, logPath string) ([]string, string) {
 	t.Helper()
 	out, err := exec.Command(sessioncapBin, "replay", "-json", "-config", configPath, logPath).Output()
 	if err != nil {
 		t.Fatalf("sessioncap replay: %v\n%s", err, stderrOf(err))
 	}
-	var rep struct {
-		Refusals []struct {
-			Limit, Stage, Mode, Rule string
-			ClientIP                 string `json:"client_ip"`
-		}
-		Bans []struct {
-			Prefix, Mode string
-			ClientIP     string `json:"client_ip"`
-		}
-	}
+	var rep replay.Report
 	if err := json.Unmarshal(out, &rep); err != nil {
 		t.Fatalf("sessioncap replay -json: %v", err)
 	}
-	var r []string
-	for _, f := range rep.Refusals {
-		r = append(r, fmt.Sprintf("%s %s %s %s %s", f.Limit, f.Stage, f.ClientIP, f.Mode, f.Rule))
-	}
-	for _, b := range rep.Bans {
-		r = append(r, fmt.Sprintf("ban %s %s %s", b.ClientIP, b.Prefix, b.Mode))
-	}
-	sort.Strings(r)
 	text, _ := exec.Command(sessioncapBin, "replay", "-config", configPath, logPath).CombinedOutput()
-	return r, string(text)
+	return replay.Idents(rep.Refusals, rep.Bans), string(text)
 }
 
 func stderrOf(err error) string {

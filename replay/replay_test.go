@@ -7,7 +7,6 @@ import (
 	"os"
 	"path/filepath"
 	"regexp"
-	"sort"
 	"strings"
 	"testing"
 	"time"
@@ -63,43 +62,22 @@ func replayInputs(t testing.TB, rules *limits.Rules, files func(dir string) []st
 	return r.Finish()
 }
 
-// refusals lists a report's refusals and bans as sorted
-// "limit stage client_ip mode rule" and "ban client_ip prefix mode".
-func refusals(rep *Report) []string {
-	var out []string
-	for _, f := range rep.Refusals {
-		out = append(out, fmt.Sprintf("%s %s %s %s %s", f.Limit, f.Stage, f.ClientIP, f.Mode, f.Rule))
-	}
-	for _, b := range rep.Bans {
-		out = append(out, fmt.Sprintf("ban %s %s %s", b.ClientIP, b.Prefix, b.Mode))
-	}
-	sort.Strings(out)
-	return out
-}
+// refusals lists a report's refusals and bans by their Idents.
+func refusals(rep *Report) []string { return Idents(rep.Refusals, rep.Bans) }
 
-var kvRe = regexp.MustCompile(`(\w+)=("(?:[^"\\]|\\.)*"|\S*)`)
-
-// daemonLines reads a daemon's refused and banned lines in refusals' form.
+// daemonLines reads a daemon's refused and banned lines by their Idents.
 func daemonLines(t *testing.T, path string) []string {
 	t.Helper()
-	data, err := os.ReadFile(path)
+	f, err := os.Open(path)
 	if err != nil {
 		t.Fatal(err)
 	}
-	var out []string
-	for _, l := range strings.Split(strings.TrimSpace(string(data)), "\n") {
-		kv := map[string]string{}
-		for _, m := range kvRe.FindAllStringSubmatch(l, -1) {
-			kv[m[1]] = strings.Trim(m[2], `"`)
-		}
-		if kv["msg"] == "banned" {
-			out = append(out, fmt.Sprintf("ban %s %s %s", kv["client_ip"], kv["prefix"], kv["mode"]))
-		} else {
-			out = append(out, fmt.Sprintf("%s %s %s %s %s", kv["limit"], kv["stage"], kv["client_ip"], kv["mode"], kv["rule"]))
-		}
+	defer f.Close()
+	fs, bs, err := ReadDaemonLog(f)
+	if err != nil {
+		t.Fatal(err)
 	}
-	sort.Strings(out)
-	return out
+	return Idents(fs, bs)
 }
 
 func sameLines(t *testing.T, what string, want, got []string) {

@@ -112,11 +112,7 @@ func run(args []string, stdout, stderr io.Writer) int {
 	set := map[string]bool{}
 	fs.Visit(func(f *flag.Flag) { set[f.Name] = true })
 
-	path, required := *f.configPath, true
-	if path == "" {
-		path, required = config.DefaultPath, false
-	}
-	cfg, err := config.Load(path, required)
+	cfg, path, required, err := loadConfig(*f.configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "sessioncap: bad configuration:\n%v\n", err)
 		return exitConfig
@@ -223,4 +219,15 @@ func checkConfigUsage(fs *flag.FlagSet) string {
 	fs.PrintDefaults()
 	fs.SetOutput(io.Discard)
 	return b.String()
+}
+
+// loadConfig loads the -config file, or without one config.DefaultPath if
+// it exists (required reports which).
+func loadConfig(flagPath string) (cfg *config.Config, path string, required bool, err error) {
+	path, required = flagPath, true
+	if path == "" {
+		path, required = config.DefaultPath, false
+	}
+	cfg, err = config.Load(path, required)
+	return cfg, path, required, err
 }

@@ -89,11 +89,7 @@ func replayCommand(args []string, stdin io.Reader, stdout, stderr io.Writer) int
 	if *f.year < 0 || *f.year > 9999 {
 		return usageError(stderr, fs.Name(), "-year %d is not a year", *f.year)
 	}
-	path, required := *f.configPath, true
-	if path == "" {
-		path, required = config.DefaultPath, false
-	}
-	cfg, err := config.Load(path, required)
+	cfg, path, _, err := loadConfig(*f.configPath)
 	if err != nil {
 		fmt.Fprintf(stderr, "sessioncap replay: bad configuration:\n%v\n", err)
 		return exitConfig
