@@ -37,6 +37,9 @@ type Options struct {
 	// MaxRefusals bounds the refusals kept for the report (default 1e6);
 	// the rest are counted.
 	MaxRefusals int
+	// Metrics, when set, registers the engine's metrics (the daemon's
+	// sessioncap_refusals_total and others); nil keeps them private.
+	Metrics prometheus.Registerer
 }
 
 // Replayer replays log lines under one set of rules. Feed it with Line
@@ -76,11 +79,15 @@ func New(o Options) (*Replayer, error) {
 	r.rep = newReport(o.Rules)
 	r.st = newStats(o.Rules)
 	clock := func() time.Time { return r.now }
+	var reg prometheus.Registerer = prometheus.NewRegistry()
+	if o.Metrics != nil {
+		reg = o.Metrics
+	}
 	store := counters.NewMemory(counters.MemoryOptions{MaxTracked: o.MaxTracked, Now: clock, Host: "replay"})
 	eng, err := engine.New(engine.Config{
 		Rules:   o.Rules,
 		Store:   store,
-		Metrics: engine.NewMetrics(prometheus.NewRegistry()),
+		Metrics: engine.NewMetrics(reg),
 		Logger:  slog.New(&capture{r: r}),
 		Now:     clock,
 	})
@@ -446,6 +453,14 @@ func (r *Replayer) release(all bool) {
 	}
 }
 
+// Flush decides every event read so far without waiting for the lines
+// that may still complete them (for a feed that knows it has written a
+// whole transaction).
+func (r *Replayer) Flush() { r.release(true) }
+
+// Refusals returns the refusals decided so far (up to MaxRefusals).
+func (r *Replayer) Refusals() []Refusal { return r.rep.Refusals }
+
 // Finish ends every open session, decides what is left and returns the
 // report.
 func (r *Replayer) Finish() *Report {
@@ -522,24 +537,39 @@ func (r *Replayer) transaction(s *session, x *tx) {
 		s.core.Abort()
 		return
 	}
+	// RCPT: a refused recipient is not one (the next goes on), a 421
+	// ends the session; a message none of whose recipients was let
+	// through never reached DATA.
+	accepted := 0
+	rcpt := func(a string) bool {
+		v := s.core.Rcpt(a)
+		if v.HangUp {
+			s.hungUp = true
+			return false
+		}
+		if v.Refusal == nil {
+			accepted++
+		}
+		return true
+	}
+rcpts:
 	for _, rc := range x.rcpts {
 		switch {
 		case rc.rejected:
 			s.core.RcptRejected(rc.addr)
 		case rc.accepted:
 			for i := 0; i < x.acceptedCount(); i++ {
-				a := x.placeholder(i)
-				if v := s.core.Rcpt(a); v.HangUp {
-					s.hungUp = true
+				if !rcpt(x.placeholder(i)) {
+					break rcpts
 				}
 			}
 		default:
-			if v := s.core.Rcpt(rc.addr); v.HangUp {
-				s.hungUp = true
+			if !rcpt(rc.addr) {
+				break rcpts
 			}
 		}
 	}
-	if x.size == -1 {
+	if x.size == -1 || accepted == 0 || s.hungUp {
 		s.core.Abort()
 		return
 	}

@@ -424,17 +424,18 @@ func FuzzReplay(f *testing.F) {
 // TestFormatFixtures: the hand-kept fixtures of one Postfix log in each
 // timestamp format (classic syslog, rsyslog's RFC 3339, journalctl's
 // short-iso and short-precise with their header lines) replay to the same
-// refusals: the second message to ann over her mailbox quota (at RCPT;
-// bob is counted under his original address), the third message of the
-// partner's session over max_messages (at MAIL), nothing for the
-// authenticated IPv6 session or the connection lost after CONNECT.
+// refusals: the second and third messages to ann over her mailbox quota
+// (at RCPT; bob is counted under his original address); the second, its
+// only recipient refused, never reached DATA, so the third is only the
+// session's second message (max_messages = 2 lets it through); nothing for
+// the authenticated IPv6 session or the connection lost after CONNECT.
 func TestFormatFixtures(t *testing.T) {
 	rules := limits.DefaultRules()
 	rules.Default.Session.MaxMessages = 2
 	rules.Quotas = []limits.Quota{{Name: "mailbox", Key: limits.QuotaRecipient, Count: limits.CountMessages, Limit: 1, Window: time.Hour}}
 	want := []string{
 		"quota rcpt 192.0.2.25 enforce mailbox",
-		"session_messages mail 192.0.2.25 enforce ",
+		"quota rcpt 192.0.2.25 enforce mailbox",
 	}
 	for _, name := range []string{"classic", "rsyslog-rfc3339", "journal-short-iso", "journal-short-precise"} {
 		t.Run(name, func(t *testing.T) {

@@ -44,6 +44,7 @@ type sess struct {
 	txs    []frontendtest.Tx
 	want   []out
 	policy []out         // what the policy front-end answers where README says it differs; nil: want
+	replay []out         // what replay answers where README says it differs; nil: want
 	after  time.Duration // the clock moves on after the session
 	open   bool          // the session stays open while the next ones run
 }
@@ -93,6 +94,9 @@ type scenario struct {
 	// policyRefusals replaces refusals for the policy front-end where
 	// README says it differs.
 	policyRefusals map[string]float64
+	// replayRefusals replaces refusals for replay where README says it
+	// differs.
+	replayRefusals map[string]float64
 	tags           []string
 }
 
@@ -141,9 +145,11 @@ func scenarios() []scenario {
 				name:  "session_bytes_size/" + m,
 				rules: rules(func(r *limits.Rules) { r.Default.Session = limits.Session{MaxBytes: 1000, Mode: mode} }),
 				sessions: []sess{{client: "192.0.2.3", txs: txs(2, func(t *frontendtest.Tx) { t.Bytes, t.Size = 600, 600 }),
-					want: []out{ok, refused(no(wouldExc))}}},
-				refusals: count("session_bytes/mail/" + m),
-				tags:     tagged("limit=session_bytes value=1200 cap=1000"),
+					want:   []out{ok, refused(no(wouldExc))},
+					replay: []out{ok, ok}}}, // the log has no SIZE=: the byte cap is decided at the next MAIL
+				refusals:       count("session_bytes/mail/" + m),
+				replayRefusals: map[string]float64{"session_bytes/mail/" + m: 0},
+				tags:           tagged("limit=session_bytes value=1200 cap=1000"),
 			},
 			scenario{
 				name: "overrun/" + m,
@@ -365,7 +371,8 @@ func prefixes(ss ...string) []netip.Prefix {
 }
 
 // TestFrontendsGiveTheSameVerdicts runs every scenario through the milter
-// and the policy server over their real sockets: each transaction must get
+// and the policy server over their real sockets, and through replay (the
+// events written as Postfix's log lines): each transaction must get
 // the same reply (where README's front-end tables say the two differ, the
 // policy's own), the same refusals must be counted, and the milter adds
 // the tag headers of limits in tag mode.
@@ -381,6 +388,9 @@ func TestFrontendsGiveTheSameVerdicts(t *testing.T) {
 						want := s.want
 						if k == frontendtest.Policy && s.policy != nil {
 							want = s.policy
+						}
+						if k == frontendtest.Replay && s.replay != nil {
+							want = s.replay
 						}
 						conn := h.Connect(s.client)
 						for j, tx := range s.txs {
@@ -403,6 +413,9 @@ func TestFrontendsGiveTheSameVerdicts(t *testing.T) {
 					if k == frontendtest.Policy && sc.policyRefusals != nil {
 						counts = sc.policyRefusals
 					}
+					if k == frontendtest.Replay && sc.replayRefusals != nil {
+						counts = sc.replayRefusals
+					}
 					for key, n := range counts {
 						f := strings.Split(key, "/")
 						if got := h.Refusals(f[0], f[1], f[2]); got != n {
@@ -412,30 +425,34 @@ func TestFrontendsGiveTheSameVerdicts(t *testing.T) {
 					if k == frontendtest.Milter && strings.Join(last, "\n") != strings.Join(sc.tags, "\n") {
 						t.Errorf("tags of the last accepted message: %q, want %q", last, sc.tags)
 					}
-					if k == frontendtest.Policy && len(last) > 0 {
-						t.Errorf("the policy path added headers: %q", last)
+					if k != frontendtest.Milter && len(last) > 0 {
+						t.Errorf("the %s front-end added headers: %q", k, last)
 					}
 				})
 			}
-			if !t.Failed() && !sameExceptDocumented(sc, replies) {
+			if !t.Failed() && !sameExceptDocumented(sc, replies, frontendtest.Policy, func(s sess) []out { return s.policy }) {
 				t.Errorf("the front-ends answered differently:\nmilter %q\npolicy %q", replies[frontendtest.Milter], replies[frontendtest.Policy])
+			}
+			if !t.Failed() && !sameExceptDocumented(sc, replies, frontendtest.Replay, func(s sess) []out { return s.replay }) {
+				t.Errorf("the front-ends answered differently:\nmilter %q\nreplay %q", replies[frontendtest.Milter], replies[frontendtest.Replay])
 			}
 		})
 	}
 }
 
-// sameExceptDocumented reports whether both front-ends gave the same full
+// sameExceptDocumented reports whether front-end k gave the milter's full
 // replies, apart from the transactions where the scenario documents a
-// difference.
-func sameExceptDocumented(sc scenario, replies map[frontendtest.Kind][]string) bool {
-	m, p := replies[frontendtest.Milter], replies[frontendtest.Policy]
+// difference (documented returns k's own expectations, nil for none).
+func sameExceptDocumented(sc scenario, replies map[frontendtest.Kind][]string, k frontendtest.Kind, documented func(sess) []out) bool {
+	m, p := replies[frontendtest.Milter], replies[k]
 	if len(m) != len(p) {
 		return false
 	}
 	i := 0
 	for _, s := range sc.sessions {
+		d := documented(s)
 		for j := range s.txs {
-			if m[i] != p[i] && (s.policy == nil || s.policy[j] == s.want[j]) {
+			if m[i] != p[i] && (d == nil || d[j] == s.want[j]) {
 				return false
 			}
 			i++

@@ -13,6 +13,7 @@ import (
 	"fmt"
 	"io"
 	"net"
+	"strconv"
 	"strings"
 	"sync/atomic"
 	"testing"
@@ -26,6 +27,7 @@ import (
 	"github.com/sessioncap/sessioncap/limits"
 	"github.com/sessioncap/sessioncap/milter"
 	"github.com/sessioncap/sessioncap/policy"
+	"github.com/sessioncap/sessioncap/replay"
 )
 
 // Kind names a front-end.
@@ -34,10 +36,13 @@ type Kind string
 const (
 	Milter Kind = "milter"
 	Policy Kind = "policy"
+	// Replay is sessioncap replay: each event is written as the Postfix
+	// log line that tells it and the replayer decides it.
+	Replay Kind = "replay"
 )
 
-// Kinds are the front-ends, for tables over both.
-var Kinds = []Kind{Milter, Policy}
+// Kinds are the front-ends, for tables over all of them.
+var Kinds = []Kind{Milter, Policy, Replay}
 
 // Epoch is the injected clock's start.
 var Epoch = time.Date(2026, 11, 23, 12, 0, 0, 0, time.UTC)
@@ -53,6 +58,8 @@ type Harness struct {
 
 	t    testing.TB
 	addr string
+	rp   *replay.Replayer
+	qid  int
 	port atomic.Int32 // the next SMTP client port (policy)
 	pid  atomic.Int32 // the next smtpd pid (policy)
 }
@@ -86,6 +93,14 @@ func Start(t testing.TB, k Kind, rules *limits.Rules) *Harness {
 			t.Fatal(err)
 		}
 		serve, shutdown = srv.Serve, srv.Shutdown
+	case Replay:
+		rp, err := replay.New(replay.Options{Rules: rules, Metrics: h.Reg, Lag: time.Nanosecond})
+		if err != nil {
+			t.Fatal(err)
+		}
+		h.rp = rp
+		ln.Close()
+		return h
 	default:
 		t.Fatalf("frontendtest: unknown front-end %q", k)
 	}
@@ -148,6 +163,8 @@ type Session struct {
 	ms     *gomilter.ClientSession
 	macros *gomilter.MacroBag
 
+	gone bool // replay: the disconnect line is written
+
 	// policy
 	c                    net.Conn
 	br                   *bufio.Reader
@@ -189,6 +206,9 @@ func (h *Harness) Connect(client string) *Session {
 		if _, err := ms.Helo("client.example"); err != nil {
 			h.t.Fatalf("milter helo: %v", err)
 		}
+	case Replay:
+		s.client, s.pid = client, int(h.pid.Add(1))
+		s.reply, s.closed = s.replayed(func() { s.log("connect from client.example[%s]", client) }, true)
 	case Policy:
 		c, err := net.DialTimeout("tcp", h.addr, 5*time.Second)
 		if err != nil {
@@ -215,6 +235,11 @@ func (s *Session) Close() {
 	if s.ms != nil {
 		_ = s.ms.Close()
 	}
+	if s.h.Kind == Replay && !s.gone {
+		s.log("disconnect from client.example[%s]", s.client)
+		s.h.rp.Flush()
+		s.gone = true
+	}
 	s.closed = true
 }
 
@@ -229,10 +254,90 @@ func (s *Session) Send(tx Tx) Result {
 	if s.closed {
 		return Result{Reply: s.reply, Closed: true}
 	}
-	if s.h.Kind == Milter {
+	switch s.h.Kind {
+	case Milter:
 		return s.sendMilter(tx)
+	case Replay:
+		return s.sendReplay(tx)
 	}
 	return s.sendPolicy(tx)
+}
+
+// log feeds the replayer one smtpd line of this session at the clock's
+// time.
+func (s *Session) log(format string, a ...any) {
+	s.logAs("postfix/smtpd", s.pid, format, a...)
+}
+
+func (s *Session) logAs(prog string, pid int, format string, a ...any) {
+	s.h.rp.Line(replay.Line{Time: s.h.Clock.Now(), Host: "mx", Prog: prog, PID: strconv.Itoa(pid), Msg: fmt.Sprintf(format, a...)})
+}
+
+// replayed runs write, decides what it wrote, and returns the first
+// refusal in enforce mode and whether the session ended (a 421, or any
+// refusal at connect).
+func (s *Session) replayed(write func(), atConnect bool) (reply string, closed bool) {
+	before := len(s.h.rp.Refusals())
+	write()
+	s.h.rp.Flush()
+	for _, f := range s.h.rp.Refusals()[before:] {
+		if f.Mode != string(limits.ModeEnforce) {
+			continue
+		}
+		if reply == "" {
+			reply = f.Reply
+		}
+		if atConnect || strings.HasPrefix(f.Reply, "421") {
+			closed = true
+		}
+	}
+	return reply, closed
+}
+
+// sendReplay writes the lines Postfix logs for tx as if it had been let
+// through (a server without sessioncap, or in monitor mode): the
+// recipients it rejected itself, the queue file with the SASL login, the
+// queue manager's size and count, a delivery per recipient.
+func (s *Session) sendReplay(tx Tx) Result {
+	var res Result
+	before := len(s.h.rp.Refusals())
+	res.Reply, res.Closed = s.replayed(func() {
+		for i := 0; i < tx.Rejected; i++ {
+			s.log("NOQUEUE: reject: RCPT from client.example[%s]: 550 5.1.1 <unknown%d@example.net>: Recipient address rejected: User unknown; from=<%s> to=<unknown%d@example.net> proto=ESMTP helo=<client.example>",
+				s.client, i, tx.Sender, i)
+		}
+		if tx.Rcpts == 0 {
+			return
+		}
+		s.h.qid++
+		qid := fmt.Sprintf("4Q%06X", s.h.qid)
+		if tx.User != "" {
+			s.log("%s: client=client.example[%s], sasl_method=PLAIN, sasl_username=%s", qid, s.client, tx.User)
+		} else {
+			s.log("%s: client=client.example[%s]", qid, s.client)
+		}
+		s.logAs("postfix/qmgr", 7, "%s: from=<%s>, size=%d, nrcpt=%d (queue active)", qid, tx.Sender, max(tx.Bytes, 16), tx.Rcpts)
+		for i := 0; i < tx.Rcpts; i++ {
+			s.logAs("postfix/virtual", 8, "%s: to=<r%d@example.net>, relay=virtual, delay=0, delays=0/0/0/0, dsn=2.0.0, status=sent (delivered to maildir)", qid, i)
+		}
+	}, false)
+	refusedRcpts, refusedMsg := 0, false
+	for _, f := range s.h.rp.Refusals()[before:] {
+		if f.Mode != string(limits.ModeEnforce) {
+			continue
+		}
+		if f.Stage == string(limits.StageRcpt) {
+			refusedRcpts++
+		} else {
+			refusedMsg = true
+		}
+	}
+	res.Accepted = tx.Rcpts > 0 && !refusedMsg && refusedRcpts < tx.Rcpts && !res.Closed
+	if res.Closed {
+		s.closed, s.reply = true, res.Reply
+		s.Close()
+	}
+	return res
 }
 
 func (s *Session) sendMilter(tx Tx) Result {
