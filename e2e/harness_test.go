@@ -81,7 +81,7 @@ func TestPortTakenIsDetected(t *testing.T) {
 	})
 	t.Run("sendmail", func(t *testing.T) {
 		requireSendmail(t)
-		if _, err := tryStartSendmail(t, "taken", 0, port); !errors.Is(err, errPortTaken) {
+		if _, err := tryStartSendmail(t, "taken", 0, port, nil); !errors.Is(err, errPortTaken) {
 			t.Fatalf("sendmail on a taken port: %v, want errPortTaken", err)
 		}
 	})

@@ -20,7 +20,9 @@ command -v m4 >/dev/null 2>&1 || need="$need m4"
 command -v unshare >/dev/null 2>&1 || need="$need util-linux"
 command -v mount >/dev/null 2>&1 || need="$need mount"
 command -v hostname >/dev/null 2>&1 || need="$need hostname"
-for pkg in libwrap0 liblockfile1; do
+# Sendmail's AUTH in the SASL tests: Cyrus SASL's PLAIN and LOGIN, a
+# sasldb, and saslpasswd2 to write it.
+for pkg in libwrap0 liblockfile1 libsasl2-modules libsasl2-modules-db sasl2-bin; do
 	dpkg-query -W -f='${Status}' "$pkg" 2>/dev/null | grep -q 'install ok installed' || need="$need $pkg"
 done
 

@@ -104,11 +104,21 @@ func login(t *testing.T, c *smtpClient, user string) {
 	}
 }
 
-// newSASLFrontEnd is newFrontEnd for Postfix with AUTH: through the milter
-// or the policy front-end. (Sendmail's AUTH needs Cyrus SASL with a user
-// database, which this harness does not build.)
+// saslUsers are the users Sendmail's sasldb knows, with saslPassword.
+var saslUsers = map[string]string{"alice@example.com": saslPassword, "bob@example.com": saslPassword}
+
+// newSASLFrontEnd is newFrontEnd with AUTH: Postfix through the milter or
+// the policy front-end (a Dovecot auth server of the test's own), Sendmail
+// through the milter (Cyrus SASL with a sasldb, see startSendmailWith).
 func newSASLFrontEnd(t *testing.T, kind, config string) *env {
 	t.Helper()
+	if kind == "sendmail" {
+		requireSendmail(t)
+		m, d := startBehindSessioncap(t, config, func(milterPort int) *sendmailInstance {
+			return startSendmailWith(t, "mx", milterPort, saslUsers)
+		})
+		return &env{kind: kind, m: m, d: d, want: map[string]int{}}
+	}
 	sasl := startSASL(t)
 	if kind == policyKind {
 		return newPolicyEnv(t, config, sasl.mainCf()...)
@@ -125,7 +135,7 @@ func newSASLFrontEnd(t *testing.T, kind, config string) *env {
 // session, which stays open; another user goes on; every accepted message
 // is delivered once. Postfix through the milter and the policy front-end.
 func TestQuotaSASLUserAtMail(t *testing.T) {
-	for _, kind := range []string{"postfix", policyKind} {
+	for _, kind := range []string{"postfix", "sendmail", policyKind} {
 		t.Run(kind, func(t *testing.T) {
 			e := newSASLFrontEnd(t, kind, "[[rate]]\nname = \"user-hourly\"\nkey = \"user\"\ncount = \"messages\"\nlimit = 2\nwindow = \"1h\"\n")
 			c := e.dial(t, "first")

@@ -49,6 +49,7 @@ type sendmailInstance struct {
 	logPath string
 	daemon  *proc
 	syslog  *syslogSink
+	sasl    bool // AUTH PLAIN and LOGIN are offered (startSendmailWith)
 }
 
 func (s *sendmailInstance) mtaName() string  { return "sendmail" }
@@ -67,13 +68,77 @@ func (s *sendmailInstance) log() string {
 // instance is started again on another port (startOnFreePort).
 func startSendmail(t testing.TB, name string, milterPort int) *sendmailInstance {
 	t.Helper()
+	return startSendmailWith(t, name, milterPort, nil)
+}
+
+// startSendmailWith is startSendmail offering AUTH PLAIN and LOGIN to
+// saslUsers (user@realm → password) when it is not nil: Cyrus SASL with a
+// sasldb of the instance's own, seen by Sendmail at the system's SASL
+// plugin directory through a bind mount in its private mount namespace
+// (the host's directories are not touched).
+func startSendmailWith(t testing.TB, name string, milterPort int, saslUsers map[string]string) *sendmailInstance {
+	t.Helper()
 	requireSendmail(t)
 	return startOnFreePort(t, "sendmail "+name, func(port int) (*sendmailInstance, error) {
-		return tryStartSendmail(t, name, milterPort, port)
+		return tryStartSendmail(t, name, milterPort, port, saslUsers)
 	})
 }
 
-func tryStartSendmail(t testing.TB, name string, milterPort, port int) (*sendmailInstance, error) {
+// saslPluginDir is where libsasl2 looks for its plugins and, among other
+// places, for Sendmail.conf.
+func saslPluginDir(t testing.TB) string {
+	t.Helper()
+	dirs, _ := filepath.Glob("/usr/lib/*/sasl2")
+	for _, d := range append(dirs, "/usr/lib/sasl2") {
+		if m, _ := filepath.Glob(filepath.Join(d, "libplain.so*")); len(m) > 0 {
+			if s, _ := filepath.Glob(filepath.Join(d, "libsasldb.so*")); len(s) > 0 {
+				return d
+			}
+		}
+	}
+	unavailable(t, "Cyrus SASL's PLAIN and sasldb plugins are not installed (libsasl2-modules, libsasl2-modules-db: e2e/install-deps.sh)")
+	return ""
+}
+
+// setupSASL writes dir/sasl2: the system's SASL plugins, a Sendmail.conf
+// that authenticates against the sasldb beside it, and that sasldb with
+// users. It returns the system directory to mount it over.
+func setupSASL(t testing.TB, dir string, users map[string]string) string {
+	t.Helper()
+	sys := saslPluginDir(t)
+	if _, err := exec.LookPath("saslpasswd2"); err != nil {
+		unavailable(t, "saslpasswd2 is not installed (sasl2-bin: e2e/install-deps.sh)")
+	}
+	own := filepath.Join(dir, "sasl2")
+	if err := os.Mkdir(own, 0o755); err != nil {
+		t.Fatal(err)
+	}
+	plugins, _ := filepath.Glob(filepath.Join(sys, "*.so*"))
+	for _, p := range plugins {
+		data, err := os.ReadFile(p)
+		if err != nil {
+			t.Fatal(err)
+		}
+		writeFile(t, filepath.Join(own, filepath.Base(p)), string(data), 0o644)
+	}
+	// As Sendmail sees it, the sasldb is in the mounted directory.
+	writeFile(t, filepath.Join(own, "Sendmail.conf"), "pwcheck_method: auxprop\nauxprop_plugin: sasldb\nmech_list: PLAIN LOGIN\nsasldb_path: "+filepath.Join(sys, "sasldb2")+"\n", 0o644)
+	db := filepath.Join(own, "sasldb2")
+	for user, password := range users {
+		name, realm, _ := strings.Cut(user, "@")
+		cmd := exec.Command("saslpasswd2", "-f", db, "-c", "-p", "-u", realm, name)
+		cmd.Stdin = strings.NewReader(password)
+		if out, err := cmd.CombinedOutput(); err != nil {
+			t.Fatalf("saslpasswd2 %s: %v\n%s", user, err, out)
+		}
+	}
+	if err := os.Chmod(db, 0o600); err != nil {
+		t.Fatal(err)
+	}
+	return sys
+}
+
+func tryStartSendmail(t testing.TB, name string, milterPort, port int, saslUsers map[string]string) (*sendmailInstance, error) {
 	t.Helper()
 	dir := instanceDir(t, "sendmail-"+name)
 	s := &sendmailInstance{
@@ -81,6 +146,11 @@ func tryStartSendmail(t testing.TB, name string, milterPort, port int) (*sendmai
 		port:    port,
 		maildir: filepath.Join(dir, "mail", "sink"),
 		logPath: filepath.Join(dir, "maillog"),
+		sasl:    saslUsers != nil,
+	}
+	saslMount := ""
+	if saslUsers != nil {
+		saslMount = "mount --bind " + dir + "/sasl2 " + setupSASL(t, dir, saslUsers)
 	}
 	if err := os.Mkdir(filepath.Join(dir, "queue"), 0o700); err != nil {
 		t.Fatal(err)
@@ -127,6 +197,7 @@ mv `+s.maildir+`/tmp/$n `+s.maildir+`/new/$n
 		"ln -s " + dir + "/log.sock " + dir + "/dev/log",
 		"ln -s /proc/self/fd " + dir + "/dev/fd",
 		"mount --bind " + dir + "/dev /dev",
+		saslMount,
 		// An unqualified hostname stalls every sendmail call for 60s.
 		"hostname mx.test",
 		"cd " + dir,
@@ -209,6 +280,9 @@ func (s *sendmailInstance) mc(milterPort int) string {
 	}
 	for _, kv := range defs {
 		fmt.Fprintf(&b, "define(`%s', `%s')dnl\n", kv[0], kv[1])
+	}
+	if s.sasl {
+		fmt.Fprintf(&b, "define(`confAUTH_MECHANISMS', `PLAIN LOGIN')dnl\nTRUST_AUTH_MECH(`PLAIN LOGIN')dnl\n")
 	}
 	fmt.Fprintf(&b, "FEATURE(`no_default_msa')dnl\n")
 	fmt.Fprintf(&b, "FEATURE(`nocanonify')dnl\n")
