@@ -61,27 +61,7 @@ func TestReplayAgreesWithDaemon(t *testing.T) {
 				e := newErrorsEnv(t, kind, "mode = \""+mode+"\"\n"+replayConfig)
 				replayLoad(t, e)
 				e.delivered(t)
-				logPath := filepath.Join(t.TempDir(), "mail.log")
-				var want, got []string
-				var report string
-				// The daemon logs a refusal after it answered, and the
-				// MTA logs deliveries after the Maildir has them: poll
-				// for the two to agree, and show the difference if they
-				// never do.
-				err := waitFor(15*time.Second, func() error {
-					writeFile(t, logPath, mtaSyslog(e.m), 0o644)
-					want = daemonRefusals(t, e.d.p.output())
-					got, report = replayRefusals(t, e.d.configPath, logPath)
-					if strings.Join(want, "\n") != strings.Join(got, "\n") {
-						return errNotYet
-					}
-					return nil
-				})
-				if err != nil {
-					t.Errorf("replay of the %s log does not predict the daemon's refusals:\n%s", kind, lineDiff(want, got))
-					logTail(t, "replay report", report, 16<<10)
-					logTail(t, "the log replayed", readFileString(logPath), 64<<10)
-				}
+				want := expectReplayAgrees(t, e)
 				// the load reached every rule it was written for
 				limitsSeen := map[string]bool{}
 				for _, w := range want {
@@ -99,6 +79,34 @@ func TestReplayAgreesWithDaemon(t *testing.T) {
 			})
 		})
 	}
+}
+
+// expectReplayAgrees replays the MTA's log with the daemon's own
+// configuration file and checks that it predicts exactly the refusals and
+// bans the daemon logged; it returns them.
+func expectReplayAgrees(t *testing.T, e *env) []string {
+	t.Helper()
+	logPath := filepath.Join(t.TempDir(), "mail.log")
+	var want, got []string
+	var report string
+	// The daemon logs a refusal after it answered, and the MTA logs
+	// deliveries after the Maildir has them: poll for the two to agree,
+	// and show the difference if they never do.
+	err := waitFor(15*time.Second, func() error {
+		writeFile(t, logPath, mtaSyslog(e.m), 0o644)
+		want = daemonRefusals(t, e.d.p.output())
+		got, report = replayRefusals(t, e.d.configPath, logPath)
+		if strings.Join(want, "\n") != strings.Join(got, "\n") {
+			return errNotYet
+		}
+		return nil
+	})
+	if err != nil {
+		t.Errorf("replay of the %s log does not predict the daemon's refusals:\n%s", e.kind, lineDiff(want, got))
+		logTail(t, "replay report", report, 16<<10)
+		logTail(t, "the log replayed", readFileString(logPath), 64<<10)
+	}
+	return want
 }
 
 // replayLoad sends the mixed load. A session the server hangs up on, or

@@ -161,6 +161,9 @@ func TestQuotaSASLUserAtMail(t *testing.T) {
 			if !strings.Contains(e.d.p.output(), "key_value=alice@example.com") {
 				t.Errorf("the refusal's log line does not name the user:\n%s", e.d.p.output())
 			}
+			if kind != policyKind { // replay reads the SASL login from the MTA's log too
+				expectReplayAgrees(t, e)
+			}
 		})
 	}
 }

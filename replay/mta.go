@@ -207,10 +207,11 @@ func rejectLine(k lineKind, qid, body string) mtaLine {
 	tail := body[i+2:]
 	s, _ := field(tail, "from=", "> ")
 	r, _ := field(tail, "to=", "> ")
+	u, _ := field(tail, "sasl_username=", ">") // Postfix adds it for an authenticated client
 	if k != kindMilterMail && r == "" && !strings.Contains(tail, "to=<>") {
 		return mtaLine{kind: kindUnplaced}
 	}
-	return mtaLine{kind: k, qid: qid, sender: s, rcpt: r}
+	return mtaLine{kind: k, qid: qid, sender: s, rcpt: r, user: u}
 }
 
 // parseSendmail reads a line of sendmail (sm-mta).

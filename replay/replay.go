@@ -307,6 +307,9 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 			x = r.newTx(s, l.Time, "")
 		}
 		x.qid, x.qkey, x.user = m.qid, qkey, m.user
+		if m.user != "" { // a login lasts for the session
+			s.user = m.user
+		}
 		x.rcpts = append(x.rcpts, rcpt{accepted: true})
 		r.queue[qkey] = x
 		return true
@@ -314,6 +317,9 @@ func (r *Replayer) place(l Line, pk progKind, inst string, m mtaLine) bool {
 		x := r.txFor(s, l.Time, m, qkey)
 		if m.sender != "" || m.kind == kindMilterMail {
 			x.sender = m.sender
+		}
+		if m.user != "" {
+			x.user, s.user = m.user, m.user
 		}
 		switch m.kind {
 		case kindMTAReject:
