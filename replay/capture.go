@@ -18,7 +18,11 @@ func (c *capture) Enabled(_ context.Context, l slog.Level) bool { return l >= sl
 func (c *capture) WithAttrs([]slog.Attr) slog.Handler           { return c }
 func (c *capture) WithGroup(string) slog.Handler                { return c }
 
-func (c *capture) Handle(_ context.Context, rec slog.Record) error {
+func (c *capture) Handle(ctx context.Context, rec slog.Record) error {
+	if l := c.r.opts.Logger; l != nil && l.Handler().Enabled(ctx, rec.Level) {
+		rec.Time = c.r.now
+		_ = l.Handler().Handle(ctx, rec)
+	}
 	attrs := map[string]string{}
 	rec.Attrs(func(a slog.Attr) bool {
 		attrs[a.Key] = a.Value.Resolve().String()

@@ -40,6 +40,9 @@ type Options struct {
 	// Metrics, when set, registers the engine's metrics (the daemon's
 	// sessioncap_refusals_total and others); nil keeps them private.
 	Metrics prometheus.Registerer
+	// Logger, when set, also gets the engine's log records (the daemon's
+	// "refused" and "banned" lines, in the replay's time).
+	Logger *slog.Logger
 }
 
 // Replayer replays log lines under one set of rules. Feed it with Line

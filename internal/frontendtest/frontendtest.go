@@ -94,7 +94,7 @@ func Start(t testing.TB, k Kind, rules *limits.Rules) *Harness {
 		}
 		serve, shutdown = srv.Serve, srv.Shutdown
 	case Replay:
-		rp, err := replay.New(replay.Options{Rules: rules, Metrics: h.Reg, Lag: time.Nanosecond})
+		rp, err := replay.New(replay.Options{Rules: rules, Metrics: h.Reg, Logger: testkit.SlogJSON(h.Logs), Lag: time.Nanosecond})
 		if err != nil {
 			t.Fatal(err)
 		}
