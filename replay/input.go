@@ -135,6 +135,7 @@ func (r *Replayer) Read(in *Input) error {
 			r.Line(l)
 		} else if s != "" {
 			r.rep.Unparsed++
+			r.rep.Lines++
 		}
 	}
 	for _, s := range in.peek {

@@ -108,8 +108,8 @@ func TestRecordedLogsAgreeWithDaemon(t *testing.T) {
 				if rep.Unplaced != 0 || rep.Unparsed != 0 {
 					t.Errorf("%d lines unplaced, %d unparsed in a log the MTA wrote", rep.Unplaced, rep.Unparsed)
 				}
-				if got := rep.Used + rep.Ignored + rep.Unplaced + rep.OutOfRange; got != rep.Lines {
-					t.Errorf("lines used+ignored+unplaced+out of range = %d, read %d", got, rep.Lines)
+				if got := rep.Used + rep.Ignored + rep.Unplaced + rep.OutOfRange + rep.Unparsed; got != rep.Lines {
+					t.Errorf("lines used+ignored+unplaced+out of range+unparsed = %d, read %d", got, rep.Lines)
 				}
 			})
 		}
@@ -408,7 +408,7 @@ func FuzzReplay(f *testing.F) {
 		}
 		_ = r.Read(ins[0])
 		rep := r.Finish()
-		if rep.Used+rep.Ignored+rep.Unplaced+rep.OutOfRange != rep.Lines {
+		if rep.Used+rep.Ignored+rep.Unplaced+rep.OutOfRange+rep.Unparsed != rep.Lines {
 			t.Errorf("lines: %+v", rep)
 		}
 		var b bytes.Buffer

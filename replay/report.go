@@ -186,7 +186,7 @@ func (rep *Report) WriteText(w io.Writer) error {
 		span = rep.First.Format(time.RFC3339) + " to " + rep.Last.Format(time.RFC3339)
 	}
 	fmt.Fprintf(b, "replayed %d lines (%s): %d used, %d of other programs or saying nothing a rule uses, %d unplaced, %d not syslog lines",
-		rep.Lines+rep.Unparsed, span, rep.Used, rep.Ignored, rep.Unplaced, rep.Unparsed)
+		rep.Lines, span, rep.Used, rep.Ignored, rep.Unplaced, rep.Unparsed)
 	if rep.OutOfRange > 0 {
 		fmt.Fprintf(b, ", %d outside -since/-until", rep.OutOfRange)
 	}
