@@ -134,12 +134,15 @@ func New(o Options) (*Store, error) {
 		// A hit is not idempotent: a retry after a lost reply would count
 		// twice. A failed call is answered by the caller's fallback.
 		MaxRetries: -1,
-		// Under Cluster, MaxRetries does not stop go-redis (v9.17.3,
-		// osscluster.go process) from sending a command again after EOF,
-		// a timeout or READONLY, up to MaxRedirects (3 by default): a hit
-		// whose reply was lost would be counted again. -1 makes it one
-		// attempt; a MOVED or ASK reply (resharding) then fails that call,
-		// which the Fallback answers, and go-redis reloads the slots.
+		// Under Cluster, MaxRetries does not stop go-redis (v9.23.0,
+		// osscluster.go process and processPipeline) from sending a
+		// command again after EOF, a timeout or READONLY, up to
+		// MaxRedirects (3 by default): a hit whose reply was lost would be
+		// counted again (TestClusterAppliesALostHitOnce, on a real
+		// Cluster: twice with the default). -1 makes it one attempt; a
+		// MOVED or ASK reply (a reshard or failover) then fails that call,
+		// unapplied, which the Fallback answers, and go-redis reloads the
+		// slots in the background (TestClusterFollowsAMovedSlotOnTheNextCall).
 		MaxRedirects:    -1,
 		PoolSize:        o.PoolSize,
 		DisableIdentity: true, // no CLIENT SETINFO round trip per connection

@@ -4,8 +4,6 @@ import (
 	"testing"
 	"time"
 
-	"github.com/redis/go-redis/v9"
-
 	"github.com/sessioncap/sessioncap/counters"
 	redisstore "github.com/sessioncap/sessioncap/counters/redis"
 	"github.com/sessioncap/sessioncap/internal/redistest"
@@ -31,25 +29,5 @@ func TestStoresAgreeOnSubMillisecondWindow(t *testing.T) {
 		if crossed := i > 3; hm.Crossed != crossed {
 			t.Fatalf("hit %d: %+v; want crossed only past 3", i, hm)
 		}
-	}
-}
-
-// TestClusterSendsAHitOnce: the Cluster client is set to make one attempt
-// per command. go-redis's cluster client retries after EOF, a timeout or
-// READONLY up to MaxRedirects whatever MaxRetries says, which would run a
-// hit's script again after its reply was lost. (A check of the client's
-// options, not a fault injected on a real Cluster.)
-func TestClusterSendsAHitOnce(t *testing.T) {
-	s, err := redisstore.New(redisstore.Options{Addresses: []string{"127.0.0.1:1"}, Cluster: true})
-	if err != nil {
-		t.Fatal(err)
-	}
-	defer s.Close()
-	cc, ok := s.Client().(*redis.ClusterClient)
-	if !ok {
-		t.Fatalf("client %T, want a cluster client", s.Client())
-	}
-	if o := cc.Options(); o.MaxRedirects != 0 || o.MaxRetries != -1 {
-		t.Fatalf("MaxRedirects %d, MaxRetries %d; want 0 (one attempt) and -1", o.MaxRedirects, o.MaxRetries)
 	}
 }

@@ -172,6 +172,18 @@ func Standalone(t testing.TB, args ...string) *Server {
 // waits until every node reports cluster_state:ok. It returns the nodes.
 func Cluster(t testing.TB) []*Server {
 	t.Helper()
+	return ClusterVia(t, nil)
+}
+
+// ClusterVia is Cluster with a front for each node: front(i, addr) is
+// called with the node's own address before it starts and returns the
+// port of a proxy to it on 127.0.0.1, which the node announces to clients
+// (cluster-announce-port) in CLUSTER SLOTS, SHARDS and redirections, so
+// that every command a Cluster client sends goes through the proxies. The
+// Cluster bus stays on the nodes' own ports. A nil front announces the
+// nodes themselves.
+func ClusterVia(t testing.TB, front func(i int, addr string) int) []*Server {
+	t.Helper()
 	Require(t)
 	dir := t.TempDir()
 	var nodes []*Server
@@ -179,9 +191,19 @@ func Cluster(t testing.TB) []*Server {
 	for i := 0; i < 3; i++ {
 		// the node's config file is named by a per-node index, not the
 		// port, so that a retry on another port does not find a stale one
-		s := start(t, dir, 0, []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
+		args := []string{"--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", dir,
 			"--cluster-enabled", "yes", "--cluster-config-file", filepath.Join(dir, fmt.Sprintf("nodes-%d.conf", i)),
-			"--cluster-node-timeout", "2000"})
+			"--cluster-node-timeout", "2000"}
+		port := 0
+		if front != nil {
+			// the bus port is 10000 above, and must exist
+			for port = freePort(t); port > 55535; port = freePort(t) {
+			}
+			args = append(args, "--cluster-announce-ip", "127.0.0.1",
+				"--cluster-announce-port", strconv.Itoa(front(i, "127.0.0.1:"+strconv.Itoa(port))),
+				"--cluster-announce-bus-port", strconv.Itoa(port+10000))
+		}
+		s := start(t, dir, port, args)
 		nodes = append(nodes, s)
 		addrs = append(addrs, s.Addr())
 	}
