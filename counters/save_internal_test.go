@@ -107,3 +107,21 @@ func BenchmarkHitDuringSave(b *testing.B) {
 	b.ReportMetric(float64(worst.Microseconds()), "max-hit-µs")
 	b.ReportMetric(float64(n), "saves")
 }
+
+// BenchmarkSave measures one Save of a store of 1 000 000 keys, nothing
+// else running.
+//
+//	go test -run '^$' -bench 'BenchmarkSave$' -benchtime 10x ./counters/
+func BenchmarkSave(b *testing.B) {
+	m := NewMemory(MemoryOptions{})
+	r := limits.Rate{Max: 100, Window: time.Hour}
+	for i := range 1_000_000 {
+		m.Hit(context.Background(), saveKey(i), 1, r)
+	}
+	b.ReportAllocs()
+	for b.Loop() {
+		if err := m.Save(io.Discard, nil); err != nil {
+			b.Fatal(err)
+		}
+	}
+}
