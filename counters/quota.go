@@ -27,8 +27,9 @@ type QuotaStore interface {
 // store's MaxTracked with least-recently-counted eviction, apart from the
 // prefixes' windows and the bans, so a flood of forged senders or
 // recipients evicts only quota windows, never a ban or a frequency window.
-// Each entry costs about 170 bytes and its key (go run ./bench/memory: 222
-// bytes with a 50-byte key).
+// Each entry costs about 185 bytes and its key (go run ./bench/memory: 240
+// bytes with a 50-byte key; 16 of them since entries carry seq, the order
+// a Save writes them in).
 type quotaTable struct {
 	m   map[string]*list.Element // key → element of lru holding *quotaEntry
 	lru list.List                // front: most recently counted
