@@ -151,11 +151,16 @@ func keyString(names []nameRef, k ckey) string {
 	if k.fam == 0 {
 		return name
 	}
+	return name + keyPrefix(k).String()
+}
+
+// keyPrefix is the prefix of a compact key whose fam is not 0.
+func keyPrefix(k ckey) netip.Prefix {
 	a := netip.AddrFrom16(k.addr)
 	if k.fam == 4 {
 		a = a.Unmap()
 	}
-	return name + netip.PrefixFrom(a, int(k.bits)).String()
+	return netip.PrefixFrom(a, int(k.bits))
 }
 
 // find returns the slot of key, or -1, and the parts to insert it with.

@@ -391,3 +391,33 @@ func TestSaveUnderLoad(t *testing.T) {
 		<-done
 	}
 }
+
+// TestAppendWindowIsJSON: Save's own rendering of a window line is what
+// json.Encoder writes for it, whatever the key holds.
+func TestAppendWindowIsJSON(t *testing.T) {
+	keys := []string{
+		saveKey(7),
+		limits.StoreKey(limits.KeyFrequency, "scope", netip.MustParsePrefix("2001:db8:1::/64")),
+		"freq:10.0.0.1/24", // not canonical: kept whole
+		"k", `a"b`, `a\b`, "<x>&y", "é", "\xff", "tab\there", "del\x7f", "line\u2028sep",
+	}
+	windows := []limits.Window{{}, {Start: 1, Prev: 2, Curr: 3}, {Start: -5, Prev: 1<<32 - 1, Curr: 1<<32 - 1}, {Start: 1<<63 - 1}}
+	m := NewMemory(MemoryOptions{})
+	for _, k := range keys {
+		name, ck := splitKey(k)
+		m.insert(name, ck, limits.Window{Start: 1})
+	}
+	for i := range m.slots {
+		for _, w := range windows {
+			s := m.slots[i]
+			s.w = w
+			var want bytes.Buffer
+			if err := json.NewEncoder(&want).Encode(stateWindow{Key: m.keyString(s.key), Start: w.Start, Prev: w.Prev, Curr: w.Curr}); err != nil {
+				t.Fatal(err)
+			}
+			if got := appendWindow([]byte("x"), m.names.list, &s); string(got) != "x"+want.String() {
+				t.Errorf("%q: %s, json writes %s", m.keyString(s.key), got[1:], want.Bytes())
+			}
+		}
+	}
+}

@@ -12,6 +12,7 @@ import (
 	"path/filepath"
 	"runtime"
 	"slices"
+	"strconv"
 	"strings"
 	"time"
 
@@ -60,6 +61,7 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	fmt.Fprintln(bw, stateMagic)
 	enc := json.NewEncoder(bw)
 	slots, names := sn.slots, sn.names
+	var line []byte
 	for i, n := sn.tail, 0; i >= 0; i, n = slots[i].prev, n+1 {
 		if n == len(slots) { // the copy is not a list: a bug, never a file that loops
 			return errors.New("counters: Save: the copy of the recency list loops")
@@ -70,7 +72,8 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 		if expired(names[s.key.name].s, s.w.Start, now.UnixMilli(), windows) {
 			continue
 		}
-		if err := enc.Encode(stateWindow{Key: keyString(names, s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr}); err != nil {
+		line = appendWindow(line[:0], names, s)
+		if _, err := bw.Write(line); err != nil {
 			return err
 		}
 	}
@@ -87,6 +90,33 @@ func (m *Memory) Save(w io.Writer, windows map[string]time.Duration) error {
 	}
 	fmt.Fprintln(bw, stateEnd)
 	return bw.Flush()
+}
+
+// appendWindow appends the line of slot s as json.Encoder writes its
+// stateWindow, without the allocations: the key is written as it is when
+// it needs no escaping (a key limits.StoreKey made never does), else the
+// line is json's.
+func appendWindow(b []byte, names []nameRef, s *slot) []byte {
+	start := len(b)
+	b = append(b, `{"k":"`...)
+	k := len(b)
+	b = append(b, names[s.key.name].s...)
+	if s.key.fam != 0 {
+		b = keyPrefix(s.key).AppendTo(b)
+	}
+	for _, c := range b[k:] {
+		if c < 0x20 || c >= 0x7f || c == '"' || c == '\\' || c == '<' || c == '>' || c == '&' {
+			l, _ := json.Marshal(stateWindow{Key: keyString(names, s.key), Start: s.w.Start, Prev: s.w.Prev, Curr: s.w.Curr})
+			return append(append(b[:start], l...), '\n')
+		}
+	}
+	b = append(b, `","s":`...)
+	b = strconv.AppendInt(b, s.w.Start, 10)
+	b = append(b, `,"p":`...)
+	b = strconv.AppendUint(b, uint64(s.w.Prev), 10)
+	b = append(b, `,"c":`...)
+	b = strconv.AppendUint(b, uint64(s.w.Curr), 10)
+	return append(b, "}\n"...)
 }
 
 // saveChunk is how many slots, names, bans or quota windows Save copies
