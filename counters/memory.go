@@ -55,7 +55,18 @@ type Memory struct {
 	bans      map[string]*Ban
 	evictions uint64
 	quota     quotaTable // the windows of quotas (quota.go)
-	saveHook  func()     // tests: called by Save once it has released the lock
+
+	// save is the copy a Save is taking (state.go), nil when none: while
+	// it is set, a slot or a name is copied into it before it is written.
+	save   *saveCopy
+	saveMu sync.Mutex // one Save at a time
+
+	// tests: saveBegun is called under the lock as Save starts its copy,
+	// saveStep each time Save has released the lock between two chunks,
+	// saveHook once Save has copied everything and renders; saveLock as
+	// Save has taken the lock for a chunk (true) and as it releases it.
+	saveBegun, saveStep, saveHook func()
+	saveLock                      func(locked bool)
 }
 
 // slot is one tracked key; prev and next are slot indexes (-1: none).
@@ -140,11 +151,16 @@ func keyString(names []nameRef, k ckey) string {
 	if k.fam == 0 {
 		return name
 	}
+	return name + keyPrefix(k).String()
+}
+
+// keyPrefix is the prefix of a compact key whose fam is not 0.
+func keyPrefix(k ckey) netip.Prefix {
 	a := netip.AddrFrom16(k.addr)
 	if k.fam == 4 {
 		a = a.Unmap()
 	}
-	return name + netip.PrefixFrom(a, int(k.bits)).String()
+	return netip.PrefixFrom(a, int(k.bits))
 }
 
 // find returns the slot of key, or -1, and the parts to insert it with.
@@ -218,6 +234,7 @@ func (m *Memory) Hit(_ context.Context, key string, n int64, r limits.Rate) (lim
 		m.unlink(i)
 		m.pushFront(i)
 	}
+	m.keep(i)
 	m.slots[i].w = w
 	return h, nil
 }
@@ -270,6 +287,7 @@ func (m *Memory) Unban(_ context.Context, key string) (bool, error) {
 	b := m.bans[key]
 	delete(m.bans, key)
 	if i, _, _ := m.find(key); i >= 0 {
+		m.keep(i)
 		m.slots[i].w = limits.Window{}
 	}
 	return b != nil && b.Until.After(now), nil
@@ -323,19 +341,27 @@ func (m *Memory) evict(i int32) {
 	m.unlink(i)
 	pos, _ := m.index.find(m.slots, m.slots[i].key)
 	m.index.remove(m.slots, pos)
-	m.names.release(m.slots[i].key.name)
+	id := m.slots[i].key.name
+	if m.save != nil {
+		m.save.names.keep(m.names.list, int(id))
+	}
+	m.names.release(id)
 	last := int32(len(m.slots) - 1)
+	m.keep(last)
 	if i != last {
 		pos, _ := m.index.find(m.slots, m.slots[last].key)
 		m.index.table[pos] = i + 1
 		s := m.slots[last]
+		m.keep(i)
 		m.slots[i] = s
 		if s.prev >= 0 {
+			m.keep(s.prev)
 			m.slots[s.prev].next = i
 		} else {
 			m.head = i
 		}
 		if s.next >= 0 {
+			m.keep(s.next)
 			m.slots[s.next].prev = i
 		} else {
 			m.tail = i
@@ -346,10 +372,20 @@ func (m *Memory) evict(i int32) {
 	m.evictions++
 }
 
+// keep is called before slot i is written: a Save taking its copy copies
+// the slot first. The caller holds mu.
+func (m *Memory) keep(i int32) {
+	if m.save != nil {
+		m.save.slots.keep(m.slots, int(i))
+	}
+}
+
 func (m *Memory) pushFront(i int32) {
+	m.keep(i)
 	s := &m.slots[i]
 	s.prev, s.next = -1, m.head
 	if m.head >= 0 {
+		m.keep(m.head)
 		m.slots[m.head].prev = i
 	}
 	m.head = i
@@ -359,13 +395,16 @@ func (m *Memory) pushFront(i int32) {
 }
 
 func (m *Memory) unlink(i int32) {
+	m.keep(i)
 	s := &m.slots[i]
 	if s.prev >= 0 {
+		m.keep(s.prev)
 		m.slots[s.prev].next = s.next
 	} else {
 		m.head = s.next
 	}
 	if s.next >= 0 {
+		m.keep(s.next)
 		m.slots[s.next].prev = s.prev
 	} else {
 		m.tail = s.prev

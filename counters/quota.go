@@ -27,17 +27,34 @@ type QuotaStore interface {
 // store's MaxTracked with least-recently-counted eviction, apart from the
 // prefixes' windows and the bans, so a flood of forged senders or
 // recipients evicts only quota windows, never a ban or a frequency window.
-// Each entry costs about 170 bytes and its key (go run ./bench/memory: 222
-// bytes with a 50-byte key).
+// Each entry costs about 185 bytes and its key (go run ./bench/memory: 240
+// bytes with a 50-byte key; 16 of them since entries carry seq, the order
+// a Save writes them in).
 type quotaTable struct {
 	m   map[string]*list.Element // key → element of lru holding *quotaEntry
 	lru list.List                // front: most recently counted
+	seq uint64                   // counts the windows put at the front of lru
 }
 
 type quotaEntry struct {
 	key string
 	w   limits.QuotaWindow
-	ttl int64 // Unix ms after which the window is empty whatever it holds
+	ttl int64  // Unix ms after which the window is empty whatever it holds
+	seq uint64 // the table's seq when it was last put at the front: Save's order
+}
+
+// front puts e at the front of the table, the most recently counted.
+func (t *quotaTable) front(e *list.Element) {
+	t.seq++
+	e.Value.(*quotaEntry).seq = t.seq
+	t.lru.MoveToFront(e)
+}
+
+// push adds q at the front of the table, the most recently counted.
+func (t *quotaTable) push(q *quotaEntry) {
+	t.seq++
+	q.seq = t.seq
+	t.m[q.key] = t.lru.PushFront(q)
 }
 
 var _ QuotaStore = (*Memory)(nil)
@@ -76,7 +93,7 @@ func (m *Memory) quotaLocked(ops []limits.QuotaOp, now int64) []limits.QuotaUse 
 			q.w = ws[i]
 			if op.Add > 0 {
 				q.ttl = max(q.ttl, ws[i].Start+2*op.Window.Milliseconds())
-				t.lru.MoveToFront(e)
+				t.front(e)
 			}
 			continue
 		}
@@ -89,7 +106,7 @@ func (m *Memory) quotaLocked(ops []limits.QuotaOp, now int64) []limits.QuotaUse 
 			t.lru.Remove(old)
 			m.evictions++
 		}
-		t.m[op.Key] = t.lru.PushFront(&quotaEntry{key: op.Key, w: ws[i], ttl: ws[i].Start + 2*op.Window.Milliseconds()})
+		t.push(&quotaEntry{key: op.Key, w: ws[i], ttl: ws[i].Start + 2*op.Window.Milliseconds()})
 	}
 	return uses
 }
@@ -165,19 +182,6 @@ type stateQuota struct {
 	TTL   int64 `json:"t"`
 }
 
-// saveQuotas appends the quota windows in force at now, least recently
-// counted first. The caller holds mu.
-func (m *Memory) saveQuotas(lines []stateWindow, now int64) []stateWindow {
-	for e := m.quota.lru.Back(); e != nil; e = e.Prev() {
-		q := e.Value.(*quotaEntry)
-		if q.ttl <= now {
-			continue
-		}
-		lines = append(lines, stateWindow{Key: q.key, Quota: &stateQuota{Start: q.w.Start, Prev: q.w.Prev, Curr: q.w.Curr, TTL: q.ttl}})
-	}
-	return lines
-}
-
 // loadQuota restores a quota window from a state file unless it has
 // expired or the key is counting already; it reports whether it did. The
 // caller holds mu.
@@ -195,6 +199,6 @@ func (m *Memory) loadQuota(key string, st stateQuota, now int64) bool {
 		t.lru.Remove(old)
 		m.evictions++
 	}
-	t.m[key] = t.lru.PushFront(&quotaEntry{key: key, w: limits.QuotaWindow{Start: st.Start, Prev: st.Prev, Curr: st.Curr}, ttl: st.TTL})
+	t.push(&quotaEntry{key: key, w: limits.QuotaWindow{Start: st.Start, Prev: st.Prev, Curr: st.Curr}, ttl: st.TTL})
 	return true
 }
